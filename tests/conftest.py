@@ -1,0 +1,46 @@
+"""Shared fixtures: cached Hugging Face checkpoints (see fixtures.py) and their converted GGUFs."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+os.environ.setdefault("GGUF_FORGE_CACHE", str(Path(__file__).resolve().parent.parent / ".cache"))
+
+import fixtures  # noqa: E402
+
+FIXTURES = ["smollm2", "llama3", "qwen2", "qwen3", "spm_llama"]
+
+
+def fixture_dir(name: str) -> Path:
+    if name == "llama3" and not fixtures.LLAMA3_TIKTOKEN.is_file():
+        pytest.skip("../shared/fixtures/llama3 is absent (a fresh clone has no ../shared)")
+    return fixtures.ALL[name]()
+
+
+@pytest.fixture(scope="session")
+def gguf_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("gguf")
+
+
+_converted: dict[tuple[str, str], Path] = {}
+
+
+@pytest.fixture(scope="session")
+def converted(gguf_dir):
+    """converted(name, outtype) -> path of the fixture's GGUF (converted once per session)."""
+    from gguf_forge.convert import convert
+
+    def get(name: str, outtype: str = "f32") -> Path:
+        key = (name, outtype)
+        if key not in _converted:
+            out = gguf_dir / f"{name}-{outtype.upper()}.gguf"
+            convert(fixture_dir(name), out, outtype=outtype, progress=False)
+            _converted[key] = out
+        return _converted[key]
+
+    return get

@@ -1,0 +1,290 @@
+"""Test fixtures: real tokenizers on small Hugging Face checkpoints, built once and cached.
+
+Each builder writes into ``<cache>/fixtures/<name>-<key>`` where the key hashes the builder's inputs
+(this file's source, the library versions that shape the output, input files); a changed input
+rebuilds, an unchanged one is reused by every test and every later run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Callable
+
+from gguf_forge.tools.default_model import cache_dir, default_model_dir
+
+HERE = Path(__file__).resolve().parent
+PROBE = HERE / "data" / "probe.txt"
+SHARED = HERE.parent.parent / "shared"
+LLAMA3_TIKTOKEN = SHARED / "fixtures" / "llama3" / "tokenizer.model"
+
+LLAMA3_CHAT_TEMPLATE = (
+    "{% set loop_messages = messages %}{% for message in loop_messages %}{% set content = '<|start_header_id|>' + "
+    "message['role'] + '<|end_header_id|>\n\n'+ message['content'] | trim + '<|eot_id|>' %}{% if loop.index0 == 0 %}"
+    "{% set content = bos_token + content %}{% endif %}{{ content }}{% endfor %}{% if add_generation_prompt %}"
+    "{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
+)
+CHATML_TEMPLATE = (
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n' }}{% endif %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+LLAMA2_CHAT_TEMPLATE = (
+    "{% if messages[0]['role'] == 'system' %}{% set loop_messages = messages[1:] %}{% set system_message = "
+    "messages[0]['content'] %}{% else %}{% set loop_messages = messages %}{% set system_message = false %}{% endif %}"
+    "{% for message in loop_messages %}{% if loop.index0 == 0 and system_message != false %}{% set content = "
+    "'<<SYS>>\\n' + system_message + '\\n<</SYS>>\\n\\n' + message['content'] %}{% else %}{% set content = "
+    "message['content'] %}{% endif %}{% if message['role'] == 'user' %}{{ bos_token + '[INST] ' + content.strip() + "
+    "' [/INST]' }}{% elif message['role'] == 'assistant' %}{{ ' '  + content.strip() + ' ' + eos_token }}{% endif %}"
+    "{% endfor %}"
+)
+QWEN2_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+LLAMA3_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+
+
+def corpus() -> str:
+    """Training text for the tiny tokenizers: the probe plus English prose from CPython's docs."""
+    from pydoc_data.topics import topics
+
+    prose = "\n".join(topics[k] for k in sorted(topics))[:200_000]
+    return PROBE.read_text(encoding="utf-8") + "\n" + prose
+
+
+def _key(*parts: object) -> str:
+    import tokenizers
+    import transformers
+
+    h = hashlib.sha256(Path(__file__).read_bytes())
+    h.update(PROBE.read_bytes())
+    for p in (transformers.__version__, tokenizers.__version__, sys.version_info[:2], *parts):
+        h.update(repr(p).encode())
+    return h.hexdigest()[:12]
+
+
+def _cached(name: str, build: Callable[[Path], None], *key_parts: object) -> Path:
+    dest = cache_dir() / "fixtures" / f"{name}-{_key(name, *key_parts)}"
+    if (dest / ".complete").is_file():
+        return dest
+    tmp = dest.with_name(dest.name + f".{os.getpid()}.partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        build(tmp)
+        (tmp / ".complete").write_text("ok\n")
+        shutil.rmtree(dest, ignore_errors=True)
+        os.replace(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dest
+
+
+def _save_model(model, out: Path, dtype, **kwargs) -> None:
+    import torch
+
+    torch.manual_seed(0)
+    model = model.to(dtype)
+    model.save_pretrained(out, **kwargs)
+
+
+def _init_random(model, std: float) -> None:
+    """Larger-than-default random weights so the next-token argmax has clear margins."""
+    import torch
+
+    g = torch.Generator().manual_seed(1234)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.ndim == 1:
+                p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=g))
+            else:
+                p.copy_(std * torch.randn(p.shape, generator=g))
+
+
+def _write_card(out: Path, license: str, languages: list[str], base_model: str, title: str) -> None:
+    langs = "\n".join(f"- {x}" for x in languages)
+    (out / "README.md").write_text(
+        f"---\nlicense: {license}\nlanguage:\n{langs}\nbase_model: {base_model}\npipeline_tag: text-generation\n---\n"
+        f"# {title}\n\nA tiny random test model for gguf-forge.\n",
+        encoding="utf-8",
+    )
+
+
+# -- SmolLM2 (real weights) ------------------------------------------------------------------
+def smollm2() -> Path:
+    return default_model_dir()
+
+
+# -- Llama 3 (real tokenizer, tiny random weights) ---------------------------------------------
+def llama3() -> Path:
+    def build(out: Path) -> None:
+        import torch
+        from tokenizers import AddedToken
+        from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+        from transformers.convert_slow_tokenizer import TikTokenConverter
+
+        specials = ["<|begin_of_text|>", "<|end_of_text|>", "<|reserved_special_token_0|>",
+                    "<|reserved_special_token_1|>", "<|finetune_right_pad_id|>", "<|step_id|>",
+                    "<|start_header_id|>", "<|end_header_id|>", "<|eom_id|>", "<|eot_id|>", "<|python_tag|>"]
+        specials += [f"<|reserved_special_token_{i}|>" for i in range(2, 256 - len(specials) + 2)]
+        assert len(specials) == 256
+        tk = TikTokenConverter(vocab_file=str(LLAMA3_TIKTOKEN), pattern=LLAMA3_SPLIT).converted()
+        tk.add_special_tokens([AddedToken(s, special=True, normalized=False) for s in specials])
+        data = json.loads(tk.to_str())
+        data["model"]["ignore_merges"] = True  # as in Meta's tokenizer.json; llama.cpp does the same for llama-bpe
+        data["post_processor"] = {
+            "type": "Sequence",
+            "processors": [
+                {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": False, "use_regex": True},
+                {"type": "TemplateProcessing",
+                 "single": [{"SpecialToken": {"id": "<|begin_of_text|>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+                 "pair": [{"SpecialToken": {"id": "<|begin_of_text|>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
+                          {"SpecialToken": {"id": "<|begin_of_text|>", "type_id": 1}}, {"Sequence": {"id": "B", "type_id": 1}}],
+                 "special_tokens": {"<|begin_of_text|>": {"id": "<|begin_of_text|>", "ids": [128000], "tokens": ["<|begin_of_text|>"]}}},
+            ],
+        }
+        from tokenizers import Tokenizer
+
+        tok = PreTrainedTokenizerFast(
+            tokenizer_object=Tokenizer.from_str(json.dumps(data)),
+            bos_token="<|begin_of_text|>", eos_token="<|eot_id|>", clean_up_tokenization_spaces=True,
+            model_max_length=131072,
+        )
+        tok.chat_template = LLAMA3_CHAT_TEMPLATE
+        tok.save_pretrained(out)
+        cfg = LlamaConfig(
+            vocab_size=128256, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, max_position_embeddings=131072, rms_norm_eps=1e-5, tie_word_embeddings=False,
+            bos_token_id=128000, eos_token_id=[128001, 128008, 128009],
+            rope_theta=500000.0,
+            rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                          "original_max_position_embeddings": 64},
+        )
+        cfg.architectures = ["LlamaForCausalLM"]
+        torch.manual_seed(0)
+        model = LlamaForCausalLM(cfg)
+        _init_random(model, 0.35)
+        # bf16 weights in several shards with an index, like real Llama checkpoints
+        _save_model(model, out, torch.bfloat16, max_shard_size="20MB")
+        _write_card(out, "llama3", ["en", "zh"], "meta-llama/Meta-Llama-3.1-8B-Instruct", "Tiny-Llama-3.1-Chinese-Chat")
+
+    return _cached("llama3", build, hashlib.sha256(LLAMA3_TIKTOKEN.read_bytes()).hexdigest())
+
+
+# -- Qwen2 / Qwen3 (trained byte-level BPE with Qwen2's split and special tokens) --------------
+def _qwen_tokenizer(out: Path) -> int:
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tk = Tokenizer(models.BPE(byte_fallback=False))
+    tk.normalizer = normalizers.NFC()
+    tk.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(QWEN2_SPLIT), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+    tk.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=3000, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  show_progress=False, min_frequency=2)
+    tk.train_from_iterator([corpus()], trainer=trainer)
+    tk.add_special_tokens([AddedToken(s, special=True, normalized=False)
+                           for s in ("<|endoftext|>", "<|im_start|>", "<|im_end|>")])
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                                  clean_up_tokenization_spaces=False, model_max_length=32768)
+    tok.chat_template = CHATML_TEMPLATE
+    tok.save_pretrained(out)
+    return len(tok)
+
+
+def qwen2() -> Path:
+    def build(out: Path) -> None:
+        import torch
+        from transformers import Qwen2Config, Qwen2ForCausalLM
+
+        n = _qwen_tokenizer(out)
+        cfg = Qwen2Config(
+            vocab_size=(n + 63) // 64 * 64, hidden_size=64, intermediate_size=160, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32768, rope_theta=1000000.0,
+            rms_norm_eps=1e-6, tie_word_embeddings=False, eos_token_id=n - 1,
+        )
+        cfg.architectures = ["Qwen2ForCausalLM"]
+        torch.manual_seed(0)
+        model = Qwen2ForCausalLM(cfg)
+        _init_random(model, 0.35)
+        _save_model(model, out, torch.float32)
+        _write_card(out, "apache-2.0", ["zh", "en"], "Qwen/Qwen2.5-0.5B-Instruct", "Tiny-Qwen2.5-Chat")
+
+    return _cached("qwen2", build)
+
+
+def qwen3() -> Path:
+    def build(out: Path) -> None:
+        import torch
+        from transformers import Qwen3Config, Qwen3ForCausalLM
+
+        n = _qwen_tokenizer(out)
+        cfg = Qwen3Config(
+            vocab_size=n, hidden_size=64, intermediate_size=160, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, head_dim=32, max_position_embeddings=40960, rope_theta=1000000.0,
+            rms_norm_eps=1e-6, tie_word_embeddings=True, eos_token_id=n - 1,
+        )
+        cfg.architectures = ["Qwen3ForCausalLM"]
+        torch.manual_seed(0)
+        model = Qwen3ForCausalLM(cfg)
+        _init_random(model, 0.35)
+        _save_model(model, out, torch.bfloat16)
+        _write_card(out, "apache-2.0", ["zh", "en"], "Qwen/Qwen3-0.6B", "Tiny-Qwen3")
+
+    return _cached("qwen3", build)
+
+
+# -- LLaMA 2 style SentencePiece (trained tokenizer.model), pytorch_model.bin weights -----------
+def spm_llama() -> Path:
+    def build(out: Path) -> None:
+        import io
+
+        import sentencepiece as spm
+        import torch
+        from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+        buf = io.BytesIO()
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=iter(corpus().splitlines()), model_writer=buf, vocab_size=2000, model_type="bpe",
+            byte_fallback=True, split_digits=True, character_coverage=0.9995, unk_id=0, bos_id=1, eos_id=2,
+            pad_id=-1, add_dummy_prefix=True, remove_extra_whitespaces=False, normalization_rule_name="identity",
+            allow_whitespace_only_pieces=True, minloglevel=2, num_threads=2,
+        )
+        (out / "tokenizer.model").write_bytes(buf.getvalue())
+        (out / "tokenizer_config.json").write_text(json.dumps({
+            "tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>",
+            "add_bos_token": True, "add_eos_token": False, "legacy": True, "clean_up_tokenization_spaces": False,
+        }))
+        tok = AutoTokenizer.from_pretrained(out)  # converts tokenizer.model, as loading a LLaMA 2 repo does
+        tok.chat_template = LLAMA2_CHAT_TEMPLATE
+        tok.save_pretrained(out)
+        cfg = LlamaConfig(
+            vocab_size=2000, hidden_size=64, intermediate_size=176, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=4, max_position_embeddings=4096, rms_norm_eps=1e-5, tie_word_embeddings=False,
+            bos_token_id=1, eos_token_id=2,
+        )
+        cfg.architectures = ["LlamaForCausalLM"]
+        torch.manual_seed(0)
+        model = LlamaForCausalLM(cfg)
+        _init_random(model, 0.35)
+        # the legacy pickle format (loaded with torch.load(weights_only=True)); transformers 5 only writes safetensors
+        sd = {k: v.to(torch.float16).contiguous() for k, v in model.state_dict().items()}
+        torch.save(sd, out / "pytorch_model.bin")
+        cfg.save_pretrained(out)
+        _write_card(out, "llama2", ["en"], "meta-llama/Llama-2-7b-chat-hf", "Tiny-Llama-2-Chat")
+
+    return _cached("spm_llama", build)
+
+
+ALL = {"smollm2": smollm2, "llama3": llama3, "qwen2": qwen2, "qwen3": qwen3, "spm_llama": spm_llama}
