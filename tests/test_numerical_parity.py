@@ -1,0 +1,101 @@
+"""The GGUF computes what the Hugging Face model computes: next-token logits through llama-cpp-python."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import FIXTURES, fixture_dir
+from fixtures import PROBE
+
+N_TOKENS = 256
+# float32 GGUF vs float32 PyTorch: the only differences are summation order and llama.cpp's rope/softmax
+# kernels. Measured max |diff| is ~1e-4 on logits of magnitude ~10-40; the bound leaves an order of margin.
+F32_MAX_ABS_DIFF = 1e-3
+
+
+def probe_tokens(tok, english: bool = False) -> list[int]:
+    text = PROBE.read_text(encoding="utf-8")
+    if english:  # the English passage: text the (English-only) SmolLM2 predicts with clear margins
+        text = text[text.index("A longer English passage"):]
+    ids = tok.encode(text, add_special_tokens=True)
+    assert len(ids) >= N_TOKENS
+    return ids[:N_TOKENS]
+
+
+def hf_logits(model_dir, tokens: list[int]) -> np.ndarray:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    model.eval()
+    with torch.no_grad():
+        return model(torch.tensor([tokens])).logits[0].float().numpy()
+
+
+def gguf_logits(path, tokens: list[int]) -> np.ndarray:
+    from llama_cpp import Llama
+
+    llm = Llama(model_path=str(path), n_ctx=512, n_batch=512, n_ubatch=512, logits_all=True, verbose=False,
+                n_threads=2, seed=0, type_k=0, type_v=0)  # float32 KV cache (default is f16)
+    llm.eval(tokens)
+    return np.array(llm.scores[: len(tokens)], dtype=np.float32)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", FIXTURES)
+def test_f32_gguf_matches_hugging_face_logits(name, converted):
+    from transformers import AutoTokenizer
+
+    model_dir = fixture_dir(name)
+    tokens = probe_tokens(AutoTokenizer.from_pretrained(model_dir))
+    want = hf_logits(model_dir, tokens)
+    got = gguf_logits(converted(name, "f32"), tokens)
+    assert got.shape == want.shape
+    diff = float(np.abs(got - want).max())
+    same = float((got.argmax(-1) == want.argmax(-1)).mean())
+    print(f"{name}: max |logit diff| {diff:.2e} (logit range {want.min():.1f}..{want.max():.1f}), argmax agreement {same:.1%}")
+    assert same == 1.0, f"{name}: argmax differs at {int((1 - same) * N_TOKENS)} of {N_TOKENS} positions"
+    assert diff < F32_MAX_ABS_DIFF
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("outtype", ["bf16", "f16", "q8_0"])
+def test_smollm2_lower_precision_outputs_agree(outtype, converted):
+    """bf16/f16/q8_0 files load and pick the same next token as the original on >= 95% of positions.
+
+    Measured on English text: on the mixed probe's Chinese opening, which the English-only SmolLM2 cannot
+    predict, near-ties make q8_0 agree on 91% only, exactly as llama.cpp's own Q8_0 quantizer does.
+    """
+    from transformers import AutoTokenizer
+
+    model_dir = fixture_dir("smollm2")
+    tokens = probe_tokens(AutoTokenizer.from_pretrained(model_dir), english=True)
+    want = hf_logits(model_dir, tokens)
+    got = gguf_logits(converted("smollm2", outtype), tokens)
+    same = float((got.argmax(-1) == want.argmax(-1)).mean())
+    print(f"smollm2 {outtype}: argmax agreement {same:.1%}")
+    assert same >= 0.95
+
+
+@pytest.mark.slow
+def test_q8_0_equals_llama_cpp_quantizer(converted, tmp_path):
+    """Our numpy Q8_0 writes the very bytes llama.cpp's own quantizer makes from the f32 file."""
+    import ctypes
+
+    import gguf
+    import llama_cpp
+
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_Q8_0
+    params.nthread = 2
+    ref = tmp_path / "ref-Q8_0.gguf"
+    rc = llama_cpp.llama_model_quantize(str(converted("smollm2", "f32")).encode(), str(ref).encode(), ctypes.byref(params))
+    assert rc == 0
+    ours = {t.name: t for t in gguf.GGUFReader(converted("smollm2", "q8_0")).tensors}
+    theirs = {t.name: t for t in gguf.GGUFReader(ref).tensors}
+    assert ours.keys() == theirs.keys()
+    for name, t in ours.items():
+        u = theirs[name]
+        assert t.tensor_type == u.tensor_type, name
+        assert np.array_equal(np.asarray(t.data).view(np.uint8), np.asarray(u.data).view(np.uint8)), name
