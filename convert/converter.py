@@ -154,8 +154,8 @@ def convert(
         try:
             for p in plan:
                 _pad(fout, writer.data_alignment)
-                for chunk in _tensor_chunks(ckpt, arch, p):
-                    data = encode(chunk, p.src_dtype, p.qtype)
+                for chunk, chunk_dtype in _tensor_chunks(ckpt, arch, p):
+                    data = encode(chunk, chunk_dtype, p.qtype)
                     fout.write(memoryview(np.ascontiguousarray(data)).cast("B"))
                     bar(data.nbytes)
                 _pad(fout, writer.data_alignment)
@@ -218,19 +218,27 @@ def _plan(ckpt: Checkpoint, arch: arch_registry.Architecture, outtype: str) -> l
     return plan
 
 
-def _tensor_chunks(ckpt: Checkpoint, arch: arch_registry.Architecture, p: _Planned) -> Iterator[np.ndarray]:
+def _tensor_chunks(
+    ckpt: Checkpoint, arch: arch_registry.Architecture, p: _Planned
+) -> Iterator[tuple[np.ndarray, str]]:
+    """Yield (slab of rows, its dtype name); a transform may turn raw data into float32."""
     if p.hf_name is None:
         assert p.data is not None
-        yield p.data
+        yield p.data, "F32"
         return
     if arch.rearranges(p.gguf_name) or len(p.shape) < 2:
-        data = arch.transform(p.gguf_name, ckpt.read(p.hf_name))
-        ref = ckpt.tensors[p.hf_name]
-        if data.shape != ref.shape:
+        raw = ckpt.read(p.hf_name)
+        data = arch.transform(p.gguf_name, raw, p.src_dtype)
+        dtype = p.src_dtype if data.dtype == raw.dtype else "F32"
+        if data.dtype != raw.dtype and data.dtype != np.float32:
+            raise ForgeError(f"tensor {p.hf_name}: internal error, transform returned {data.dtype}")
+        if data.shape != raw.shape:
             raise ForgeError(f"tensor {p.hf_name}: internal error, shape changed in transform")
-        yield from _row_slabs(data)
+        for slab in _row_slabs(data):
+            yield slab, dtype
         return
-    yield from ckpt.iter_rows(p.hf_name, SLAB_BYTES)
+    for slab in ckpt.iter_rows(p.hf_name, SLAB_BYTES):
+        yield slab, p.src_dtype
 
 
 def _row_slabs(data: np.ndarray) -> Iterator[np.ndarray]:

@@ -13,7 +13,7 @@ os.environ.setdefault("GGUF_FORGE_CACHE", str(Path(__file__).resolve().parent.pa
 
 import fixtures  # noqa: E402
 
-FIXTURES = ["smollm2", "llama3", "qwen2", "qwen3", "spm_llama"]
+FIXTURES = ["smollm2", "gemma3", "gemma2", "llama3", "qwen2", "qwen3", "spm_llama"]
 
 
 def fixture_dir(name: str) -> Path:

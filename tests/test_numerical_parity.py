@@ -12,6 +12,10 @@ N_TOKENS = 256
 # float32 GGUF vs float32 PyTorch: the only differences are summation order and llama.cpp's rope/softmax
 # kernels. Measured max |diff| is ~1e-4 on logits of magnitude ~10-40; the bound leaves an order of margin.
 F32_MAX_ABS_DIFF = 1e-3
+# Gemma's GELU is computed by llama.cpp's CPU backend through a float16 lookup table (GGML_GELU_FP16 in
+# ggml-cpu/vec.h), which costs ~1e-3 relative error per activation: measured 2.4e-2 on Gemma 3 270M (logits
+# -56..24) and 5.9e-2 on the tiny random Gemma 2 (logits -25..25; the same within and beyond its sliding window).
+BOUNDS = {"gemma3": 0.1, "gemma2": 0.1}
 
 
 def probe_tokens(tok, english: bool = False) -> list[int]:
@@ -56,7 +60,7 @@ def test_f32_gguf_matches_hugging_face_logits(name, converted):
     same = float((got.argmax(-1) == want.argmax(-1)).mean())
     print(f"{name}: max |logit diff| {diff:.2e} (logit range {want.min():.1f}..{want.max():.1f}), argmax agreement {same:.1%}")
     assert same == 1.0, f"{name}: argmax differs at {int((1 - same) * N_TOKENS)} of {N_TOKENS} positions"
-    assert diff < F32_MAX_ABS_DIFF
+    assert diff < BOUNDS.get(name, F32_MAX_ABS_DIFF)
 
 
 @pytest.mark.slow

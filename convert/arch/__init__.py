@@ -47,8 +47,14 @@ def for_config(config: dict) -> "Architecture":
 
 
 def rope_settings(config: dict) -> tuple[float, dict | None]:
-    """(rope theta, rope scaling dict or None) from old- or new-style (transformers 5) configs."""
+    """(rope theta, rope scaling dict or None) from old- or new-style (transformers 5) configs.
+
+    With per-layer-type parameters (``{"full_attention": {...}, "sliding_attention": {...}}``) this is
+    the full-attention (global) setting.
+    """
     params = config.get("rope_parameters")
+    if isinstance(params, dict) and isinstance(params.get("full_attention"), dict):
+        params = params["full_attention"]
     if isinstance(params, dict) and "rope_theta" in params:
         theta = float(params["rope_theta"])
         scaling = None if params.get("rope_type", "default") == "default" else dict(params)
@@ -123,8 +129,10 @@ class Architecture:
         """True when :meth:`transform` changes this tensor (it is then read whole, not in slabs)."""
         return False
 
-    def transform(self, gguf_name: str, data: np.ndarray) -> np.ndarray:
-        """Rearrange a tensor's data for llama.cpp (raw dtype preserved). Default: unchanged."""
+    def transform(self, gguf_name: str, data: np.ndarray, dtype: str) -> np.ndarray:
+        """Rearrange a tensor for llama.cpp. ``data`` is raw (``dtype`` is its safetensors name,
+        BF16 as uint16 bits); return it rearranged in the same raw type, or as float32 when values change.
+        Default: unchanged."""
         return data
 
     def extra_tensors(self) -> dict[str, np.ndarray]:
@@ -215,4 +223,4 @@ def permute_rope_rows(data: np.ndarray, n_head: int) -> np.ndarray:
 
 
 # architecture modules register themselves on import
-from . import llama, qwen2, qwen3  # noqa: E402,F401
+from . import gemma, llama, qwen2, qwen3  # noqa: E402,F401

@@ -15,7 +15,7 @@ class Llama(Architecture):
     def rearranges(self, gguf_name: str) -> bool:
         return gguf_name.endswith(("attn_q.weight", "attn_q.bias", "attn_k.weight", "attn_k.bias"))
 
-    def transform(self, gguf_name: str, data: np.ndarray) -> np.ndarray:
+    def transform(self, gguf_name: str, data: np.ndarray, dtype: str) -> np.ndarray:
         # llama.cpp's llama rope rotates interleaved pairs; HF checkpoints store rotate-half rows
         if gguf_name.endswith(("attn_q.weight", "attn_q.bias")):
             return permute_rope_rows(data, self.n_head)
