@@ -173,8 +173,9 @@ def test_bad_input_is_one_line_exit_2_and_no_output(tmp_path):
 
 
 @pytest.mark.slow
-def test_interrupted_conversion_leaves_no_file(tmp_path):
-    """Ctrl-C while the GGUF is being written: nothing under the final name, no partial file, a clear message."""
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_interrupted_conversion_leaves_no_file(tmp_path, sig):
+    """Ctrl-C or kill while the GGUF is being written: nothing under the final name, no partial file, a message."""
     import signal
     import time
 
@@ -190,7 +191,7 @@ def test_interrupted_conversion_leaves_no_file(tmp_path):
             break
         time.sleep(0.01)
     assert partial, "the conversion never wrote a partial file"
-    p.send_signal(signal.SIGINT)
+    p.send_signal(getattr(signal, sig))
     _, err = p.communicate(timeout=60)
     assert p.returncode == 130, err
     assert "interrupted" in err and "Traceback" not in err

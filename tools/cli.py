@@ -31,6 +31,10 @@ def _user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def _terminate_as_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="quantize (gguf-forge)")
 def main() -> None:
@@ -41,6 +45,10 @@ def main() -> None:
       quantize convert ./my-model -o my-model-F16.gguf --outtype f16
       quantize inspect my-model-F16.gguf
     """
+    import signal
+
+    # a kill (SIGTERM) cleans up like Ctrl-C: partial output removed, a message, exit 130
+    signal.signal(signal.SIGTERM, _terminate_as_interrupt)
 
 
 @main.command()
