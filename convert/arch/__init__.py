@@ -155,7 +155,16 @@ class Architecture:
 
     # -- metadata ------------------------------------------------------------------------
     def add_hparams(self, w: gguf.GGUFWriter) -> None:
-        c = self.config
+        """The ``{arch}.*`` keys. Default: the llama family's."""
+        self.add_common_hparams(w)
+        w.add_rope_dimension_count(self.head_dim)
+        if self.head_dim != self.n_embd // self.n_head:
+            w.add_key_length(self.head_dim)
+            w.add_value_length(self.head_dim)
+        self.add_rope_scaling(w)
+
+    def add_common_hparams(self, w: gguf.GGUFWriter) -> None:
+        """Shapes, context, rope base, norm epsilon and vocabulary size: what every architecture stores."""
         w.add_context_length(self.n_ctx)
         w.add_embedding_length(self.n_embd)
         w.add_block_count(self.n_layer)
@@ -163,13 +172,8 @@ class Architecture:
         w.add_head_count(self.n_head)
         w.add_head_count_kv(self.n_head_kv)
         w.add_rope_freq_base(self.rope_theta)
-        w.add_layer_norm_rms_eps(float(c.get("rms_norm_eps", 1e-6)))
+        w.add_layer_norm_rms_eps(float(self.config.get("rms_norm_eps", 1e-6)))
         w.add_vocab_size(self.n_vocab)
-        w.add_rope_dimension_count(self.head_dim)
-        if self.head_dim != self.n_embd // self.n_head:
-            w.add_key_length(self.head_dim)
-            w.add_value_length(self.head_dim)
-        self.add_rope_scaling(w)
 
     def add_rope_scaling(self, w: gguf.GGUFWriter) -> None:
         s = self.rope_scaling

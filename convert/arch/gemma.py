@@ -81,17 +81,9 @@ class _Gemma(Architecture):
 
     def add_hparams(self, w: gguf.GGUFWriter) -> None:
         c = self.config
-        w.add_context_length(self.n_ctx)
-        w.add_embedding_length(self.n_embd)
-        w.add_block_count(self.n_layer)
-        w.add_feed_forward_length(self.n_ff)
-        w.add_head_count(self.n_head)
-        w.add_head_count_kv(self.n_head_kv)
-        w.add_layer_norm_rms_eps(float(c.get("rms_norm_eps", 1e-6)))
+        self.add_common_hparams(w)
         w.add_key_length(self.head_dim)
         w.add_value_length(self.head_dim)
-        w.add_vocab_size(self.n_vocab)
-        w.add_rope_freq_base(self.rope_theta)
         if c.get("final_logit_softcapping"):
             w.add_final_logit_softcapping(float(c["final_logit_softcapping"]))
         if c.get("sliding_window"):
