@@ -109,6 +109,7 @@ class Checkpoint:
             self.config: dict = json.loads(cfg_file.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
             raise ForgeError(f"{cfg_file}: cannot be parsed ({e})") from None
+        self.tokenizer_path = self.path  # where the tokenizer files are (an adapter may bring its own)
         self.tensors: dict[str, TensorRef] = {}
         self._torch_files: dict[Path, dict] = {}
         self._find_weights()

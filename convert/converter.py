@@ -19,6 +19,7 @@ import numpy as np
 from ..errors import ForgeError
 from . import arch as arch_registry
 from .checkpoint import Checkpoint, to_float32
+from .lora import LoraSpec, MergedCheckpoint, merged_source
 from .overrides import KVOverride, apply_overrides
 from .tokenizer import load_vocab
 
@@ -117,23 +118,27 @@ def convert(
     overrides: list[KVOverride] | None = None,
     progress: bool = True,
     name: str | None = None,
+    loras: list[LoraSpec] | None = None,
 ) -> ConvertResult:
     """Convert the Hugging Face model directory ``model`` to the GGUF file ``out``.
 
     ``overrides`` replace or add metadata keys after everything else is set (``--ctx`` and
-    ``--rope-theta`` are expressed as overrides). Raises :class:`ForgeError` on bad input and
+    ``--rope-theta`` are expressed as overrides). ``loras`` are PEFT adapters merged in while streaming
+    (see :mod:`.lora`). Raises :class:`ForgeError` on bad input and
     leaves no file at ``out`` unless the conversion completed.
     """
-    ckpt = Checkpoint(model)
+    ckpt: Checkpoint | MergedCheckpoint = Checkpoint(model)
+    if loras:
+        ckpt = merged_source(ckpt, loras)
     out = Path(out)
     overrides = list(overrides or [])
     arch = arch_registry.for_config(ckpt.config)
-    outtype = resolve_outtype(outtype, ckpt)
+    outtype = resolve_outtype(outtype, getattr(ckpt, "base", ckpt))
     _check_output_dir(out)
 
     plan = _plan(ckpt, arch, outtype)
     pre_override = next((o.value for o in overrides if o.key == "tokenizer.ggml.pre"), None)
-    vocab = load_vocab(ckpt.path, arch.n_vocab, pre_override=str(pre_override) if pre_override else None)
+    vocab = load_vocab(ckpt.tokenizer_path, arch.n_vocab, pre_override=str(pre_override) if pre_override else None)
 
     n_params = sum(int(np.prod(p.shape)) for p in plan if not p.gguf_name.startswith("rope_freqs"))
     tmp = out.with_name(f".{out.name}.{os.getpid()}.partial")
@@ -150,7 +155,7 @@ def convert(
         writer.write_ti_data_to_file()
         fout = writer.fout[0]  # type: ignore[index]
         total = sum(p.nbytes for p in plan)
-        bar = _progress(total, out.name, progress)
+        bar = progress_bar(total, out.name, progress)
         try:
             for p in plan:
                 _pad(fout, writer.data_alignment)
@@ -172,7 +177,8 @@ def convert(
             pass
         tmp.unlink(missing_ok=True)
         raise
-    return ConvertResult(out, arch.arch_name, outtype, len(plan), n_params, out.stat().st_size, vocab.pre)
+    warnings = list(getattr(ckpt, "warnings", []))
+    return ConvertResult(out, arch.arch_name, outtype, len(plan), n_params, out.stat().st_size, vocab.pre, warnings)
 
 
 def _add_info(writer: gguf.GGUFWriter, p: _Planned) -> None:
@@ -257,12 +263,13 @@ def _pad(f, align: int) -> None:
         f.write(b"\0" * pad)
 
 
-def _progress(total: int, label: str, enabled: bool) -> Callable[[int | None], None]:
+def progress_bar(total: int, label: str, enabled: bool, unit: str = "B") -> Callable[[int | None], None]:
     if not enabled:
         return lambda n: None
     from tqdm import tqdm
 
-    bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=f"writing {label}", leave=False)
+    bar = tqdm(total=total, unit=unit, unit_scale=True, unit_divisor=1024 if unit == "B" else 1000,
+               desc=f"writing {label}", leave=False)
 
     def update(n: int | None) -> None:
         if n is None:

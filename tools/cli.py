@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -61,12 +62,15 @@ def main() -> None:
 @click.option("--rope-theta", type=click.FloatRange(min=0, min_open=True), help="Override the rope frequency base.")
 @click.option("--override-kv", "override_kv", multiple=True, metavar="KEY=TYPE:VALUE",
               help="Set a metadata key (TYPE: int, float, bool, str); repeatable.")
+@click.option("--lora", "loras", multiple=True, metavar="ADAPTER[:WEIGHT]",
+              help="PEFT LoRA adapter (directory or hub id) merged while converting; repeatable, applied in order.")
 @click.option("--name", help="general.name to store (default: from the model card or folder).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 @_user_errors
 def convert(model: str, outfile: Path, outtype: str, ctx: int | None, rope_theta: float | None,
-            override_kv: tuple[str, ...], name: str | None, as_json: bool, no_progress: bool) -> None:
+            override_kv: tuple[str, ...], loras: tuple[str, ...], name: str | None, as_json: bool,
+            no_progress: bool) -> None:
     """Convert a Hugging Face model (directory or cached hub id) to GGUF, streaming tensor by tensor.
 
     \b
@@ -74,8 +78,10 @@ def convert(model: str, outfile: Path, outtype: str, ctx: int | None, rope_theta
       quantize convert ./Llama-3-8B-Instruct -o Llama-3-8B-Instruct-BF16.gguf
       quantize convert Qwen/Qwen2.5-0.5B-Instruct -o qwen-F16.gguf --outtype f16
       quantize convert ./model -o model-Q8_0.gguf --outtype q8_0 --ctx 32768 --rope-theta 1000000
+      quantize convert ./Meta-Llama-3-8B-Instruct --lora ./my-lora -o my-finetune-BF16.gguf
+      quantize convert ./base --lora ./style:0.7 --lora ./facts:0.5 -o mix-F16.gguf --outtype f16
     """
-    from ..convert import Checkpoint, convert as do_convert, parse_override, resolve_model
+    from ..convert import Checkpoint, convert as do_convert, parse_lora_spec, parse_override, resolve_model
     from ..convert.arch import for_config
 
     path = resolve_model(model)
@@ -88,7 +94,10 @@ def convert(model: str, outfile: Path, outtype: str, ctx: int | None, rope_theta
         if rope_theta is not None:
             extra.append(parse_override(f"{arch}.rope.freq_base=float:{rope_theta}"))
         overrides = extra + overrides
-    result = do_convert(path, outfile, outtype=outtype, overrides=overrides, progress=not no_progress, name=name)
+    result = do_convert(path, outfile, outtype=outtype, overrides=overrides, progress=not no_progress, name=name,
+                        loras=[parse_lora_spec(x) for x in loras])
+    for w in result.warnings:
+        click.echo(f"warning: {w}", err=True)
     if as_json:
         click.echo(json.dumps({
             "output": str(result.path), "architecture": result.arch, "outtype": result.outtype,
@@ -100,6 +109,51 @@ def convert(model: str, outfile: Path, outtype: str, ctx: int | None, rope_theta
             f"wrote {result.path} ({result.arch}, {result.outtype}, {result.n_tensors} tensors, "
             f"{result.n_params / 1e6:.1f}M parameters, {result.nbytes / 2**20:.1f} MiB)"
         )
+
+
+@main.command()
+@click.option("--base", "base", required=True, help="Base model: Hugging Face directory or cached hub id.")
+@click.option("--lora", "loras", multiple=True, required=True, metavar="ADAPTER[:WEIGHT]",
+              help="PEFT LoRA adapter (directory or hub id); repeatable, applied in order.")
+@click.option("-o", "--outdir", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Output folder for the merged Hugging Face checkpoint (must not exist or be empty).")
+@click.option("--dtype", type=click.Choice(["auto", "f32", "f16", "bf16"], case_sensitive=False), default="auto",
+              show_default=True, help="Weight dtype; auto keeps the base's.")
+@click.option("--max-shard-size", default="5GB", show_default=True, help="Largest safetensors shard, e.g. 2GB, 500MB.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
+@_user_errors
+def merge(base: str, loras: tuple[str, ...], outdir: Path, dtype: str, max_shard_size: str, as_json: bool,
+          no_progress: bool) -> None:
+    """Merge LoRA adapters into the base and write a sharded safetensors checkpoint (streaming, low memory).
+
+    \b
+    Example:
+      quantize merge --base ./Meta-Llama-3-8B-Instruct --lora ./my-lora -o ./my-finetune-merged
+    """
+    from ..convert import Checkpoint, merged_source, parse_lora_spec, resolve_model, write_hf_checkpoint
+    from ..convert.converter import progress_bar
+
+    limit = _parse_size(max_shard_size)
+    source = merged_source(Checkpoint(resolve_model(base, what="--base")), [parse_lora_spec(x) for x in loras])
+    for w in source.warnings:
+        click.echo(f"warning: {w}", err=True)
+    n_weights = sum(math.prod(source.tensors[n].shape) for n in source.names())
+    bar = progress_bar(n_weights, outdir.name, not no_progress, unit="weights")
+    files = write_hf_checkpoint(source, outdir, dtype=dtype.lower(), max_shard_bytes=limit, progress=bar)
+    if as_json:
+        click.echo(json.dumps({"output": str(outdir), "files": [str(f) for f in files]}, indent=2))
+    else:
+        click.echo(f"wrote {outdir} ({len(files)} safetensors file{'s' if len(files) != 1 else ''})")
+
+
+def _parse_size(text: str) -> int:
+    import re
+
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)I?B?\s*", text.upper())
+    if not m:
+        raise ForgeError(f"--max-shard-size {text!r}: expected a size such as 5GB or 500MB")
+    return int(float(m.group(1)) * 1000 ** "_KMGT".index(m.group(2) or "_"))
 
 
 @main.command()

@@ -48,10 +48,6 @@ class _Gemma(Architecture):
                     f"1/sqrt({llama_cpp:g}) for this shape; the converted model would compute something else"
                 )
 
-    def gguf_name(self, hf_name: str) -> str | None:
-        if hf_name == "lm_head.weight":
-            return None  # tied to the embeddings in every Gemma
-        return super().gguf_name(hf_name)
 
     def rearranges(self, gguf_name: str) -> bool:
         return gguf_name.endswith("norm.weight")
@@ -60,10 +56,6 @@ class _Gemma(Architecture):
         if gguf_name.endswith("norm.weight"):
             return to_float32(data, dtype) + np.float32(1.0)
         return data
-
-    def check_complete(self, names: set[str]) -> None:
-        self.tied = True
-        super().check_complete(names)
 
     def sliding_layers(self) -> list[bool] | None:
         types = self.config.get("layer_types")

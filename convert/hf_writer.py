@@ -1,0 +1,128 @@
+"""Write a (merged) checkpoint back out as a sharded safetensors Hugging Face directory, streaming.
+
+Used by ``quantize merge``: each shard's header is computed from the tensor shapes first, then tensor
+data is written slab by slab. The directory is assembled under a temporary name beside the target and
+renamed when complete; config, tokenizer, chat template and generation config are copied.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import struct
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from ..errors import ForgeError
+from .checkpoint import to_float32
+
+DTYPES = {"f32": ("F32", np.float32), "f16": ("F16", np.float16), "bf16": ("BF16", np.uint16)}
+_COPY = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", "tokenizer.model",
+         "special_tokens_map.json", "added_tokens.json", "chat_template.jinja", "chat_template.json", "vocab.json",
+         "merges.txt")
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json",
+                    "added_tokens.json", "chat_template.jinja", "chat_template.json", "vocab.json", "merges.txt")
+
+
+def _encode(slab: np.ndarray, src: str, dtype: str) -> np.ndarray:
+    if dtype == "bf16" and src == "BF16":
+        return slab
+    if dtype == "f16" and src == "F16":
+        return slab
+    f32 = to_float32(slab, src)
+    if dtype == "f32":
+        return np.ascontiguousarray(f32, dtype=np.float32)
+    if dtype == "f16":
+        return f32.astype(np.float16)
+    from .converter import _bf16_from_f32
+
+    return _bf16_from_f32(f32)
+
+
+def write_hf_checkpoint(source, out_dir: Path, dtype: str = "auto", max_shard_bytes: int = 5 * 10**9,
+                        progress: Callable[[int | None], None] | None = None) -> list[Path]:
+    """Write ``source`` (a Checkpoint or MergedCheckpoint) to ``out_dir``; returns the weight files."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise ForgeError(f"{out_dir}: exists and is not empty; remove it or choose another output folder")
+    parent = out_dir.parent if str(out_dir.parent) else Path(".")
+    if not parent.is_dir() or not os.access(parent, os.W_OK):
+        raise ForgeError(f"{out_dir}: folder {parent} does not exist or is not writable")
+    base = getattr(source, "base", source)
+    if dtype == "auto":
+        floats = [r.dtype for r in base.tensors.values()]
+        top = max(set(floats), key=floats.count)
+        dtype = {"BF16": "bf16", "F16": "f16"}.get(top, "f32")
+    if dtype not in DTYPES:
+        raise ForgeError(f"--dtype {dtype}: choose one of auto, {', '.join(DTYPES)}")
+    st_dtype, np_dtype = DTYPES[dtype]
+    itemsize = np.dtype(np_dtype).itemsize
+    names = list(source.names())
+    if getattr(source, "config", {}).get("tie_word_embeddings") and "lm_head.weight" in names:
+        names.remove("lm_head.weight")
+    shards: list[list[str]] = [[]]
+    size = 0
+    for n in names:
+        nbytes = int(np.prod(source.tensors[n].shape)) * itemsize
+        if shards[-1] and size + nbytes > max_shard_bytes:
+            shards.append([])
+            size = 0
+        shards[-1].append(n)
+        size += nbytes
+    tmp = parent / f".{out_dir.name}.{os.getpid()}.partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    files: list[Path] = []
+    try:
+        weight_map: dict[str, str] = {}
+        total = 0
+        for i, shard in enumerate(shards):
+            fname = "model.safetensors" if len(shards) == 1 else f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+            header: dict = {"__metadata__": {"format": "pt"}}
+            off = 0
+            for n in shard:
+                shape = list(source.tensors[n].shape)
+                nbytes = int(np.prod(shape)) * itemsize
+                header[n] = {"dtype": st_dtype, "shape": shape, "data_offsets": [off, off + nbytes]}
+                off += nbytes
+                weight_map[n] = fname
+            total += off
+            raw = json.dumps(header, separators=(",", ":")).encode()
+            raw += b" " * ((-len(raw)) % 8)
+            with open(tmp / fname, "wb") as f:
+                f.write(struct.pack("<Q", len(raw)) + raw)
+                for n in shard:
+                    src_dtype = source.tensors[n].dtype
+                    for slab in source.iter_rows(n, 64 << 20):
+                        data = _encode(slab, src_dtype, dtype)
+                        f.write(memoryview(np.ascontiguousarray(data)).cast("B"))
+                        if progress:
+                            progress(int(data.size))
+                f.flush()
+                os.fsync(f.fileno())
+            files.append(out_dir / fname)
+        if len(shards) > 1:
+            (tmp / "model.safetensors.index.json").write_text(
+                json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
+        tok_dir = Path(getattr(source, "tokenizer_path", base.path))
+        for name in _COPY:
+            src = (tok_dir if name in _TOKENIZER_FILES else base.path) / name
+            if src.is_file():
+                shutil.copy(src, tmp / name)
+        config = dict(getattr(source, "config", base.config))
+        config["torch_dtype"] = {"f32": "float32", "f16": "float16", "bf16": "bfloat16"}[dtype]
+        config.pop("dtype", None)
+        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        if out_dir.exists():
+            out_dir.rmdir()
+        os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    finally:
+        if progress:
+            progress(None)
+    return files

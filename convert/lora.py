@@ -1,0 +1,390 @@
+"""PEFT LoRA adapters merged into a base checkpoint while it streams, exactly as peft's ``merge_and_unload``.
+
+:class:`Adapter` reads ``adapter_config.json`` and the adapter weights (headers only, tensors on demand).
+:class:`MergedCheckpoint` looks like a :class:`~.checkpoint.Checkpoint` to the converter and to
+``quantize merge``: every tensor an adapter touches is produced slab by slab (rows), as float32:
+
+- LoRA on a linear layer: ``W + weight * scale * B @ A`` (scale ``alpha / r``, ``alpha / sqrt(r)`` with rsLoRA,
+  ``r``/``alpha`` from ``rank_pattern``/``alpha_pattern`` as peft resolves them);
+- LoRA on an embedding: ``W + weight * scale * (B @ A).T``;
+- DoRA: ``magnitude / ||W0 + delta||_row * (W + delta)`` with the norm taken on the unmerged base, as peft does;
+- ``modules_to_save`` (and saved ``base_layer`` weights): the adapter's full tensor replaces the base's;
+  a larger embedding/lm_head is a resized vocabulary (the adapter's tokenizer then wins); an lm_head on a base
+  with tied embeddings unties it.
+
+Several adapters are applied in the order given, each with its weight. Nothing is ever materialised beyond
+one slab of rows of one tensor (plus that tensor's small A/B factors).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from ..errors import ForgeError
+from .checkpoint import Checkpoint, TensorRef, read_safetensors_header, to_float32
+
+PREFIX = "base_model.model."
+SUPPORTED_PEFT = "LORA"
+_UNSUPPORTED_OPTIONS = {
+    "use_qalora": "QA-LoRA", "trainable_token_indices": "trainable tokens", "target_parameters": "LoRA on parameters",
+    "layer_replication": "layer replication", "alora_invocation_tokens": "activated LoRA", "use_bdlora": "BD-LoRA",
+}
+
+
+@dataclass(frozen=True)
+class LoraSpec:
+    """One ``--lora ADAPTER[:WEIGHT]``."""
+
+    path: str
+    weight: float = 1.0
+
+
+def parse_lora_spec(text: str) -> LoraSpec:
+    """``ADAPTER`` or ``ADAPTER:WEIGHT`` (weight a float, default 1)."""
+    head, sep, tail = text.rpartition(":")
+    if sep and head:
+        try:
+            return LoraSpec(head, float(tail))
+        except ValueError:
+            pass
+    return LoraSpec(text, 1.0)
+
+
+@dataclass
+class _Module:
+    """One LoRA-adapted module of one adapter."""
+
+    name: str  # e.g. model.layers.0.self_attn.q_proj
+    a: str
+    b: str
+    kind: str  # "linear" or "embedding"
+    magnitude: str | None = None
+    bias: str | None = None
+    scale: float = 0.0
+
+
+@dataclass
+class Adapter:
+    """A PEFT LoRA adapter directory (``adapter_config.json`` + ``adapter_model.safetensors``/``.bin``)."""
+
+    path: Path
+    weight: float = 1.0
+    config: dict = field(default_factory=dict)
+    refs: dict[str, TensorRef] = field(default_factory=dict)
+    modules: dict[str, _Module] = field(default_factory=dict)  # by base tensor name (module + ".weight")
+    replacements: dict[str, str] = field(default_factory=dict)  # base tensor name -> adapter tensor key
+
+    @classmethod
+    def load(cls, path: str | Path, weight: float = 1.0) -> "Adapter":
+        path = Path(path)
+        cfg_file = path / "adapter_config.json"
+        if not path.is_dir():
+            raise ForgeError(f"--lora {path}: not a directory")
+        if not cfg_file.is_file():
+            raise ForgeError(f"{cfg_file}: missing; --lora needs a PEFT adapter directory (adapter_config.json + weights)")
+        try:
+            config = json.loads(cfg_file.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ForgeError(f"{cfg_file}: cannot be parsed ({e})") from None
+        kind = str(config.get("peft_type", "")).upper()
+        if kind != SUPPORTED_PEFT:
+            raise ForgeError(
+                f"{cfg_file}: peft_type {config.get('peft_type')!r} cannot be merged; only LoRA adapters "
+                "(peft_type LORA, including rsLoRA and DoRA) are supported"
+            )
+        for key, what in _UNSUPPORTED_OPTIONS.items():
+            if config.get(key):
+                raise ForgeError(f"{cfg_file}: {key} ({what}) is not supported for merging")
+        ad = cls(path, weight, config)
+        ad._load_weights()
+        ad._classify()
+        return ad
+
+    # -- reading -------------------------------------------------------------------------
+    def _load_weights(self) -> None:
+        st = self.path / "adapter_model.safetensors"
+        bin_file = self.path / "adapter_model.bin"
+        self._torch: dict | None = None
+        if st.is_file():
+            self.refs = read_safetensors_header(st)
+        elif bin_file.is_file():
+            import torch
+
+            try:
+                self._torch = torch.load(bin_file, map_location="cpu", weights_only=True)
+            except Exception as e:
+                raise ForgeError(f"{bin_file}: cannot be loaded with torch.load(weights_only=True): {e}") from None
+            self.refs = {k: TensorRef(k, bin_file, "F32", tuple(v.shape)) for k, v in self._torch.items()}
+        else:
+            raise ForgeError(f"{self.path}: no adapter_model.safetensors or adapter_model.bin")
+        if not self.refs:
+            raise ForgeError(f"{self.path}: the adapter holds no tensors")
+
+    def read(self, key: str) -> np.ndarray:
+        """One adapter tensor as float32."""
+        if self._torch is not None:
+            return self._torch[key].detach().float().numpy()
+        ref = self.refs[key]
+        return _read_ref(ref)
+
+    def read_raw(self, key: str) -> tuple[np.ndarray, str]:
+        if self._torch is not None:
+            return self.read(key), "F32"
+        ref = self.refs[key]
+        return _read_ref(ref, raw=True), ref.dtype
+
+    # -- structure -----------------------------------------------------------------------
+    def _classify(self) -> None:
+        parts: dict[str, dict[str, str]] = {}
+        for key in self.refs:
+            name = key[len(PREFIX):] if key.startswith(PREFIX) else key
+            m = re.match(r"^(.*)\.(lora_A|lora_B|lora_embedding_A|lora_embedding_B|lora_magnitude_vector)"
+                         r"(?:\.(?:default\.)?(weight|bias))?$", name)
+            if m:
+                module, part, suffix = m.group(1), m.group(2), m.group(3)
+                if part == "lora_B" and suffix == "bias":
+                    part = "lora_B_bias"
+                parts.setdefault(module, {})[part] = key
+                continue
+            if ".original_module." in name:
+                continue  # peft's copy of the untrained base module
+            if ".base_layer." in name:
+                name = name.replace(".base_layer.", ".")
+            wrapped = re.sub(r"\.modules_to_save\.(?:[^.]+\.)?(?=(?:weight|bias)$)", ".", name)
+            if wrapped != name and wrapped in self.replacements:
+                continue  # the plain key (what peft loads) wins over the wrapper's copy
+            self.replacements[wrapped] = key
+        for module, p in parts.items():
+            if "lora_A" in p and "lora_B" in p:
+                mod = _Module(module, p["lora_A"], p["lora_B"], "linear", p.get("lora_magnitude_vector"), p.get("lora_B_bias"))
+            elif "lora_embedding_A" in p and "lora_embedding_B" in p:
+                if "lora_magnitude_vector" in p:
+                    raise ForgeError(f"{self.path}: DoRA on the embedding layer {module} is not supported")
+                mod = _Module(module, p["lora_embedding_A"], p["lora_embedding_B"], "embedding")
+            else:
+                raise ForgeError(f"{self.path}: adapter tensor {next(iter(p.values()))} has no matching A/B partner")
+            mod.scale = self._scale(module, self.refs[mod.a].shape[0])
+            self.modules[module + ".weight"] = mod
+
+    def _scale(self, module: str, rank_in_file: int) -> float:
+        from_pattern = _pattern_value(self.config.get("rank_pattern") or {}, module)
+        r = int(from_pattern if from_pattern is not None else self.config.get("r", 8))
+        if r != rank_in_file:
+            raise ForgeError(
+                f"{self.path}: adapter tensor for {module} has rank {rank_in_file} but adapter_config.json "
+                f"gives r={r} for it"
+            )
+        alpha = _pattern_value(self.config.get("alpha_pattern") or {}, module)
+        alpha = float(alpha if alpha is not None else self.config.get("lora_alpha", 8))
+        return alpha / math.sqrt(r) if self.config.get("use_rslora") else alpha / r
+
+    @property
+    def base_model_name(self) -> str | None:
+        return self.config.get("base_model_name_or_path")
+
+    def has_tokenizer(self) -> bool:
+        return (self.path / "tokenizer.json").is_file() or (self.path / "tokenizer.model").is_file()
+
+
+def _pattern_value(patterns: dict, module: str):
+    """peft's rule: the first pattern key ``k`` with ``re.match(rf"(.*\\.)?({k})$", module)``."""
+    for k, v in patterns.items():
+        if re.match(rf"(.*\.)?({k})$", module):
+            return v
+    return None
+
+
+def _read_ref(ref: TensorRef, raw: bool = False) -> np.ndarray:
+    from .checkpoint import _ST_DTYPES
+
+    arr = np.empty(ref.shape, dtype=_ST_DTYPES[ref.dtype])
+    buf = memoryview(arr.reshape(-1).view(np.uint8))
+    with open(ref.file, "rb", buffering=0) as f:
+        f.seek(ref.offset)
+        got = 0
+        while got < ref.nbytes:
+            n = f.readinto(buf[got:])
+            if not n:
+                raise ForgeError(f"{ref.file}: file is truncated while reading tensor {ref.name}")
+            got += n
+    return arr if raw else to_float32(arr, ref.dtype)
+
+
+class MergedCheckpoint:
+    """A base :class:`Checkpoint` with adapters merged in on the fly (same reading interface)."""
+
+    def __init__(self, base: Checkpoint, adapters: list[Adapter]):
+        self.base = base
+        self.adapters = adapters
+        self.path = base.path
+        self.config = dict(base.config)
+        self.tokenizer_path = base.path
+        for ad in adapters:
+            if ad.has_tokenizer():
+                self.tokenizer_path = ad.path
+        self.warnings: list[str] = []
+        self._sources: dict[str, tuple[Adapter, str] | None] = {}  # name -> replacement (last wins)
+        self._loras: dict[str, list[tuple[Adapter, _Module]]] = {}
+        self.tensors: dict[str, TensorRef] = dict(base.tensors)
+        self._check_names()
+        self._build()
+
+    # -- validation and structure ----------------------------------------------------------
+    def _check_names(self) -> None:
+        base_name = str(self.base.config.get("_name_or_path") or self.base.path.name)
+        for ad in self.adapters:
+            want = ad.base_model_name
+            if want and Path(want).name.lower() != Path(base_name).name.lower() and \
+                    Path(want).name.lower() != self.base.path.name.lower():
+                msg = (f"{ad.path}: adapter was trained on {want!r} but the base is {self.base.path.name!r}; "
+                       "merging anyway (shapes are checked)")
+                self.warnings.append(msg)
+
+    def _build(self) -> None:
+        tied = bool(self.config.get("tie_word_embeddings", False))
+        embed = "model.embed_tokens.weight"
+        for ad in self.adapters:
+            for name, key in ad.replacements.items():
+                ref = ad.refs[key]
+                base_ref = self.tensors.get(name)
+                if base_ref is None and not (name == "lm_head.weight" and tied):
+                    raise ForgeError(f"adapter tensor {key}: the base model has no tensor {name}")
+                expected = base_ref.shape if base_ref is not None else self.tensors[embed].shape
+                vocab_like = name in (embed, "lm_head.weight")
+                if ref.shape != expected and not (vocab_like and ref.shape[1:] == expected[1:]):
+                    raise ForgeError(
+                        f"adapter tensor {key}: shape {list(ref.shape)} does not fit the base's {name} "
+                        f"{list(expected)}; was the adapter trained on another model?"
+                    )
+                if ad.weight != 1.0:
+                    self.warnings.append(f"{ad.path}: {name} is replaced whole (modules_to_save); its weight {ad.weight} does not apply")
+                self._sources[name] = (ad, key)
+                self.tensors[name] = TensorRef(name, ref.file, "F32", ref.shape)
+            for name, mod in ad.modules.items():
+                if name not in self.tensors and not (name == "lm_head.weight" and tied):
+                    raise ForgeError(f"adapter tensor {mod.a}: the base model has no module {mod.name}")
+                target = self.tensors.get(name) or self.tensors[embed]
+                a_shape, b_shape = ad.refs[mod.a].shape, ad.refs[mod.b].shape
+                rows, cols = target.shape[0], target.shape[1]
+                if mod.kind == "linear":
+                    ok = a_shape[1] == cols and b_shape[0] == rows and a_shape[0] == b_shape[1]
+                else:
+                    ok = a_shape[1] == rows and b_shape[0] == cols and a_shape[0] == b_shape[1]
+                if not ok:
+                    raise ForgeError(
+                        f"adapter tensor {mod.a}: LoRA factors {list(a_shape)} x {list(b_shape)} do not fit the base's "
+                        f"{name} {list(target.shape)}; was the adapter trained on another model?"
+                    )
+                if mod.bias is not None:
+                    bias = mod.name + ".bias"
+                    if bias not in self.tensors:
+                        raise ForgeError(f"adapter tensor {mod.bias}: lora_bias needs a bias in the base's {mod.name}")
+                    self._loras.setdefault(bias, []).append((ad, mod))
+                    self.tensors[bias] = TensorRef(bias, target.file, "F32", self.tensors[bias].shape)
+                self._loras.setdefault(name, []).append((ad, mod))
+                self.tensors[name] = TensorRef(name, target.file, "F32", target.shape)
+        if tied and "lm_head.weight" in self.tensors:
+            self.config["tie_word_embeddings"] = False  # the adapter changed lm_head: untie
+        if embed in self.tensors:
+            rows = self.tensors[embed].shape[0]
+            if rows != int(self.config.get("vocab_size", rows)):
+                self.config["vocab_size"] = rows
+                if self.tokenizer_path == self.base.path:
+                    self.warnings.append("the adapter resizes the vocabulary but has no tokenizer; the base's is padded")
+            head = self.tensors.get("lm_head.weight")
+            if head is not None and head.shape[0] != rows:
+                raise ForgeError(f"lm_head has {head.shape[0]} rows but embed_tokens has {rows} after merging")
+
+    # -- Checkpoint interface ------------------------------------------------------------------
+    def __contains__(self, name: str) -> bool:
+        return name in self.tensors
+
+    def names(self) -> Iterator[str]:
+        seen = set()
+        for n in self.base.names():
+            seen.add(n)
+            yield n
+        for n in self.tensors:
+            if n not in seen:
+                yield n
+
+    def read(self, name: str) -> np.ndarray:
+        slabs = list(self.iter_rows(name, 1 << 62))
+        return slabs[0] if len(slabs) == 1 else np.concatenate(slabs)
+
+    def read_float32(self, name: str) -> np.ndarray:
+        return to_float32(self.read(name), self.tensors[name].dtype)
+
+    def iter_rows(self, name: str, slab_bytes: int) -> Iterator[np.ndarray]:
+        """Rows of the merged tensor (float32 when an adapter touches it, raw base data otherwise)."""
+        loras = self._loras.get(name, [])
+        source = self._sources.get(name)
+        if not loras and source is None:
+            yield from self.base.iter_rows(name, slab_bytes)
+            return
+        import torch
+
+        if source is not None:
+            ad, key = source
+            raw, dtype = ad.read_raw(key)
+            base_slabs: Iterator[tuple[np.ndarray, str]] = ((s, dtype) for s in _slabs(raw, slab_bytes))
+        else:
+            src_name = name if name in self.base.tensors else "model.embed_tokens.weight"  # tied lm_head
+            dtype = self.base.tensors[src_name].dtype
+            base_slabs = ((s, dtype) for s in self.base.iter_rows(src_name, slab_bytes // 2))
+        factors = [(ad, mod, *_factors(ad, mod, name)) for ad, mod in loras]
+        start = 0
+        for slab, dtype in base_slabs:
+            w0 = torch.from_numpy(np.ascontiguousarray(to_float32(slab, dtype)))
+            rows = w0.shape[0]
+            w = w0.clone() if any(m.magnitude for _, m, *_ in factors) else w0
+            for ad, mod, a, b, mag, bias in factors:
+                scale = ad.weight * mod.scale
+                if name.endswith(".bias"):
+                    w = w + scale * bias[start:start + rows]
+                    continue
+                if mod.kind == "linear":
+                    delta = scale * (b[start:start + rows] @ a)
+                else:
+                    delta = scale * (a[:, start:start + rows].T @ b.T)
+                if mag is not None:
+                    norm = torch.linalg.norm(w0 + delta, dim=1)
+                    w = (mag[start:start + rows] / norm).unsqueeze(1) * (w + delta)
+                else:
+                    w = w + delta if w is not w0 else w0.add_(delta)
+            start += rows
+            yield w.numpy()
+
+
+def _factors(ad: Adapter, mod: _Module, name: str):
+    import torch
+
+    a = torch.from_numpy(ad.read(mod.a))
+    b = torch.from_numpy(ad.read(mod.b))
+    mag = torch.from_numpy(ad.read(mod.magnitude).reshape(-1)) if mod.magnitude else None
+    bias = torch.from_numpy(ad.read(mod.bias).reshape(-1)) if mod.bias and name.endswith(".bias") else None
+    return a, b, mag, bias
+
+
+def _slabs(arr: np.ndarray, slab_bytes: int) -> Iterator[np.ndarray]:
+    if arr.ndim < 2 or arr.nbytes <= slab_bytes:
+        yield arr
+        return
+    step = max(1, slab_bytes // (arr.nbytes // arr.shape[0]))
+    for i in range(0, arr.shape[0], step):
+        yield arr[i:i + step]
+
+
+def merged_source(base: Checkpoint, specs: list[LoraSpec]) -> MergedCheckpoint:
+    """Resolve ``--lora`` specs (paths or hub ids) and wrap ``base``."""
+    from .resolve import resolve_model
+
+    adapters = [Adapter.load(resolve_model(s.path, what="--lora"), s.weight) for s in specs]
+    return MergedCheckpoint(base, adapters)
