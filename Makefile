@@ -27,6 +27,7 @@ test: setup
 
 bench: setup
 	$(PY) bench/convert.py
+	$(PY) bench/merge.py
 
 clean:
 	rm -rf $(VENV) .cache demo-output

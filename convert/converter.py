@@ -9,6 +9,7 @@ The output is written under a temporary name in the target folder and renamed wh
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
@@ -87,6 +88,11 @@ def _target_type(outtype: str, gguf_name: str, shape: tuple[int, ...]) -> T:
 
 def _bf16_from_f32(x: np.ndarray) -> np.ndarray:
     """float32 -> bfloat16 bits with round-to-nearest-even; NaN stays NaN."""
+    if "torch" in sys.modules:  # already loaded (LoRA merging): its conversion is the same rounding, threaded
+        import torch
+
+        t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+        return t.to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
     u = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
     rounded = ((u + (0x7FFF + ((u >> 16) & 1))) >> 16).astype(np.uint16)
     nan = np.isnan(x)
@@ -157,13 +163,14 @@ def convert(
         total = sum(p.nbytes for p in plan)
         bar = progress_bar(total, out.name, progress)
         try:
-            for p in plan:
-                _pad(fout, writer.data_alignment)
-                for chunk, chunk_dtype in _tensor_chunks(ckpt, arch, p):
-                    data = encode(chunk, chunk_dtype, p.qtype)
-                    fout.write(memoryview(np.ascontiguousarray(data)).cast("B"))
-                    bar(data.nbytes)
-                _pad(fout, writer.data_alignment)
+            # reading, merging and encoding run in a background thread while this one writes
+            _pad(fout, writer.data_alignment)
+            for item in _prefetch(_encoded_chunks(ckpt, arch, plan), depth=3):
+                if item is None:  # end of a tensor
+                    _pad(fout, writer.data_alignment)
+                    continue
+                fout.write(item)
+                bar(len(item))
         finally:
             bar(None)
         fout.flush()
@@ -179,6 +186,60 @@ def convert(
         raise
     warnings = list(getattr(ckpt, "warnings", []))
     return ConvertResult(out, arch.arch_name, outtype, len(plan), n_params, out.stat().st_size, vocab.pre, warnings)
+
+
+def _encoded_chunks(ckpt, arch: arch_registry.Architecture, plan: list[_Planned]) -> Iterator[memoryview | None]:
+    """The bytes of every tensor in plan order; None after each tensor (alignment padding goes there)."""
+    for p in plan:
+        for chunk, chunk_dtype in _tensor_chunks(ckpt, arch, p):
+            data = encode(chunk, chunk_dtype, p.qtype)
+            # copy: the reader reuses its slab buffer for the next rows while this one waits to be written
+            yield memoryview(np.array(data, copy=True, order="C")).cast("B") if data is chunk \
+                else memoryview(np.ascontiguousarray(data)).cast("B")
+        yield None
+
+
+def _prefetch(items: Iterator, depth: int) -> Iterator:
+    """Run an iterator in a background thread, ``depth`` items ahead; its exceptions surface here."""
+    import queue
+    import threading
+
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+    stop = threading.Event()
+
+    def work() -> None:
+        try:
+            for it in items:
+                while not stop.is_set():
+                    try:
+                        q.put(it, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put(done)
+        except BaseException as e:  # handed to the consumer
+            q.put(e)
+
+    t = threading.Thread(target=work, daemon=True)
+    t.start()
+    try:
+        while True:
+            it = q.get()
+            if it is done:
+                return
+            if isinstance(it, BaseException):
+                raise it
+            yield it
+    finally:
+        stop.set()
+        while t.is_alive():
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                t.join(0.05)
 
 
 def _add_info(writer: gguf.GGUFWriter, p: _Planned) -> None:

@@ -342,7 +342,10 @@ class MergedCheckpoint:
         factors = [(ad, mod, *_factors(ad, mod, name)) for ad, mod in loras]
         start = 0
         for slab, dtype in base_slabs:
-            w0 = torch.from_numpy(np.ascontiguousarray(to_float32(slab, dtype)))
+            if dtype == "BF16":
+                w0 = torch.from_numpy(np.ascontiguousarray(slab).view(np.int16)).view(torch.bfloat16).float()
+            else:
+                w0 = torch.from_numpy(np.ascontiguousarray(to_float32(slab, dtype)))
             rows = w0.shape[0]
             w = w0.clone() if any(m.magnitude for _, m, *_ in factors) else w0
             for ad, mod, a, b, mag, bias in factors:
@@ -350,15 +353,15 @@ class MergedCheckpoint:
                 if name.endswith(".bias"):
                     w = w + scale * bias[start:start + rows]
                     continue
-                if mod.kind == "linear":
-                    delta = scale * (b[start:start + rows] @ a)
-                else:
-                    delta = scale * (a[:, start:start + rows].T @ b.T)
+                left, right = (b[start:start + rows], a) if mod.kind == "linear" else (a[:, start:start + rows].T, b.T)
                 if mag is not None:
+                    delta = scale * (left @ right)
                     norm = torch.linalg.norm(w0 + delta, dim=1)
                     w = (mag[start:start + rows] / norm).unsqueeze(1) * (w + delta)
+                elif w is w0:
+                    w0.addmm_(left, right, alpha=scale)  # fused W += scale * B @ A, no temporary
                 else:
-                    w = w + delta if w is not w0 else w0.add_(delta)
+                    w = w.addmm_(left, right, alpha=scale)
             start += rows
             yield w.numpy()
 
