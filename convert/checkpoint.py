@@ -186,18 +186,7 @@ class Checkpoint:
         ref = self.tensors[name]
         if ref.file in self._torch_files:
             return _torch_to_numpy(self._torch_files[ref.file][name])
-        dt = _ST_DTYPES[ref.dtype]
-        arr = np.empty(ref.shape, dtype=dt)
-        buf = memoryview(arr.reshape(-1).view(np.uint8))
-        with open(ref.file, "rb", buffering=0) as f:
-            f.seek(ref.offset)
-            got = 0
-            while got < ref.nbytes:
-                n = f.readinto(buf[got:])
-                if not n:
-                    raise ForgeError(f"{ref.file}: file is truncated while reading tensor {name}")
-                got += n
-        return arr
+        return read_tensor(ref)
 
     def iter_rows(self, name: str, slab_bytes: int) -> Iterator[np.ndarray]:
         """Yield the tensor as consecutive slabs of whole rows, each about ``slab_bytes`` large."""
@@ -226,6 +215,31 @@ class Checkpoint:
     def read_float32(self, name: str) -> np.ndarray:
         """Read one tensor as float32, whatever its stored float type."""
         return to_float32(self.read(name), self.tensors[name].dtype)
+
+
+def read_tensor(ref: TensorRef) -> np.ndarray:
+    """Read one safetensors tensor into a fresh array of its raw type (BF16 as uint16 bits)."""
+    arr = np.empty(ref.shape, dtype=_ST_DTYPES[ref.dtype])
+    buf = memoryview(arr.reshape(-1).view(np.uint8))
+    with open(ref.file, "rb", buffering=0) as f:
+        f.seek(ref.offset)
+        got = 0
+        while got < ref.nbytes:
+            n = f.readinto(buf[got:])
+            if not n:
+                raise ForgeError(f"{ref.file}: file is truncated while reading tensor {ref.name}")
+            got += n
+    return arr
+
+
+def row_slabs(arr: np.ndarray, slab_bytes: int) -> Iterator[np.ndarray]:
+    """Consecutive views of whole rows of ``arr``, each about ``slab_bytes`` large."""
+    if arr.ndim < 2 or arr.nbytes <= slab_bytes:
+        yield arr
+        return
+    step = max(1, slab_bytes // (arr.nbytes // arr.shape[0]))
+    for i in range(0, arr.shape[0], step):
+        yield arr[i:i + step]
 
 
 def to_float32(arr: np.ndarray, dtype: str) -> np.ndarray:

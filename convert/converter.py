@@ -19,7 +19,7 @@ import numpy as np
 
 from ..errors import ForgeError
 from . import arch as arch_registry
-from .checkpoint import Checkpoint, to_float32
+from .checkpoint import Checkpoint, row_slabs, to_float32
 from .lora import LoraSpec, MergedCheckpoint, merged_source
 from .overrides import KVOverride, apply_overrides
 from .tokenizer import load_vocab
@@ -301,20 +301,11 @@ def _tensor_chunks(
             raise ForgeError(f"tensor {p.hf_name}: internal error, transform returned {data.dtype}")
         if data.shape != raw.shape:
             raise ForgeError(f"tensor {p.hf_name}: internal error, shape changed in transform")
-        for slab in _row_slabs(data):
+        for slab in row_slabs(data, SLAB_BYTES):
             yield slab, dtype
         return
     for slab in ckpt.iter_rows(p.hf_name, SLAB_BYTES):
         yield slab, p.src_dtype
-
-
-def _row_slabs(data: np.ndarray) -> Iterator[np.ndarray]:
-    if data.ndim < 2 or data.nbytes <= SLAB_BYTES:
-        yield data
-        return
-    step = max(1, SLAB_BYTES // (data.nbytes // data.shape[0]))
-    for i in range(0, data.shape[0], step):
-        yield data[i : i + step]
 
 
 def _pad(f, align: int) -> None:

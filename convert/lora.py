@@ -28,7 +28,7 @@ from typing import Iterator
 import numpy as np
 
 from ..errors import ForgeError
-from .checkpoint import Checkpoint, TensorRef, read_safetensors_header, to_float32
+from .checkpoint import Checkpoint, TensorRef, read_safetensors_header, read_tensor, row_slabs, to_float32
 
 PREFIX = "base_model.model."
 SUPPORTED_PEFT = "LORA"
@@ -202,18 +202,7 @@ def _pattern_value(patterns: dict, module: str):
 
 
 def _read_ref(ref: TensorRef, raw: bool = False) -> np.ndarray:
-    from .checkpoint import _ST_DTYPES
-
-    arr = np.empty(ref.shape, dtype=_ST_DTYPES[ref.dtype])
-    buf = memoryview(arr.reshape(-1).view(np.uint8))
-    with open(ref.file, "rb", buffering=0) as f:
-        f.seek(ref.offset)
-        got = 0
-        while got < ref.nbytes:
-            n = f.readinto(buf[got:])
-            if not n:
-                raise ForgeError(f"{ref.file}: file is truncated while reading tensor {ref.name}")
-            got += n
+    arr = read_tensor(ref)
     return arr if raw else to_float32(arr, ref.dtype)
 
 
@@ -334,7 +323,7 @@ class MergedCheckpoint:
         if source is not None:
             ad, key = source
             raw, dtype = ad.read_raw(key)
-            base_slabs: Iterator[tuple[np.ndarray, str]] = ((s, dtype) for s in _slabs(raw, slab_bytes))
+            base_slabs: Iterator[tuple[np.ndarray, str]] = ((s, dtype) for s in row_slabs(raw, slab_bytes))
         else:
             src_name = name if name in self.base.tensors else "model.embed_tokens.weight"  # tied lm_head
             dtype = self.base.tensors[src_name].dtype
@@ -374,15 +363,6 @@ def _factors(ad: Adapter, mod: _Module, name: str):
     mag = torch.from_numpy(ad.read(mod.magnitude).reshape(-1)) if mod.magnitude else None
     bias = torch.from_numpy(ad.read(mod.bias).reshape(-1)) if mod.bias and name.endswith(".bias") else None
     return a, b, mag, bias
-
-
-def _slabs(arr: np.ndarray, slab_bytes: int) -> Iterator[np.ndarray]:
-    if arr.ndim < 2 or arr.nbytes <= slab_bytes:
-        yield arr
-        return
-    step = max(1, slab_bytes // (arr.nbytes // arr.shape[0]))
-    for i in range(0, arr.shape[0], step):
-        yield arr[i:i + step]
 
 
 def merged_source(base: Checkpoint, specs: list[LoraSpec]) -> MergedCheckpoint:
