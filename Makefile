@@ -28,6 +28,7 @@ test: setup
 bench: setup
 	$(PY) bench/convert.py
 	$(PY) bench/merge.py
+	$(PY) bench/imatrix.py
 
 clean:
 	rm -rf $(VENV) .cache demo-output

@@ -245,6 +245,29 @@ def qwen3() -> Path:
     return _cached("qwen3", build)
 
 
+def qwen2_k() -> Path:
+    """Tiny random Qwen2 with 256-wide rows, so every K-quant and i-quant block type applies (fast to quantize)."""
+
+    def build(out: Path) -> None:
+        import torch
+        from transformers import Qwen2Config, Qwen2ForCausalLM
+
+        n = _qwen_tokenizer(out)
+        cfg = Qwen2Config(
+            vocab_size=(n + 255) // 256 * 256, hidden_size=256, intermediate_size=512, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096, rope_theta=1000000.0,
+            rms_norm_eps=1e-6, tie_word_embeddings=False, eos_token_id=n - 1,
+        )
+        cfg.architectures = ["Qwen2ForCausalLM"]
+        torch.manual_seed(0)
+        model = Qwen2ForCausalLM(cfg)
+        _init_random(model, 0.1)
+        _save_model(model, out, torch.float16)
+        _write_card(out, "apache-2.0", ["zh", "en"], "Qwen/Qwen2.5-0.5B-Instruct", "Tiny-Qwen2-K")
+
+    return _cached("qwen2_k", build)
+
+
 # -- LLaMA 2 style SentencePiece (trained tokenizer.model), pytorch_model.bin weights -----------
 def spm_llama() -> Path:
     def build(out: Path) -> None:
@@ -385,4 +408,4 @@ def gemma2() -> Path:
     return _cached("gemma2", build, tok_src.name)
 
 
-ALL = {"smollm2": smollm2, "gemma3": gemma3, "gemma2": gemma2, "llama3": llama3, "qwen2": qwen2, "qwen3": qwen3, "spm_llama": spm_llama}
+ALL = {"smollm2": smollm2, "gemma3": gemma3, "gemma2": gemma2, "llama3": llama3, "qwen2": qwen2, "qwen3": qwen3, "spm_llama": spm_llama, "qwen2_k": qwen2_k}

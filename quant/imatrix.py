@@ -1,0 +1,190 @@
+"""Compute an importance matrix on the (fine-tuned) Hugging Face model itself, in torch.
+
+The statistic is llama.cpp's ``llama-imatrix`` one: for every matmul weight inside the blocks, the sum
+over tokens of x_j^2 for each input column j, and the number of tokens. Calibration text is tokenized
+with the model's tokenizer, cut into chunks of ``ctx`` tokens with BOS as each chunk's first token (when
+the tokenizer adds BOS), exactly as llama.cpp chunks it. JSONL chat data (OpenAI ``messages`` or ShareGPT
+``conversations``) is rendered through the model's chat template first. LoRA adapters are merged on the fly
+(the same streaming merge as ``convert --lora``) while the weights are loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from importlib import resources
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from ..errors import ForgeError
+from .imatrix_file import IMatrix
+
+DEFAULT_CALIBRATION = "default"
+
+
+def default_calibration_text() -> str:
+    """The multilingual calibration text shipped with gguf-forge (Chinese, English, code)."""
+    return resources.files("gguf_forge.quant").joinpath("data/calibration.txt").read_text(encoding="utf-8")
+
+
+def load_calibration(spec: str, tokenizer: Any) -> tuple[str, str]:
+    """(text, dataset name) from ``default``, a .txt file or a JSONL chat file."""
+    if spec == DEFAULT_CALIBRATION:
+        return default_calibration_text(), "gguf-forge default calibration"
+    path = Path(spec)
+    if not path.is_file():
+        raise ForgeError(f"--calibration {spec}: no such file (or use 'default')")
+    raw = path.read_text(encoding="utf-8")
+    if path.suffix.lower() not in (".jsonl", ".json"):
+        return raw, path.name
+    texts = []
+    for i, line in enumerate(raw.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            raise ForgeError(f"--calibration {path}: line {i} is not JSON") from None
+        msgs = rec.get("messages")
+        if msgs is None and "conversations" in rec:
+            role = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
+            msgs = [{"role": role.get(m.get("from"), m.get("from")), "content": m.get("value", "")}
+                    for m in rec["conversations"]]
+        if not msgs:
+            raise ForgeError(f"--calibration {path}: line {i} has neither 'messages' nor 'conversations'")
+        if getattr(tokenizer, "chat_template", None) is None:
+            raise ForgeError(f"--calibration {path}: chat data needs a chat template, and the model has none")
+        texts.append(tokenizer.apply_chat_template(msgs, tokenize=False))
+    return "\n".join(texts), path.name
+
+
+def chunk_tokens(tokens: list[int], ctx: int, bos: int | None, max_chunks: int | None) -> list[list[int]]:
+    """llama.cpp's chunking: consecutive ``ctx``-token chunks, the first token of each replaced by BOS."""
+    n = len(tokens) // ctx
+    if max_chunks:
+        n = min(n, max_chunks)
+    chunks = []
+    for i in range(n):
+        c = list(tokens[i * ctx:(i + 1) * ctx])
+        if bos is not None:
+            c[0] = bos
+        chunks.append(c)
+    return chunks
+
+
+def load_model(model_dir: Path, loras: list, device: str, dtype: Any):
+    """The HF model with its weights (adapters merged on the fly), ready for inference."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from ..convert import Checkpoint, merged_source
+
+    source = Checkpoint(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
+    if loras:
+        source = merged_source(source, loras)
+        rows = source.tensors["model.embed_tokens.weight"].shape[0] if "model.embed_tokens.weight" in source.tensors else None
+        if rows and rows != model.get_input_embeddings().weight.shape[0]:
+            model.resize_token_embeddings(rows, mean_resizing=False)
+        if not source.config.get("tie_word_embeddings", False) and model.config.tie_word_embeddings:
+            model.config.tie_word_embeddings = False
+            model.lm_head.weight = torch.nn.Parameter(model.get_input_embeddings().weight.detach().clone())
+        params = dict(model.named_parameters())
+        touched = set(source._loras) | set(source._sources)
+        with torch.no_grad():
+            for name in touched:
+                if name not in params:
+                    raise ForgeError(f"{model_dir}: merged tensor {name} has no parameter in {type(model).__name__}")
+                params[name].copy_(torch.from_numpy(source.read_float32(name)).to(dtype))
+    return model.to(device).eval(), source
+
+
+def compute_imatrix(
+    model_dir: Path, calibration: str = DEFAULT_CALIBRATION, ctx: int = 512, chunks: int | None = None,
+    device: str = "cpu", loras: list | None = None, progress: bool = True, threads: int | None = None,
+    log: Callable[[str], None] = print,
+) -> tuple[IMatrix, dict]:
+    """Run the model over the calibration chunks with hooks on every block linear layer.
+
+    Returns the imatrix (keyed by GGUF tensor names) and run statistics (tokens, seconds, tokens/s).
+    """
+    import torch
+    from transformers import AutoTokenizer
+
+    from ..convert.arch import for_config
+
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ForgeError("--device cuda: no CUDA device is available to torch here; use --device cpu")
+    if threads:
+        torch.set_num_threads(threads)
+    tok_dir = model_dir
+    for spec in loras or []:
+        from ..convert import resolve_model
+
+        p = resolve_model(spec.path, what="--lora")
+        if (p / "tokenizer.json").is_file() or (p / "tokenizer.model").is_file():
+            tok_dir = p
+    tokenizer = AutoTokenizer.from_pretrained(tok_dir)
+    text, dataset = load_calibration(calibration, tokenizer)
+    ids = tokenizer(text, add_special_tokens=False).input_ids
+    bos_added = tokenizer("a", add_special_tokens=True).input_ids[:1] == [tokenizer.bos_token_id]
+    bos = tokenizer.bos_token_id if bos_added and tokenizer.bos_token_id is not None else None
+    if len(ids) < 2 * ctx:
+        raise ForgeError(
+            f"--calibration: the text has {len(ids)} tokens, fewer than two chunks of --ctx {ctx}; "
+            "give more text or a smaller --ctx"
+        )
+    work = chunk_tokens(ids, ctx, bos, chunks)
+    dtype = torch.float32 if device == "cpu" else torch.bfloat16
+    model, source = load_model(model_dir, loras or [], device, dtype)
+    arch = for_config(source.config)
+
+    sums: dict[str, torch.Tensor] = {}
+    counts: dict[str, int] = {}
+    hooks = []
+    for mname, module in model.named_modules():
+        if not isinstance(module, torch.nn.Linear) or ".layers." not in f".{mname}.":
+            continue
+        gname = arch.gguf_name(mname + ".weight")
+        if gname is None:
+            continue
+
+        def hook(mod, args, gname=gname):
+            x = args[0].detach().reshape(-1, args[0].shape[-1]).float()
+            s = (x * x).sum(0)
+            if gname in sums:
+                sums[gname] += s
+            else:
+                sums[gname] = s
+            counts[gname] = counts.get(gname, 0) + x.shape[0]
+
+        hooks.append(module.register_forward_pre_hook(hook))
+
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(work) * ctx, unit="tok", unit_scale=True, desc="imatrix", leave=False)
+    t0 = time.perf_counter()
+    try:
+        with torch.inference_mode():
+            for c in work:
+                model(torch.tensor([c], device=device), use_cache=False)
+                if bar:
+                    bar.update(ctx)
+    finally:
+        for h in hooks:
+            h.remove()
+        if bar:
+            bar.close()
+    seconds = time.perf_counter() - t0
+    im = IMatrix(datasets=[dataset], chunk_count=len(work), chunk_size=ctx)
+    for name, s in sums.items():
+        im.sums[name] = s.double().cpu().numpy().reshape(1, -1)
+        im.counts[name] = np.array([float(counts[name])])
+    n_tok = len(work) * ctx
+    return im, {"tokens": n_tok, "chunks": len(work), "seconds": seconds, "tokens_per_s": n_tok / seconds,
+                "entries": len(im.sums), "device": device}
