@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-os.environ.setdefault("GGUF_FORGE_CACHE", str(Path(__file__).resolve().parent.parent / ".cache"))
+# fixtures are cached under $GGUF_FORGE_CACHE (default ~/.cache/gguf-forge), keyed by their inputs, so
+# later runs on the same machine (and CI runs after a session) reuse them
 
 import fixtures  # noqa: E402
 
