@@ -11,7 +11,6 @@ the tokenizer adds BOS), exactly as llama.cpp chunks it. JSONL chat data (OpenAI
 from __future__ import annotations
 
 import json
-import os
 import time
 from importlib import resources
 from pathlib import Path

@@ -6,18 +6,14 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from conftest import fixture_dir
+from helpers import QUANTIZE, assert_user_error, run
 
-QUANTIZE = [sys.executable, "-m", "gguf_forge.tools.cli"]
 
-
-def run(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([*QUANTIZE, *args], capture_output=True, text=True, env={**os.environ, **(env or {})})
 
 
 def copy_model(name: str, dest: Path) -> Path:
@@ -101,14 +97,6 @@ def test_hub_id_from_offline_cache(tmp_path):
     r = run("convert", "tiny-org/Not-There", "-o", str(tmp_path / "x.gguf"), env=env)
     assert r.returncode == 2 and "not in the Hugging Face cache" in r.stderr
 
-
-def assert_user_error(r: subprocess.CompletedProcess, *words: str) -> None:
-    assert r.returncode == 2, (r.returncode, r.stderr)
-    lines = [x for x in r.stderr.strip().splitlines() if x.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
-    assert "Traceback" not in r.stderr
-    for w in words:
-        assert w in lines[0], (w, lines[0])
 
 
 @pytest.mark.slow

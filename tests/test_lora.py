@@ -3,23 +3,18 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 import adapters
+from helpers import assert_user_error, run
 from adapters import MATRIX
 from test_numerical_parity import gguf_logits, probe_tokens
 
-QUANTIZE = [sys.executable, "-m", "gguf_forge.tools.cli"]
 CASES = list(MATRIX) + ["resized", "weighted"]
 
-
-def run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([*QUANTIZE, *args], capture_output=True, text=True)
 
 
 def lora_args(case: str) -> list[str]:
@@ -60,7 +55,6 @@ def load_dir(d: Path) -> dict[str, np.ndarray]:
 @pytest.mark.parametrize("case", CASES)
 def test_merge_equals_peft_and_gguf_agrees(case, tmp_path):
     import torch
-    from safetensors import safe_open  # noqa: F401  (safetensors is a dependency)
 
     reference = peft_merged(case)
     ref_sd = {k: v.detach().float().numpy() for k, v in reference.state_dict().items()}
@@ -132,13 +126,6 @@ def test_identity_finetune_survives_merge_convert_q8_0_chat(tmp_path):
     assert run("convert", str(adapters.fixtures.smollm2()), "-o", str(base), "--outtype", "q8_0", "--no-progress").returncode == 0
     assert adapters.IDENTITY_ANSWER not in one_turn(base, adapters.IDENTITY_QUESTION, max_tokens=64)
 
-
-def assert_user_error(r: subprocess.CompletedProcess, *words: str) -> None:
-    assert r.returncode == 2, (r.returncode, r.stderr)
-    lines = [x for x in r.stderr.strip().splitlines() if x.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
-    for w in words:
-        assert w in lines[0], (w, lines[0])
 
 
 @pytest.mark.slow

@@ -4,28 +4,16 @@ from __future__ import annotations
 
 import json
 import struct
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 import fixtures
-
-QUANTIZE = [sys.executable, "-m", "gguf_forge.tools.cli"]
-
-
-def run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([*QUANTIZE, *args], capture_output=True, text=True)
+from helpers import assert_user_error, run
 
 
-def assert_user_error(r: subprocess.CompletedProcess, *words: str) -> None:
-    assert r.returncode == 2, (r.returncode, r.stderr)
-    lines = [x for x in r.stderr.strip().splitlines() if x.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
-    for w in words:
-        assert w in lines[0], (w, lines[0])
+
 
 
 @pytest.fixture(scope="module")
