@@ -109,6 +109,17 @@ def _init_random(model, std: float) -> None:
                 p.copy_(std * torch.randn(p.shape, generator=g))
 
 
+def _random_model(model_cls, cfg, std: float):
+    """A model of ``model_cls`` with seeded random weights of scale ``std`` (see _init_random)."""
+    import torch
+
+    cfg.architectures = [model_cls.__name__]
+    torch.manual_seed(0)
+    model = model_cls(cfg)
+    _init_random(model, std)
+    return model
+
+
 def _write_card(out: Path, license: str, languages: list[str], base_model: str, title: str) -> None:
     langs = "\n".join(f"- {x}" for x in languages)
     (out / "README.md").write_text(
@@ -168,10 +179,7 @@ def llama3() -> Path:
             rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                           "original_max_position_embeddings": 64},
         )
-        cfg.architectures = ["LlamaForCausalLM"]
-        torch.manual_seed(0)
-        model = LlamaForCausalLM(cfg)
-        _init_random(model, 0.35)
+        model = _random_model(LlamaForCausalLM, cfg, 0.35)
         # bf16 weights in several shards with an index, like real Llama checkpoints
         _save_model(model, out, torch.bfloat16, max_shard_size="20MB")
         _write_card(out, "llama3", ["en", "zh"], "meta-llama/Meta-Llama-3.1-8B-Instruct", "Tiny-Llama-3.1-Chinese-Chat")
@@ -203,69 +211,44 @@ def _qwen_tokenizer(out: Path) -> int:
     return len(tok)
 
 
-def qwen2() -> Path:
+def _tiny_qwen(name: str, arch: str, dtype: str, std: float, card: tuple[str, str], vocab_multiple: int = 1,
+               **config) -> Path:
+    """A tiny random Qwen2/Qwen3 with the trained Qwen-style tokenizer (vocab rounded up to ``vocab_multiple``)."""
+
     def build(out: Path) -> None:
         import torch
-        from transformers import Qwen2Config, Qwen2ForCausalLM
+        import transformers
 
         n = _qwen_tokenizer(out)
-        cfg = Qwen2Config(
-            vocab_size=(n + 63) // 64 * 64, hidden_size=64, intermediate_size=160, num_hidden_layers=2,
-            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32768, rope_theta=1000000.0,
-            rms_norm_eps=1e-6, tie_word_embeddings=False, eos_token_id=n - 1,
+        cfg = getattr(transformers, f"{arch}Config")(
+            vocab_size=(n + vocab_multiple - 1) // vocab_multiple * vocab_multiple, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, rope_theta=1000000.0, rms_norm_eps=1e-6,
+            eos_token_id=n - 1, **config,
         )
-        cfg.architectures = ["Qwen2ForCausalLM"]
-        torch.manual_seed(0)
-        model = Qwen2ForCausalLM(cfg)
-        _init_random(model, 0.35)
-        _save_model(model, out, torch.float32)
-        _write_card(out, "apache-2.0", ["zh", "en"], "Qwen/Qwen2.5-0.5B-Instruct", "Tiny-Qwen2.5-Chat")
+        model = _random_model(getattr(transformers, f"{arch}ForCausalLM"), cfg, std)
+        _save_model(model, out, getattr(torch, dtype))
+        _write_card(out, "apache-2.0", ["zh", "en"], card[0], card[1])
 
-    return _cached("qwen2", build)
+    return _cached(name, build)
+
+
+def qwen2() -> Path:
+    """f32 weights, vocabulary padded to a multiple of 64, untied."""
+    return _tiny_qwen("qwen2", "Qwen2", "float32", 0.35, ("Qwen/Qwen2.5-0.5B-Instruct", "Tiny-Qwen2.5-Chat"), 64,
+                      hidden_size=64, intermediate_size=160, max_position_embeddings=32768, tie_word_embeddings=False)
 
 
 def qwen3() -> Path:
-    def build(out: Path) -> None:
-        import torch
-        from transformers import Qwen3Config, Qwen3ForCausalLM
-
-        n = _qwen_tokenizer(out)
-        cfg = Qwen3Config(
-            vocab_size=n, hidden_size=64, intermediate_size=160, num_hidden_layers=2, num_attention_heads=4,
-            num_key_value_heads=2, head_dim=32, max_position_embeddings=40960, rope_theta=1000000.0,
-            rms_norm_eps=1e-6, tie_word_embeddings=True, eos_token_id=n - 1,
-        )
-        cfg.architectures = ["Qwen3ForCausalLM"]
-        torch.manual_seed(0)
-        model = Qwen3ForCausalLM(cfg)
-        _init_random(model, 0.35)
-        _save_model(model, out, torch.bfloat16)
-        _write_card(out, "apache-2.0", ["zh", "en"], "Qwen/Qwen3-0.6B", "Tiny-Qwen3")
-
-    return _cached("qwen3", build)
+    """bf16 weights, head_dim 32 != hidden/heads, tied embeddings."""
+    return _tiny_qwen("qwen3", "Qwen3", "bfloat16", 0.35, ("Qwen/Qwen3-0.6B", "Tiny-Qwen3"),
+                      hidden_size=64, intermediate_size=160, head_dim=32, max_position_embeddings=40960,
+                      tie_word_embeddings=True)
 
 
 def qwen2_k() -> Path:
     """Tiny random Qwen2 with 256-wide rows, so every K-quant and i-quant block type applies (fast to quantize)."""
-
-    def build(out: Path) -> None:
-        import torch
-        from transformers import Qwen2Config, Qwen2ForCausalLM
-
-        n = _qwen_tokenizer(out)
-        cfg = Qwen2Config(
-            vocab_size=(n + 255) // 256 * 256, hidden_size=256, intermediate_size=512, num_hidden_layers=2,
-            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096, rope_theta=1000000.0,
-            rms_norm_eps=1e-6, tie_word_embeddings=False, eos_token_id=n - 1,
-        )
-        cfg.architectures = ["Qwen2ForCausalLM"]
-        torch.manual_seed(0)
-        model = Qwen2ForCausalLM(cfg)
-        _init_random(model, 0.1)
-        _save_model(model, out, torch.float16)
-        _write_card(out, "apache-2.0", ["zh", "en"], "Qwen/Qwen2.5-0.5B-Instruct", "Tiny-Qwen2-K")
-
-    return _cached("qwen2_k", build)
+    return _tiny_qwen("qwen2_k", "Qwen2", "float16", 0.1, ("Qwen/Qwen2.5-0.5B-Instruct", "Tiny-Qwen2-K"), 256,
+                      hidden_size=256, intermediate_size=512, max_position_embeddings=4096, tie_word_embeddings=False)
 
 
 # -- LLaMA 2 style SentencePiece (trained tokenizer.model), pytorch_model.bin weights -----------
@@ -297,10 +280,7 @@ def spm_llama() -> Path:
             num_key_value_heads=4, max_position_embeddings=4096, rms_norm_eps=1e-5, tie_word_embeddings=False,
             bos_token_id=1, eos_token_id=2,
         )
-        cfg.architectures = ["LlamaForCausalLM"]
-        torch.manual_seed(0)
-        model = LlamaForCausalLM(cfg)
-        _init_random(model, 0.35)
+        model = _random_model(LlamaForCausalLM, cfg, 0.35)
         # the legacy pickle format (loaded with torch.load(weights_only=True)); transformers 5 only writes safetensors
         sd = {k: v.to(torch.float16).contiguous() for k, v in model.state_dict().items()}
         torch.save(sd, out / "pytorch_model.bin")
@@ -398,10 +378,7 @@ def gemma2() -> Path:
             attn_logit_softcapping=50.0, final_logit_softcapping=30.0, max_position_embeddings=8192,
             bos_token_id=2, eos_token_id=1, pad_token_id=0,
         )
-        cfg.architectures = ["Gemma2ForCausalLM"]
-        torch.manual_seed(0)
-        model = Gemma2ForCausalLM(cfg)
-        _init_random(model, 0.35)
+        model = _random_model(Gemma2ForCausalLM, cfg, 0.35)
         _save_model(model, out, torch.bfloat16)
         _write_card(out, "gemma", ["en"], "google/gemma-2-2b-it", "Tiny-Gemma-2")
 
