@@ -126,9 +126,12 @@ def quantize(
     imatrix: str | os.PathLike[str] | None = None, threads: int | None = None,
     output_tensor_type: str | None = None, token_embedding_type: str | None = None,
     tensor_types: list[str] | None = None, pure: bool = False, allow_requantize: bool = False,
-    force: bool = False, basename: str | None = None,
+    force: bool = False, basename: str | None = None, imatrix_label: str | None = None,
 ) -> list[QuantResult]:
-    """Quantize ``inp`` to each of ``types``; returns one result per type (skipped when identical exists)."""
+    """Quantize ``inp`` to each of ``types``; returns one result per type (skipped when identical exists).
+
+    ``imatrix_label`` is what ``quantize.imatrix.file`` records (default: the path as given).
+    """
     import llama_cpp
 
     inp = Path(inp)
@@ -173,7 +176,7 @@ def quantize(
         if out.is_file() and not force and _existing_recipe(out) == recipe:
             results.append(QuantResult(qtype, out, True, out.stat().st_size, im is not None))
             continue
-        _run_quantizer(llama_cpp, inp, out, qtype, im, imatrix, recipe, threads, out_t, emb_t, overrides, pure,
+        _run_quantizer(llama_cpp, inp, out, qtype, im, imatrix_label or imatrix, recipe, threads, out_t, emb_t, overrides, pure,
                        allow_requantize)
         results.append(QuantResult(qtype, out, False, out.stat().st_size, im is not None))
     return results

