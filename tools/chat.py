@@ -1,16 +1,36 @@
-"""Chatting with a GGUF on the CPU through llama-cpp-python, with the GGUF's own chat template."""
+"""Chatting with a GGUF on the CPU through llama-cpp-python, with the GGUF's own chat template.
+
+Public surface:
+
+- :class:`ChatSession`: a multi-turn chat (streaming, history trimmed to the context window with the system
+  prompt kept, every end-of-generation token a stop) with prompt/generation speed in :attr:`ChatSession.stats`.
+- :func:`load_model`: a memory-mapped ``llama_cpp.Llama``, load failures as one-line :class:`ForgeError`.
+- :func:`chat_handler_for`: llama-cpp-python's chat handler built from the GGUF's template.
+- :func:`one_turn`: one greedy reply (``quantize demo``).
+- :func:`resolve_template`, :func:`special_texts`, :func:`eog_tokens`, :func:`physical_cores`: helpers shared
+  with ``quantize smoke`` and the benchmark.
+"""
 
 from __future__ import annotations
 
+import codecs
+import contextlib
+import ctypes
 import os
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 from ..errors import ForgeError
 
 
 def physical_cores() -> int:
-    """Physical core count (llama.cpp's default thread count), falling back to logical CPUs."""
+    """Physical core count (llama.cpp's default thread count), capped by the CPUs this process may use."""
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        usable = os.cpu_count() or 1
     try:
         cores = set()
         with open("/proc/cpuinfo") as f:
@@ -22,14 +42,89 @@ def physical_cores() -> int:
                     core = line.split(":")[1].strip()
                     cores.add((phys, core))
         if cores:
-            return len(cores)
+            return max(1, min(len(cores), usable))
     except OSError:
         pass
-    return os.cpu_count() or 1
+    return usable
+
+
+class _LogCapture:
+    """Collect llama.cpp's log lines while loading, so a failure can say why in one line."""
+
+    def __enter__(self) -> "_LogCapture":
+        import llama_cpp
+        import llama_cpp._logger  # noqa: F401  (installs llama-cpp-python's own callback, restored on exit)
+
+        self.lines: list[str] = []
+
+        @llama_cpp.llama_log_callback
+        def callback(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+            self.lines.append(text.decode("utf-8", errors="replace"))
+
+        self._callback = callback  # keep it alive while llama.cpp holds the pointer
+        llama_cpp.llama_log_set(callback, ctypes.c_void_p(0))
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        import llama_cpp
+        from llama_cpp._logger import llama_log_callback
+
+        llama_cpp.llama_log_set(llama_log_callback, ctypes.c_void_p(0))
+
+    def reason(self) -> str | None:
+        """llama.cpp's own words for a failed load (e.g. 'unknown model architecture: ...'), if it logged any."""
+        for line in self.lines:
+            if "error loading model:" in line:
+                return line.split("error loading model:", 1)[1].strip()
+        return None
+
+
+def use_extra_buffer_types() -> bool:
+    """Whether llama.cpp may repack weights into its extra CPU buffer types (AMX, CPU_REPACK).
+
+    On CPUs with Intel AMX (Xeon Sapphire Rapids and later; no laptop has it) llama.cpp 0.3.36's AMX buffer
+    crashes (SIGSEGV in the AMX matmul) as soon as a batch holds more than one token (llama.cpp #20824), so
+    they are off there; elsewhere llama.cpp's default (on) is kept. ``GGUF_FORGE_EXTRA_BUFTS=0|1`` decides.
+    """
+    env = os.environ.get("GGUF_FORGE_EXTRA_BUFTS")
+    if env in ("0", "1"):
+        return env == "1"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return "amx_tile" not in line.split()
+    except OSError:
+        pass
+    return True
+
+
+@contextlib.contextmanager
+def _model_params(**fields: Any) -> Iterator[None]:
+    """Let ``llama_cpp.Llama`` build its llama_model_params with ``fields`` set (it exposes no such option)."""
+    from llama_cpp import llama_cpp as C
+
+    original = C.llama_model_default_params
+
+    def patched():
+        params = original()
+        for k, v in fields.items():
+            setattr(params, k, v)
+        return params
+
+    C.llama_model_default_params = patched
+    try:
+        yield
+    finally:
+        C.llama_model_default_params = original
 
 
 def load_model(path: str | Path, n_ctx: int = 2048, threads: int | None = None, **kwargs: Any):
-    """Load a GGUF with llama-cpp-python (memory-mapped), as a one-line error when it cannot."""
+    """Load a GGUF with llama-cpp-python (memory-mapped), as a one-line error when it cannot.
+
+    ``threads`` (default: physical cores) is used for generation and, unless ``n_threads_batch`` is given,
+    for prompt processing too.
+    """
     from llama_cpp import Llama
 
     path = Path(path)
@@ -37,34 +132,94 @@ def load_model(path: str | Path, n_ctx: int = 2048, threads: int | None = None, 
         raise ForgeError(f"{path}: no such file")
     with open(path, "rb") as f:
         if f.read(4) != b"GGUF":
-            raise ForgeError(f"{path}: not a GGUF file")
-    try:
-        return Llama(model_path=str(path), n_ctx=n_ctx, n_threads=threads or physical_cores(), verbose=False, **kwargs)
-    except (ValueError, RuntimeError) as e:
-        raise ForgeError(f"{path}: llama.cpp cannot load it ({e}); the file may be truncated or its architecture unsupported") from None
+            raise ForgeError(f"{path}: not a GGUF file (it does not start with the GGUF magic)")
+    threads = threads or physical_cores()
+    kwargs.setdefault("n_threads_batch", threads)
+    with _LogCapture() as log:
+        try:
+            with _model_params(use_extra_bufts=use_extra_buffer_types()):
+                return Llama(model_path=str(path), n_ctx=n_ctx, n_threads=threads, verbose=False, **kwargs)
+        except (ValueError, RuntimeError) as e:
+            why = log.reason()
+            if why and "architecture" in why:
+                raise ForgeError(f"{path}: this llama.cpp (llama-cpp-python 0.3.36) cannot run it: {why}") from None
+            if why:
+                raise ForgeError(f"{path}: llama.cpp cannot load it: {why}; the file may be truncated "
+                                 "(re-download or re-convert it)") from None
+            raise ForgeError(f"{path}: llama.cpp cannot load it ({e}); the file may be truncated or its "
+                             "architecture unsupported") from None
 
 
-def chat_handler_for(llm) -> Any:
-    """A llama-cpp-python chat handler built from the GGUF's own template, stopping on every end-of-turn token."""
+def eog_tokens(llm) -> set[int]:
+    """Every token llama.cpp ends generation on (``llama_vocab_is_eog``): eos, eot, <|im_end|>, <end_of_turn>..."""
     from llama_cpp import llama_cpp as C
+
+    vocab = C.llama_model_get_vocab(llm.model)
+    return {i for i in range(llm.n_vocab()) if C.llama_vocab_is_eog(vocab, i)}
+
+
+def special_texts(llm) -> list[str]:
+    """Texts of the vocabulary's control and user-defined tokens (``<|im_start|>``, ``<|eot_id|>``...).
+
+    User-defined tokens that are ordinary text (whitespace runs, HTML tags such as ``<h1>`` in Gemma's
+    vocabulary) are left out: they may appear in a good reply.
+    """
+    import re
+
+    from llama_cpp import llama_cpp as C
+
+    vocab = C.llama_model_get_vocab(llm.model)
+    out = []
+    for i in range(llm.n_vocab()):
+        attr = C.llama_vocab_get_attr(vocab, i)
+        if not attr & (C.LLAMA_TOKEN_ATTR_CONTROL | C.LLAMA_TOKEN_ATTR_USER_DEFINED):
+            continue
+        text = (C.llama_vocab_get_text(vocab, i) or b"").decode("utf-8", errors="replace")
+        if not text.strip():
+            continue
+        if attr & C.LLAMA_TOKEN_ATTR_USER_DEFINED and not attr & C.LLAMA_TOKEN_ATTR_CONTROL and (
+                not re.fullmatch(r"<\|\S+\|>|<[A-Za-z_][\w.-]*>", text) or re.fullmatch(r"</?[a-z][a-z0-9]{0,9}>", text)):
+            continue  # ordinary text, or an HTML tag
+        out.append(text)
+    return sorted(set(out), key=lambda t: (-len(t), t))
+
+
+def resolve_template(spec: str) -> str:
+    """``--template NAME|FILE`` -> Jinja chat-template source: a file's text, or a named template."""
+    p = Path(spec).expanduser()
+    if p.is_file():
+        try:
+            return p.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise ForgeError(f"--template {spec}: cannot read it ({e})") from None
+    try:
+        from ..modelfiles import load_template  # named templates (llama3, chatml, gemma, ...)
+    except ImportError:
+        raise ForgeError(f"--template {spec}: no such file; give a Jinja chat-template file") from None
+    return load_template(spec)
+
+
+def _formatter(llm, template: str | None = None):
+    """llama-cpp-python's Jinja2ChatFormatter for ``template`` (default: the GGUF's own), eog tokens as stops."""
     from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
-    template = llm.metadata.get("tokenizer.chat_template")
-    if not template:
+    source = template if template is not None else llm.metadata.get("tokenizer.chat_template")
+    if not source:
         raise ForgeError("the GGUF has no tokenizer.chat_template; give one with --template")
-    vocab = C.llama_model_get_vocab(llm.model)
-    eog = [i for i in range(llm.n_vocab()) if C.llama_vocab_is_eog(vocab, i)]
 
     def text(i: int) -> str:
         return llm.detokenize([i], special=True).decode("utf-8", errors="replace") if i >= 0 else ""
 
-    fmt = Jinja2ChatFormatter(
-        template=template,
-        eos_token=text(llm.token_eos()),
-        bos_token=text(llm.token_bos()),
-        stop_token_ids=eog,
-    )
-    return fmt.to_chat_handler()
+    try:
+        return Jinja2ChatFormatter(template=source, eos_token=text(llm.token_eos()), bos_token=text(llm.token_bos()),
+                                   stop_token_ids=sorted(eog_tokens(llm)))
+    except Exception as e:  # jinja2.TemplateSyntaxError and friends
+        raise ForgeError(f"chat template does not parse as Jinja: {e}") from None
+
+
+def chat_handler_for(llm, template: str | None = None) -> Any:
+    """A llama-cpp-python chat handler built from the GGUF's own template, stopping on every end-of-turn token."""
+    return _formatter(llm, template).to_chat_handler()
 
 
 def one_turn(path: str | Path, prompt: str, system: str | None = None, max_tokens: int = 128) -> str:
@@ -74,3 +229,272 @@ def one_turn(path: str | Path, prompt: str, system: str | None = None, max_token
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
     out = handler(llama=llm, messages=messages, temperature=0.0, max_tokens=max_tokens, seed=0)
     return out["choices"][0]["message"]["content"]
+
+
+@dataclass
+class ChatStats:
+    """Token counts and seconds, summed over the turns of a session (or of one reply)."""
+
+    prompt_tokens: int = 0
+    prompt_seconds: float = 0.0
+    gen_tokens: int = 0
+    gen_seconds: float = 0.0
+
+    @property
+    def prompt_tps(self) -> float:
+        """Prompt tokens evaluated per second (tokens reused from the cache are not counted)."""
+        return self.prompt_tokens / self.prompt_seconds if self.prompt_seconds > 0 else 0.0
+
+    @property
+    def gen_tps(self) -> float:
+        """Generated tokens per second."""
+        return self.gen_tokens / self.gen_seconds if self.gen_seconds > 0 else 0.0
+
+    def add(self, other: "ChatStats") -> None:
+        self.prompt_tokens += other.prompt_tokens
+        self.prompt_seconds += other.prompt_seconds
+        self.gen_tokens += other.gen_tokens
+        self.gen_seconds += other.gen_seconds
+
+    def line(self) -> str:
+        """``prompt: 123 tokens, 456.7 tok/s; generation: 89 tokens, 12.3 tok/s``"""
+        return (f"prompt: {self.prompt_tokens} tokens, {self.prompt_tps:.1f} tok/s; "
+                f"generation: {self.gen_tokens} tokens, {self.gen_tps:.1f} tok/s")
+
+
+@dataclass
+class Reply:
+    """One assistant reply: its text (special tokens rendered), how it ended, and its own figures."""
+
+    text: str
+    tokens: list[int]
+    finish: str  # "stop" (an end-of-generation token), "length" (--max-tokens or the context end), "interrupted"
+    stats: ChatStats
+    dropped_turns: int = 0  # oldest user/assistant pairs dropped to fit the context window
+    prompt: str = ""  # the rendered prompt the reply continues
+
+
+class ChatSession:
+    """A multi-turn chat with a GGUF on the CPU.
+
+    The prompt is the whole conversation rendered by the chat template (the GGUF's own, or ``template``: Jinja
+    source) through llama-cpp-python's ``Jinja2ChatFormatter``; the KV cache keeps the part of it that did not
+    change, so each turn evaluates only the new tokens. Generation stops on any end-of-generation token
+    (``llama_vocab_is_eog``) or after ``max_tokens``. When the conversation no longer fits in ``ctx`` tokens
+    (leaving room for a reply), the oldest turns are dropped; the system prompt is kept.
+
+    Example::
+
+        with ChatSession("SmolLM2-135M-Instruct-Q8_0.gguf") as chat:
+            chat.say("My name is Anna.")
+            print(chat.say("What is my name?", on_token=lambda s: print(s, end="")))
+            print(chat.stats.line())
+    """
+
+    def __init__(self, path: str | Path, *, system: str | None = None, ctx: int = 4096, threads: int | None = None,
+                 temp: float = 0.0, top_p: float = 1.0, seed: int = 0, max_tokens: int = 512,
+                 template: str | None = None) -> None:
+        from llama_cpp import llama_cpp as C
+
+        if ctx < 16:
+            raise ForgeError(f"--ctx {ctx}: too small for a chat; use at least 512")
+        if max_tokens < 1:
+            raise ForgeError(f"--max-tokens {max_tokens}: must be at least 1")
+        self.path = Path(path)
+        self.llm = load_model(self.path, n_ctx=ctx, threads=threads)
+        self.threads = self.llm.n_threads
+        self.n_ctx = self.llm.n_ctx()
+        self.max_tokens = max_tokens
+        self.system = system
+        self.history: list[dict[str, str]] = []
+        self.stats = ChatStats()
+        self.last: Reply | None = None
+        self._formatter = _formatter(self.llm, template)
+        self._eog = eog_tokens(self.llm)
+        self._vocab = C.llama_model_get_vocab(self.llm.model)
+        self._bos = self.llm.token_bos()
+        self._add_bos = bool(C.llama_vocab_get_add_bos(self._vocab))
+        self._n_batch = self.llm.n_batch
+        self._past: list[int] = []  # tokens whose keys/values are in the cache, in order
+        self._sampler = self._make_sampler(temp, top_p, seed)
+
+    # -- public ---------------------------------------------------------------------------------------------
+
+    def say(self, text: str, on_token: Callable[[str], None] | None = None) -> str:
+        """Send one user message and return the reply; ``on_token`` receives each piece of text as it comes."""
+        self.history.append({"role": "user", "content": text})
+        try:
+            tokens, prompt, dropped, limit = self._fit_prompt()
+        except ForgeError:
+            self.history.pop()
+            raise
+        reply = self._generate(tokens, limit, on_token)
+        reply.dropped_turns = dropped
+        reply.prompt = prompt
+        self.history.append({"role": "assistant", "content": reply.text})
+        self.stats.add(reply.stats)
+        self.last = reply
+        return reply.text
+
+    def reset(self) -> None:
+        """Forget the conversation (the system prompt stays) and clear the cache."""
+        self.history.clear()
+        self._clear_cache()
+
+    def set_system(self, text: str | None) -> None:
+        """Replace the system prompt (None: the template's default, if it has one)."""
+        self.system = text or None
+
+    def messages(self) -> list[dict[str, str]]:
+        """The conversation as OpenAI-style messages, system prompt first."""
+        return ([{"role": "system", "content": self.system}] if self.system else []) + list(self.history)
+
+    def close(self) -> None:
+        """Free the model, its context and the sampler."""
+        from llama_cpp import llama_cpp as C
+
+        if self._sampler is not None:
+            C.llama_sampler_free(self._sampler)
+            self._sampler = None
+        self.llm.close()
+
+    def __enter__(self) -> "ChatSession":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # -- internals ------------------------------------------------------------------------------------------
+
+    def _make_sampler(self, temp: float, top_p: float, seed: int):
+        from llama_cpp import llama_cpp as C
+
+        chain = C.llama_sampler_chain_init(C.llama_sampler_chain_default_params())
+        if temp <= 0:
+            C.llama_sampler_chain_add(chain, C.llama_sampler_init_greedy())
+        else:
+            if top_p < 1.0:
+                C.llama_sampler_chain_add(chain, C.llama_sampler_init_top_p(top_p, 1))
+            C.llama_sampler_chain_add(chain, C.llama_sampler_init_temp(temp))
+            C.llama_sampler_chain_add(chain, C.llama_sampler_init_dist(seed & 0xFFFFFFFF))
+        return chain
+
+    def _render(self, messages: list[dict[str, str]]) -> tuple[str, list[int]]:
+        try:
+            prompt = self._formatter(messages=messages).prompt
+        except Exception as e:  # the template's raise_exception, undefined variables...
+            raise ForgeError(f"the chat template failed to render this conversation: {e}") from None
+        tokens = self.llm.tokenize(prompt.encode("utf-8"), add_bos=False, special=True)
+        # llama.cpp adds BOS when the vocabulary asks for it; the template may already have written it
+        if self._add_bos and self._bos >= 0 and (not tokens or tokens[0] != self._bos):
+            tokens.insert(0, self._bos)
+        return prompt, tokens
+
+    def _fit_prompt(self) -> tuple[list[int], str, int, int]:
+        """Render the conversation, dropping the oldest turns until it leaves room for a reply."""
+        reserve = min(self.max_tokens, self.n_ctx // 2)
+        dropped = 0
+        while True:
+            prompt, tokens = self._render(self.messages())
+            if len(tokens) + reserve <= self.n_ctx or len(self.history) <= 1:
+                break
+            # drop the oldest user message and everything up to the next user message
+            self.history.pop(0)
+            while self.history and self.history[0]["role"] != "user":
+                self.history.pop(0)
+            dropped += 1
+        room = self.n_ctx - len(tokens)
+        if room < 1:
+            raise ForgeError(f"the message is too long: the prompt is {len(tokens)} tokens and the context window "
+                             f"is {self.n_ctx}; use a larger --ctx or a shorter message")
+        return tokens, prompt, dropped, min(self.max_tokens, room)
+
+    def _clear_cache(self) -> None:
+        from llama_cpp import llama_cpp as C
+
+        C.llama_memory_clear(C.llama_get_memory(self.llm.ctx), True)
+        self._past = []
+
+    def _decode(self, tokens: list[int]) -> None:
+        from llama_cpp import llama_cpp as C
+
+        for start in range(0, len(tokens), self._n_batch):
+            chunk = tokens[start:start + self._n_batch]
+            arr = (C.llama_token * len(chunk))(*chunk)
+            rc = C.llama_decode(self.llm.ctx, C.llama_batch_get_one(arr, len(chunk)))
+            if rc != 0:
+                self._clear_cache()
+                raise ForgeError(f"llama.cpp could not evaluate the prompt (llama_decode returned {rc}); "
+                                 "try a smaller --ctx")
+
+    def _eval_prompt(self, tokens: list[int]) -> int:
+        """Bring the cache to ``tokens``, reusing the common prefix; returns how many tokens were evaluated."""
+        from llama_cpp import llama_cpp as C
+
+        keep = 0
+        for a, b in zip(self._past, tokens):
+            if a != b:
+                break
+            keep += 1
+        keep = min(keep, len(tokens) - 1)  # evaluate at least one token to get fresh logits
+        if keep < len(self._past):
+            if not C.llama_memory_seq_rm(C.llama_get_memory(self.llm.ctx), -1, keep, -1):
+                keep = 0  # e.g. a sliding-window cache that cannot drop a suffix: start over
+                self._clear_cache()
+        self._past = list(tokens[:keep])
+        self._decode(tokens[keep:])
+        self._past = list(tokens)
+        return len(tokens) - keep
+
+    def _generate(self, tokens: list[int], limit: int, on_token: Callable[[str], None] | None) -> Reply:
+        from llama_cpp import llama_cpp as C
+
+        stats = ChatStats()
+        t0 = time.perf_counter()
+        stats.prompt_tokens = self._eval_prompt(tokens)
+        t1 = time.perf_counter()
+        stats.prompt_seconds = t1 - t0
+
+        ctx, vocab, sampler, eog = self.llm.ctx, self._vocab, self._sampler, self._eog
+        buf = ctypes.create_string_buffer(256)
+        one = (C.llama_token * 1)()
+        batch = C.llama_batch_get_one(one, 1)
+        utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        out: list[int] = []
+        pieces: list[str] = []
+        finish = "length"
+        try:
+            for _ in range(limit):
+                tok = C.llama_sampler_sample(sampler, ctx, -1)
+                if tok in eog:
+                    finish = "stop"
+                    break
+                out.append(tok)
+                n = C.llama_token_to_piece(vocab, tok, buf, len(buf), 0, True)
+                if n < 0:  # a piece longer than the buffer
+                    buf = ctypes.create_string_buffer(-n)
+                    n = C.llama_token_to_piece(vocab, tok, buf, len(buf), 0, True)
+                piece = utf8.decode(buf.raw[:n])
+                if piece:
+                    pieces.append(piece)
+                    if on_token is not None:
+                        on_token(piece)
+                one[0] = tok
+                rc = C.llama_decode(ctx, batch)
+                if rc != 0:
+                    raise ForgeError(f"llama.cpp could not evaluate a generated token (llama_decode returned {rc})")
+                self._past.append(tok)
+        except KeyboardInterrupt:
+            finish = "interrupted"
+            self._clear_cache()  # the cache may hold a token the history does not: start afresh next turn
+        except ForgeError:
+            self._clear_cache()
+            raise
+        tail = utf8.decode(b"", final=True)
+        if tail:
+            pieces.append(tail)
+            if on_token is not None:
+                on_token(tail)
+        stats.gen_tokens = len(out)
+        stats.gen_seconds = time.perf_counter() - t1
+        return Reply(text="".join(pieces), tokens=out, finish=finish, stats=stats)
