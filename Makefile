@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test test-tools bench clean
 
 setup: $(VENV)/.installed
 
@@ -22,8 +22,13 @@ $(VENV)/.installed: pyproject.toml Makefile
 demo: setup
 	$(VENV)/bin/quantize demo -o demo-output
 
-test: setup
+test: setup test-tools
 	$(PY) -m pytest -q -rs tests
+
+# what the modelfile tests render with: Go's text/template (Ollama's engine) and LM Studio's schemas from npm
+test-tools:
+	command -v go >/dev/null || { S=$$([ "$$(id -u)" = 0 ] || echo sudo); $$S apt-get update && $$S apt-get install -y golang-go; }
+	test -d tests/node/node_modules || (cd tests/node && npm install --no-audit --no-fund)
 
 bench: setup
 	$(PY) bench/convert.py

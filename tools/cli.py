@@ -367,5 +367,7 @@ def demo(outdir: Path, threads: int | None) -> None:
         sys.exit(1)
 
 
+from . import cli_modelfile  # noqa: E402,F401  (registers modelfile)
+
 if __name__ == "__main__":  # pragma: no cover
     main()

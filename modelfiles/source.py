@@ -1,0 +1,134 @@
+"""What a Modelfile needs to know about a model: chat template, special tokens, context, sampling, license."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import ForgeError
+
+LICENSE_FILES = ("LICENSE", "LICENSE.txt", "LICENSE.md", "LICENCE", "LICENCE.txt", "LICENSE.rst")
+
+
+@dataclass
+class ModelInfo:
+    """Facts read from a GGUF's metadata or a Hugging Face directory."""
+
+    name: str
+    template: str | None
+    bos: str = ""
+    eos: str = ""
+    end_tokens: list[str] = field(default_factory=list)  # eos / eot / eom token texts
+    add_bos: bool | None = None
+    context_length: int | None = None
+    license_name: str | None = None
+
+
+def _field(reader: Any, key: str) -> Any:
+    f = reader.fields.get(key)
+    if f is None:
+        return None
+    value = f.contents()
+    return value
+
+
+def read_gguf(path: Path) -> ModelInfo:
+    """Chat template, special-token texts, add_bos, context length and name from a GGUF's metadata."""
+    import gguf
+
+    try:
+        reader = gguf.GGUFReader(path)
+    except Exception as e:  # truncated, not a GGUF
+        raise ForgeError(f"{path}: cannot read it as GGUF ({e})") from None
+    tokens = reader.fields.get("tokenizer.ggml.tokens")
+
+    def token(key: str) -> str:
+        i = _field(reader, key)
+        if i is None or tokens is None or not 0 <= int(i) < len(tokens.data):
+            return ""
+        return tokens.contents(int(i))
+
+    arch = _field(reader, "general.architecture") or ""
+    ctx = _field(reader, f"{arch}.context_length")
+    ends = [t for t in (token("tokenizer.ggml.eos_token_id"), token("tokenizer.ggml.eot_token_id"),
+                        token("tokenizer.ggml.eom_token_id")) if t]
+    add_bos = _field(reader, "tokenizer.ggml.add_bos_token")
+    return ModelInfo(
+        name=_field(reader, "general.name") or path.stem,
+        template=_field(reader, "tokenizer.chat_template"),
+        bos=token("tokenizer.ggml.bos_token_id"),
+        eos=token("tokenizer.ggml.eos_token_id"),
+        end_tokens=list(dict.fromkeys(ends)),
+        add_bos=None if add_bos is None else bool(add_bos),
+        context_length=int(ctx) if ctx is not None else None,
+        license_name=_field(reader, "general.license"),
+    )
+
+
+def _token_text(value: Any) -> str:
+    if isinstance(value, dict):
+        return str(value.get("content") or "")
+    return str(value or "")
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ForgeError(f"{path}: cannot read it as JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise ForgeError(f"{path}: expected a JSON object")
+    return data
+
+
+def _pick_template(value: Any) -> str | None:
+    if isinstance(value, list):  # [{"name": "default", "template": ...}, {"name": "tool_use", ...}]
+        value = next((t.get("template") for t in value if isinstance(t, dict) and t.get("name") == "default"), None)
+    return value if isinstance(value, str) and value.strip() else None
+
+
+def read_hf_dir(path: Path) -> ModelInfo:
+    """Chat template (chat_template.jinja, chat_template.json or tokenizer_config.json) and tokens of a HF folder."""
+    tc = _read_json(path / "tokenizer_config.json") if (path / "tokenizer_config.json").is_file() else {}
+    template = None
+    if (path / "chat_template.jinja").is_file():
+        template = (path / "chat_template.jinja").read_text(encoding="utf-8")
+    elif (path / "chat_template.json").is_file():
+        template = _pick_template(_read_json(path / "chat_template.json").get("chat_template"))
+    if template is None:
+        template = _pick_template(tc.get("chat_template"))
+    config = _read_json(path / "config.json") if (path / "config.json").is_file() else {}
+    ctx = config.get("max_position_embeddings") or config.get("text_config", {}).get("max_position_embeddings")
+    eos = _token_text(tc.get("eos_token"))
+    return ModelInfo(name=path.resolve().name, template=template, bos=_token_text(tc.get("bos_token")), eos=eos,
+                     end_tokens=[eos] if eos else [], add_bos=tc.get("add_bos_token"),
+                     context_length=int(ctx) if ctx else None)
+
+
+def sampling_defaults(folder: Path | None) -> dict[str, float | int]:
+    """Ollama-named sampling parameters from ``generation_config.json`` (greedy when do_sample is false)."""
+    if folder is None or not (folder / "generation_config.json").is_file():
+        return {}
+    gc = _read_json(folder / "generation_config.json")
+    if gc.get("do_sample") is False:
+        return {"temperature": 0.0}
+    out: dict[str, float | int] = {}
+    for hf, ollama, typ in (("temperature", "temperature", float), ("top_p", "top_p", float),
+                            ("top_k", "top_k", int), ("min_p", "min_p", float),
+                            ("repetition_penalty", "repeat_penalty", float)):
+        value = gc.get(hf)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[ollama] = typ(value)
+    return out
+
+
+def license_text(folder: Path | None) -> str | None:
+    """The text of the model's LICENSE file, if the folder has one."""
+    if folder is None:
+        return None
+    for name in LICENSE_FILES:
+        if (folder / name).is_file():
+            return (folder / name).read_text(encoding="utf-8", errors="replace").strip("\n")
+    return None

@@ -1,0 +1,458 @@
+"""Jinja chat template -> Ollama Go template (over ``.Messages``), proven equal by rendering before anything is written.
+
+Method: render the Jinja template (transformers' machinery) on conversations whose contents are sentinels, cut the
+output at the sentinels to find each role's prefix and suffix, how a system message is placed (its own block, folded
+into the first or the last user turn), the default system prompt the template injects, and the generation prompt.
+From those parts a Go template is built; then a conversation suite is rendered both by the Jinja template and by the
+Go template's semantics (the message list built as Ollama builds it) and any difference is an error naming it.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import ForgeError
+from .jinja import render
+
+_S, _U1, _A1, _U2 = "Zq7sysTEXT", "Zq7userONE", "Zq7replyONE", "Zq7userTWO"
+
+
+@dataclass
+class TurnFormat:
+    """How a template lays out a conversation (after the leading BOS, which Ollama adds itself)."""
+
+    system_mode: str  # "block" (own block), "fold_first" / "fold_last" (inside the first / last user turn)
+    sys_pre: str
+    sys_suf: str
+    user_pre: str
+    user_suf: str
+    asst_pre: str
+    asst_suf: str
+    gen: str  # generation prompt, after the last user turn
+    bos: str = ""
+    bos_repeat: bool = False  # user_pre starts with BOS, left out when the user turn opens the prompt
+    default_system: str | None = None  # what the template renders when the conversation has no system message
+
+
+@dataclass
+class Translation:
+    """The result of :func:`translate`: Go template, stop strings, the SYSTEM to write, warnings."""
+
+    fmt: TurnFormat
+    go_template: str
+    stops: list[str]
+    system: str | None
+    trims: bool = False
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def manual(self) -> dict[str, str] | None:
+        """LM Studio's manual prefix/suffix form, when the template is expressible that way."""
+        return manual_form(self.fmt)
+
+
+# -- conversation suite -----------------------------------------------------------------------------------------------
+def suite(strip: bool = False) -> list[tuple[str, list[dict[str, str]]]]:
+    """The conversations every translation is checked on (contents stripped for templates that trim)."""
+    convs = [
+        ("one user turn", [("user", "Hello!")]),
+        ("system + user", [("system", "You are a pirate. Answer briefly."), ("user", "Hi, who are you?")]),
+        ("three turns", [("user", "What is 2+2?"), ("assistant", "2+2 is 4."), ("user", "And 3+3?")]),
+        ("three turns with system", [("system", "Be concise."), ("user", "What is 2+2?"),
+                                     ("assistant", "It is 4."), ("user", "And 3+3?")]),
+        ("Chinese and emoji", [("system", "你是一个乐于助人的助手。"), ("user", "你好！😀 今天天气怎么样？"),
+                               ("assistant", "今天天气晴朗 ☀️，适合出门。"), ("user", "谢谢 🙏")]),
+        ("braces, special-token-like text, trailing newlines", [
+            ("user", "Explain {{ .Content }} and }} or {{ in Go; also <|eot_id|>, <|im_end|>, </s> and [INST].\n\n"),
+            ("assistant", "In Go templates {{ and }} delimit actions.\n"),
+            ("user", "Thanks.\n\n\n")]),
+    ]
+    out = []
+    for name, msgs in convs:
+        out.append((name, [{"role": r, "content": c.strip() if strip else c} for r, c in msgs]))
+    return out
+
+
+_WHITESPACE_PROBE = [{"role": "system", "content": "  Be brief.  \n"}, {"role": "user", "content": " Hi \n"},
+                     {"role": "assistant", "content": "\n Hello \n"}, {"role": "user", "content": "  Bye\n\n"}]
+
+
+def ollama_messages(messages: list[dict[str, str]], system: str | None) -> list[dict[str, str]]:
+    """The message list Ollama hands a template: SYSTEM first when the request has none, same roles merged."""
+    msgs = [dict(m) for m in messages]
+    if system and (not msgs or msgs[0]["role"] != "system"):
+        msgs.insert(0, {"role": "system", "content": system})
+    out: list[dict[str, str]] = []
+    for m in msgs:
+        if out and out[-1]["role"] == m["role"] and m["role"] != "tool":
+            out[-1]["content"] += "\n\n" + m["content"]
+        else:
+            out.append(m)
+    return out
+
+
+def with_system(messages: list[dict[str, str]], system: str | None) -> list[dict[str, str]]:
+    """``messages`` with ``system`` put first when they have no system message (what Ollama/LM Studio send)."""
+    if system and (not messages or messages[0]["role"] != "system"):
+        return [{"role": "system", "content": system}, *messages]
+    return messages
+
+
+# -- the Go template and its semantics --------------------------------------------------------------------------------
+def render_like_go(fmt: TurnFormat, messages: list[dict[str, str]]) -> str:
+    """What :func:`go_template` renders for an Ollama message list (kept in step with it; tests run the real Go)."""
+    out: list[str] = []
+    first, has_sys, sys_text = True, False, ""
+    n = len(messages)
+    for i, m in enumerate(messages):
+        role, content = m["role"], m["content"]
+        if fmt.system_mode == "block" and fmt.default_system is not None and i == 0 and role != "system":
+            out.append(fmt.sys_pre + fmt.default_system + fmt.sys_suf)
+            first = False
+        if role == "system":
+            if fmt.system_mode == "block":
+                out.append(fmt.sys_pre + content + fmt.sys_suf)
+                first = False
+            else:
+                has_sys, sys_text = True, content
+        elif role == "user":
+            pre = fmt.user_pre
+            if fmt.bos_repeat and first:
+                pre = pre[len(fmt.bos):]
+            out.append(pre)
+            if fmt.system_mode == "fold_first" and first:
+                if has_sys:
+                    out.append(fmt.sys_pre + sys_text + fmt.sys_suf)
+                elif fmt.default_system is not None:
+                    out.append(fmt.sys_pre + fmt.default_system + fmt.sys_suf)
+            if fmt.system_mode == "fold_last" and has_sys and i == n - 1:
+                out.append(fmt.sys_pre + sys_text + fmt.sys_suf)
+            out.append(content + fmt.user_suf)
+            first = False
+        elif role == "assistant":
+            out.append(fmt.asst_pre + content + fmt.asst_suf)
+            first = False
+    out.append(fmt.gen)
+    return "".join(out)
+
+
+def _printable(ch: str) -> bool:
+    # what Ollama's Modelfile parser keeps (Go strconv.IsPrint, plus the whitespace it keeps)
+    return ch.isprintable() or ch in "\n\t\r"
+
+
+def go_string(text: str) -> str:
+    """A Go interpreted string literal for ``text`` that survives the Modelfile parser (no quotes, all printable)."""
+    out = []
+    for ch in text:
+        if ch == '"':
+            out.append("\\x22")
+        elif ch == "\\":
+            out.append("\\\\")
+        elif ch == "\n":
+            out.append("\\n")
+        elif ch == "\t":
+            out.append("\\t")
+        elif ch == "\r":
+            out.append("\\r")
+        elif ch.isprintable():
+            out.append(ch)
+        elif ord(ch) < 0x10000:
+            out.append(f"\\u{ord(ch):04x}")
+        else:
+            out.append(f"\\U{ord(ch):08x}")
+    return '"' + "".join(out) + '"'
+
+
+def lit(text: str) -> str:
+    """Literal text for the Go template: raw where safe, ``{{ "..." }}`` for ``{{``, ``\"\"\"``, unprintables."""
+    out, i = [], 0
+    while i < len(text):
+        if text.startswith("{{", i):
+            out.append('{{ "{{" }}')
+            i += 2
+        elif text.startswith('"""', i) or (text[i] == '"' and i == len(text) - 1):
+            out.append("{{ " + go_string('"') + " }}")
+            i += 1
+        elif not _printable(text[i]):
+            out.append("{{ " + go_string(text[i]) + " }}")
+            i += 1
+        else:
+            out.append(text[i])
+            i += 1
+    return "".join(out)
+
+
+def go_template(fmt: TurnFormat) -> str:
+    """The Ollama TEMPLATE (Go text/template over ``.Messages``) for ``fmt``; no BOS, Ollama adds it."""
+    block = fmt.system_mode == "block"
+    lines = ["{{- $first := true }}"]
+    if not block:
+        lines.append("{{- $hasSys := false }}{{- $sys := \"\" }}")
+    lines.append("{{- range $i, $m := .Messages }}")
+    if block and fmt.default_system is not None:
+        lines.append('{{- if and (eq $i 0) (ne .Role "system") }}'
+                     + lit(fmt.sys_pre + fmt.default_system + fmt.sys_suf) + "{{ $first = false }}{{ end }}")
+    if block:
+        lines.append('{{- if eq .Role "system" }}' + lit(fmt.sys_pre) + "{{ .Content }}" + lit(fmt.sys_suf)
+                     + "{{ $first = false }}")
+    else:
+        lines.append('{{- if eq .Role "system" }}{{ $hasSys = true }}{{ $sys = .Content }}')
+    user = '{{- else if eq .Role "user" }}'
+    if fmt.bos_repeat:
+        user += "{{ if not $first }}" + lit(fmt.bos) + "{{ end }}" + lit(fmt.user_pre[len(fmt.bos):])
+    else:
+        user += lit(fmt.user_pre)
+    if fmt.system_mode == "fold_first":
+        fold = "{{ if $first }}{{ if $hasSys }}" + lit(fmt.sys_pre) + "{{ $sys }}" + lit(fmt.sys_suf)
+        if fmt.default_system is not None:
+            fold += "{{ else }}" + lit(fmt.sys_pre + fmt.default_system + fmt.sys_suf)
+        user += fold + "{{ end }}{{ end }}"
+    elif fmt.system_mode == "fold_last":
+        user += ("{{ if and $hasSys (eq (len (slice $.Messages $i)) 1) }}" + lit(fmt.sys_pre) + "{{ $sys }}"
+                 + lit(fmt.sys_suf) + "{{ end }}")
+    user += "{{ .Content }}" + lit(fmt.user_suf) + "{{ $first = false }}"
+    lines.append(user)
+    lines.append('{{- else if eq .Role "assistant" }}' + lit(fmt.asst_pre) + "{{ .Content }}" + lit(fmt.asst_suf)
+                 + "{{ $first = false }}")
+    lines.append("{{- end }}")
+    lines.append("{{- end }}" + lit(fmt.gen))
+    return "\n".join(lines)
+
+
+def manual_form(fmt: TurnFormat) -> dict[str, str] | None:
+    """LM Studio's manual template (before/after each role), or None when prefixes/suffixes cannot express it."""
+    if fmt.system_mode != "block" or fmt.gen != fmt.asst_pre or fmt.bos_repeat or fmt.default_system == "":
+        return None
+    return {"beforeSystem": fmt.sys_pre, "afterSystem": fmt.sys_suf, "beforeUser": fmt.user_pre,
+            "afterUser": fmt.user_suf, "beforeAssistant": fmt.asst_pre, "afterAssistant": fmt.asst_suf}
+
+
+def render_manual(manual: dict[str, str], messages: list[dict[str, str]]) -> str:
+    """Concatenate LM Studio's manual prefixes/suffixes for ``messages`` plus the generation prompt."""
+    names = {"system": "System", "user": "User", "assistant": "Assistant"}
+    out = [manual[f"before{names[m['role']]}"] + m["content"] + manual[f"after{names[m['role']]}"] for m in messages]
+    return "".join(out) + manual["beforeAssistant"]
+
+
+# -- inference --------------------------------------------------------------------------------------------------------
+class _Renderer:
+    def __init__(self, template: str, bos: str, eos: str):
+        self.template, self.bos, self.eos = template, bos, eos
+        self.starts_with_bos = False
+
+    def __call__(self, msgs: list[dict[str, str]], gen: bool = True, what: str = "") -> str:
+        try:
+            out = render(self.template, msgs, add_generation_prompt=gen, bos_token=self.bos, eos_token=self.eos)
+        except Exception as e:  # jinja2 errors, raise_exception(), bad attribute access...
+            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise ForgeError(f"the chat template fails on {what or 'a conversation'}: {msg}") from None
+        if self.bos and out.startswith(self.bos):
+            self.starts_with_bos = True
+            out = out[len(self.bos):]
+        return out
+
+
+def _m(role: str, content: str) -> dict[str, str]:
+    return {"role": role, "content": content}
+
+
+def _cut(text: str, sentinels: list[str], what: str) -> list[str]:
+    """Split ``text`` at the sentinels, which must each occur once and in order."""
+    parts, rest = [], text
+    for s in sentinels:
+        if text.count(s) != 1:
+            raise ForgeError(f"the chat template transforms or repeats message content ({what}: the text of a "
+                             "message does not appear exactly once, verbatim); a Go template cannot reproduce that")
+        head, sep, rest2 = rest.partition(s)
+        if not sep:
+            raise ForgeError(f"the chat template reorders messages ({what}); a Go template over .Messages cannot")
+        parts.append(head)
+        rest = rest2
+    parts.append(rest)
+    return parts
+
+
+def _lcp(a: str, b: str) -> str:
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return a[:n]
+
+
+def _lcs(a: str, b: str) -> str:
+    n = 0
+    while n < min(len(a), len(b)) and a[len(a) - 1 - n] == b[len(b) - 1 - n]:
+        n += 1
+    return a[len(a) - n:] if n else ""
+
+
+def infer_format(template: str, bos: str = "", eos: str = "") -> TurnFormat:
+    """Find the parts of ``template``'s layout by rendering it with sentinel messages."""
+    r = _Renderer(template, bos, eos)
+    u_nogen = _cut(r([_m("user", _U1)], False, "one user message"), [_U1], "one user message")
+    u_suf_n = u_nogen[1]
+    ua_nogen = _cut(r([_m("user", _U1), _m("assistant", _A1)], False, "a user and an assistant message"),
+                    [_U1, _A1], "a reply")
+    a_suf_n = ua_nogen[2]
+    h, x1, x2, t = _cut(r([_m("user", _U1), _m("assistant", _A1), _m("user", _U2)], True, "three turns"),
+                        [_U1, _A1, _U2], "three turns")
+    tail_one = _cut(r([_m("user", _U1)], True, "one user message"), [_U1], "one user message")[1]
+    if tail_one != t:
+        raise ForgeError("the chat template ends a one-turn conversation differently from a multi-turn one "
+                         f"({tail_one!r} vs {t!r}); a Go template cannot reproduce that")
+    user_suf = u_suf_n if x1.startswith(u_suf_n) and t.startswith(u_suf_n) else _lcp(x1, t)
+    asst_pre, gen = x1[len(user_suf):], t[len(user_suf):]
+    if a_suf_n and x2.startswith(a_suf_n):
+        asst_suf = a_suf_n
+    else:
+        asst_suf = x2[: len(x2) - len(_lcs(h, x2))]
+    user_pre = x2[len(asst_suf):]
+    firsts = [user_pre] + ([user_pre[len(bos):]] if bos and user_pre.startswith(bos) else [])
+
+    s_all = r([_m("system", _S), _m("user", _U1), _m("assistant", _A1), _m("user", _U2)], True,
+              "a system message and three turns")
+    if s_all.count(_S) != 1:
+        raise ForgeError("the chat template drops or repeats the system message; a Go template would not match it")
+    pos = {k: s_all.find(k) for k in (_S, _U1, _A1, _U2)}
+    fmt: TurnFormat
+    if pos[_S] < pos[_U1]:
+        p, q1, y1, y2, y3 = _cut(s_all, [_S, _U1, _A1, _U2], "a system message and three turns")
+        if (y1, y2, y3) != (x1, x2, t):
+            raise ForgeError("a system message changes how the later turns are rendered; a Go template cannot "
+                             "reproduce that")
+        if user_pre and q1.endswith(user_pre) and not any(p.startswith(f) and f for f in firsts):
+            fmt = TurnFormat("block", p, q1[: len(q1) - len(user_pre)], user_pre, user_suf, asst_pre, asst_suf, gen,
+                             bos)
+        else:
+            first = next((f for f in sorted(firsts, key=len, reverse=True) if p.startswith(f)), None)
+            if first is None:
+                raise ForgeError("the chat template places the system message in a way that is neither its own "
+                                 "block nor a prefix of the first user turn; a Go template cannot reproduce that")
+            fmt = TurnFormat("fold_first", p[len(first):], q1, user_pre, user_suf, asst_pre, asst_suf, gen, bos,
+                             bos_repeat=first != user_pre)
+    elif pos[_U1] < pos[_A1] < pos[_S] < pos[_U2]:
+        h2, z1, y, q, z3 = _cut(s_all, [_U1, _A1, _S, _U2], "a system message and three turns")
+        if h2 != h or z1 != x1 or z3 != t or not y.startswith(x2):
+            raise ForgeError("a system message changes how the other turns are rendered; a Go template cannot "
+                             "reproduce that")
+        fmt = TurnFormat("fold_last", y[len(x2):], q, user_pre, user_suf, asst_pre, asst_suf, gen, bos)
+    else:
+        raise ForgeError("the chat template puts the system message where a Go template over .Messages cannot "
+                         "(neither first nor in the first or last user turn)")
+
+    # what comes before the first user turn when there is no system message: the user prefix, or a default system
+    if fmt.system_mode == "fold_first":
+        first = user_pre[len(bos):] if fmt.bos_repeat else user_pre
+        if h != first:
+            head = first + fmt.sys_pre
+            if not (h.startswith(head) and h.endswith(fmt.sys_suf) and len(h) >= len(head) + len(fmt.sys_suf)):
+                raise ForgeError("the chat template renders the first user turn in a way we cannot reproduce "
+                                 f"({h!r} before it); a Go template cannot express that")
+            fmt.default_system = h[len(head): len(h) - len(fmt.sys_suf)]
+    elif fmt.system_mode == "fold_last":
+        if h not in firsts:
+            raise ForgeError("the chat template adds text before the first user turn that we cannot reproduce "
+                             f"({h!r})")
+        fmt.bos_repeat = h != user_pre
+    else:
+        if h in firsts:
+            fmt.bos_repeat = h != user_pre
+        else:
+            tail = fmt.sys_suf + user_pre
+            if not (h.startswith(fmt.sys_pre) and h.endswith(tail) and len(h) >= len(fmt.sys_pre) + len(tail)):
+                raise ForgeError("the chat template adds text before the first user turn that is neither the user "
+                                 f"prefix nor a default system block ({h!r}); a Go template cannot reproduce that")
+            fmt.default_system = h[len(fmt.sys_pre): len(h) - len(tail)]
+    return fmt
+
+
+# -- stops ------------------------------------------------------------------------------------------------------------
+_TAG = re.compile(r"(?<!<)(?:<\|[^|\s<>]+\|>|</?[A-Za-z_][A-Za-z0-9_.\-]*>|\[/?[A-Z]{2,}\])(?!>)")
+
+
+def _good_stop(s: str) -> bool:
+    return len(s) >= 2 and not s.isspace() and any(not (c.isalnum() or c.isspace()) for c in s)
+
+
+def stop_strings(fmt: TurnFormat, extra_tokens: list[str] = ()) -> list[str]:
+    """Every string that ends an assistant turn, then the role-header markers Ollama also stops on."""
+    stops: list[str] = []
+
+    def add(s: str) -> None:
+        if s and _good_stop(s) and s not in stops:
+            stops.append(s)
+
+    end = fmt.asst_suf.strip()
+    if end:
+        tags = _TAG.findall(end)
+        add(tags[0] if tags and end.startswith(tags[0]) else end)
+        if tags and end.startswith(tags[0]) and len(end) > len(tags[0]):
+            add(end)  # whole suffix too, when it is more than one marker
+    for tok in extra_tokens:
+        add(tok)
+    nxt = fmt.user_pre[len(fmt.bos):] if fmt.bos_repeat else fmt.user_pre
+    for part in (nxt, fmt.gen):
+        for tag in _TAG.findall(part):
+            if tag != fmt.bos:
+                add(tag)
+    return stops
+
+
+# -- translate + verify -----------------------------------------------------------------------------------------------
+def _diff(a: str, b: str) -> str:
+    n = len(_lcp(a, b))
+    lo = max(0, n - 25)
+    return f"Jinja renders {a[lo:n + 25]!r}, the Go template {b[lo:n + 25]!r}"
+
+
+def translate(template: str, *, bos: str = "", eos: str = "", system: str | None = None,
+              extra_stop_tokens: list[str] = ()) -> Translation:
+    """Translate a Jinja chat template to an Ollama Go template and prove it on the conversation suite.
+
+    ``system`` overrides the template's default system prompt (it becomes the Modelfile's SYSTEM). Raises
+    :class:`ForgeError` naming the construct when the Go template would render anything differently.
+    """
+    fmt = infer_format(template, bos, eos)
+    sys_line = system if system is not None else (fmt.default_system or None)
+    r = _Renderer(template, bos, eos)
+    warnings: list[str] = []
+
+    def check(convs: list[tuple[str, list[dict[str, str]]]]) -> str | None:
+        for name, msgs in convs:
+            want = r(with_system(msgs, sys_line), True, f"the conversation '{name}'")
+            got = render_like_go(fmt, ollama_messages(msgs, sys_line))
+            if want != got:
+                return f"'{name}': {_diff(want, got)}"
+        return None
+
+    trims = False
+    problem = check([("whitespace around contents", _WHITESPACE_PROBE)])
+    if problem:
+        stripped = [{**m, "content": m["content"].strip()} for m in _WHITESPACE_PROBE]
+        if check([("whitespace around contents, stripped", stripped)]) is None:
+            trims = True
+            warnings.append("the chat template trims whitespace around message contents (| trim / .strip()); Go "
+                            "templates cannot trim, so the Modelfile keeps contents as sent (identical for "
+                            "contents without leading/trailing whitespace)")
+        else:
+            raise ForgeError(f"the chat template cannot be reproduced exactly by an Ollama template: {problem}")
+    problem = check(suite(strip=trims))
+    if problem:
+        raise ForgeError(f"the chat template cannot be reproduced exactly by an Ollama template: {problem}")
+    stops = stop_strings(fmt, list(extra_stop_tokens))
+    if not stops:
+        raise ForgeError("the chat template has no end-of-turn marker after a reply (no stop string can be "
+                         "derived); generation would never stop")
+    replies = [m["content"] for _, msgs in suite(strip=trims) for m in msgs if m["role"] == "assistant"]
+    bad = [s for s in stops if any(s in reply for reply in replies)]
+    stops = [s for s in stops if s not in bad]
+    return Translation(fmt=fmt, go_template=go_template(fmt), stops=stops, system=sys_line, trims=trims,
+                       warnings=warnings)
+
+
+def describe(fmt: TurnFormat) -> dict[str, Any]:
+    """The inferred parts, for ``--json`` and error reports."""
+    return {k: getattr(fmt, k) for k in fmt.__dataclass_fields__}

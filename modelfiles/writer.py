@@ -1,0 +1,194 @@
+"""``write_modelfile``: read the model, translate and verify its template, then write every file atomically."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import ForgeError
+from .jinja import load_template
+from .lmstudio import legacy_preset, preset
+from .ollama import modelfile_text
+from .source import ModelInfo, license_text, read_gguf, read_hf_dir, sampling_defaults
+from .translate import Translation, translate
+
+#: num_ctx when --ctx is not given: the model's trained context, capped (a 128k KV cache would not fit a laptop)
+DEFAULT_CTX_CAP = 8192
+
+
+@dataclass
+class ModelfileResult:
+    """What :func:`write_modelfile` wrote and decided."""
+
+    modelfile: Path
+    preset: Path
+    legacy_preset: Path | None
+    stops: list[str]
+    system: str | None
+    warnings: list[str] = field(default_factory=list)
+    template: str = ""  # the Go template written as TEMPLATE
+    num_ctx: int = 0
+    manual: bool = False  # whether the preset carries LM Studio's manual prefix/suffix form
+
+
+def _is_gguf(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) == b"GGUF"
+    except OSError:
+        return False
+
+
+def _slug(name: str) -> str:
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.")
+    return slug or "model"
+
+
+def _atomic_write(path: Path, text: str) -> Path:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+        return Path(tmp)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def _write_all(files: dict[Path, str]) -> None:
+    """Write every file under a temporary name first, then rename them all; nothing final on failure."""
+    temps: dict[Path, Path] = {}
+    try:
+        for path, text in files.items():
+            temps[path] = _atomic_write(path, text)
+        for path, tmp in temps.items():
+            os.replace(tmp, path)
+    except BaseException:
+        for tmp in temps.values():
+            if tmp.exists():
+                tmp.unlink()
+        raise
+
+
+def _read_model(model: Path) -> ModelInfo:
+    if model.is_dir():
+        return read_hf_dir(model)
+    if not model.exists():
+        raise ForgeError(f"{model}: no such file or directory")
+    if not _is_gguf(model):
+        raise ForgeError(f"{model}: neither a GGUF file nor a Hugging Face model directory")
+    return read_gguf(model)
+
+
+def write_modelfile(model: Path, outdir: Path, *, gguf: Path | None = None, source_dir: Path | None = None,
+                    template: str | None = None, system: str | None = None, ctx: int | None = None,
+                    name: str | None = None, lmstudio_legacy: bool = False,
+                    filename: str = "Modelfile") -> ModelfileResult:
+    """Write an Ollama Modelfile and an LM Studio preset that reproduce ``model``'s chat template exactly.
+
+    ``model`` is a GGUF (template and special tokens from its metadata) or a Hugging Face directory (then ``gguf``
+    names the file FROM points at). ``source_dir``: a HF folder for generation_config.json and LICENSE when
+    ``model`` is a GGUF. ``template``: a named template or a ``.jinja`` path that replaces the model's. Raises
+    :class:`ForgeError` (and writes nothing) when the template cannot be reproduced exactly.
+    """
+    model, outdir = Path(model), Path(outdir)
+    info = _read_model(model)
+    if model.is_dir():
+        if gguf is None:
+            raise ForgeError(f"{model} is a Hugging Face directory: name the GGUF the Modelfile's FROM points at "
+                             "with --gguf PATH")
+        source_dir = source_dir or model
+    else:
+        gguf = gguf or model
+    gguf = Path(gguf)
+    if not gguf.is_file():
+        raise ForgeError(f"--gguf {gguf}: no such file (Ollama would treat a missing FROM path as a registry name)")
+    if source_dir is not None and not Path(source_dir).is_dir():
+        raise ForgeError(f"--source {source_dir}: not a directory")
+    if template is not None:
+        jinja_src = load_template(template)
+    elif info.template:
+        jinja_src = info.template
+    else:
+        raise ForgeError(f"{model}: has no chat template; give one with --template NAME|FILE.jinja "
+                         f"(named templates: llama3, chatml, gemma, mistral, llama2, phi3, zephyr, firefly-llama3)")
+    if ctx is not None and ctx < 1:
+        raise ForgeError(f"--ctx {ctx}: must be a positive number of tokens")
+
+    tr: Translation = translate(jinja_src, bos=info.bos, eos=info.eos, system=system, extra_stop_tokens=info.end_tokens)
+    warnings = list(tr.warnings)
+    if info.bos and info.add_bos is False and _starts_with_bos(jinja_src, info):
+        warnings.append("the template starts with BOS but the GGUF's tokenizer.ggml.add_bos_token is false, so Ollama "
+                        "will not add it; reconvert or set --override-kv tokenizer.ggml.add_bos_token=bool:true")
+
+    name = name or info.name or model.stem
+    slug = _slug(name)
+    num_ctx = ctx or min(info.context_length or 4096, DEFAULT_CTX_CAP)
+    sampling = sampling_defaults(Path(source_dir) if source_dir else None)
+    lic = license_text(Path(source_dir) if source_dir else None)
+    if lic is not None and not all(ch.isprintable() or ch in "\n\t\r" for ch in lic):
+        lic = "".join(ch for ch in lic if ch.isprintable() or ch in "\n\t\r")
+        warnings.append("LICENSE: invisible characters removed (Ollama's Modelfile parser drops them)")
+    if lic is not None and '"""' in lic:
+        lic = lic.replace('"""', "'''")
+        warnings.append('LICENSE: """ replaced by \'\'\' (a Modelfile cannot hold three double quotes in a row)')
+    if lic is None and info.license_name:
+        lic = str(info.license_name)
+
+    if not outdir.exists():
+        outdir.mkdir(parents=True)
+    if not outdir.is_dir() or not os.access(outdir, os.W_OK):
+        raise ForgeError(f"-o {outdir}: not a writable folder")
+    rel = os.path.relpath(gguf.resolve(), outdir.resolve())
+    from_path = rel if rel.startswith("..") or os.path.isabs(rel) else f"./{rel}"
+    notes = []
+    if tr.trims:
+        notes.append("the original chat template trims whitespace around message contents; Go templates cannot, "
+                     "so contents are used as sent")
+    if tr.system is not None and system is None:
+        notes.append("SYSTEM is the chat template's own default system prompt")
+    params = {"num_ctx": num_ctx, **sampling}
+    text = modelfile_text(name=slug, from_path=from_path, template=tr.go_template, system=tr.system, stops=tr.stops,
+                          parameters=params, license=lic, notes=notes)
+    manual = tr.manual
+    lm = preset(name=name, identifier=f"@local:{slug}", system=tr.system, jinja=jinja_src, manual=manual,
+                stops=tr.stops, sampling=sampling, ctx=num_ctx)
+    files = {outdir / filename: text, outdir / f"{slug}.preset.json": json.dumps(lm, indent=2, ensure_ascii=False) + "\n"}
+    legacy_path = None
+    if lmstudio_legacy:
+        legacy_path = outdir / f"{slug}.legacy.preset.json"
+        files[legacy_path] = json.dumps(legacy_preset(name=name, system=tr.system, manual=manual, stops=tr.stops,
+                                                      sampling=sampling, ctx=num_ctx), indent=2, ensure_ascii=False) + "\n"
+    _write_all(files)
+    return ModelfileResult(modelfile=outdir / filename, preset=outdir / f"{slug}.preset.json",
+                           legacy_preset=legacy_path, stops=tr.stops, system=tr.system, warnings=warnings,
+                           template=tr.go_template, num_ctx=num_ctx, manual=manual is not None)
+
+
+def _starts_with_bos(template: str, info: ModelInfo) -> bool:
+    from .jinja import render
+
+    try:
+        return render(template, [{"role": "user", "content": "x"}], bos_token=info.bos,
+                      eos_token=info.eos).startswith(info.bos)
+    except Exception:
+        return False
+
+
+def ollama_create(name: str, modelfile: Path) -> str:
+    """Run ``ollama create NAME -f Modelfile``; a clear error when the ollama binary is not on PATH."""
+    exe = shutil.which("ollama")
+    if exe is None:
+        raise ForgeError(f"--ollama-create: the ollama binary is not on PATH; install Ollama, then run: "
+                         f"ollama create {name} -f {modelfile}")
+    r = subprocess.run([exe, "create", name, "-f", str(modelfile)], capture_output=True, text=True)
+    if r.returncode != 0:
+        last = (r.stderr or r.stdout).strip().splitlines()[-1:] or ["no output"]
+        raise ForgeError(f"ollama create {name} -f {modelfile} failed: {last[0]}")
+    return (r.stdout or "").strip()

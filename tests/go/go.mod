@@ -1,0 +1,3 @@
+module gguf-forge/tests/go/render
+
+go 1.19
