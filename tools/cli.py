@@ -367,7 +367,12 @@ def demo(outdir: Path, threads: int | None) -> None:
         sys.exit(1)
 
 
+from . import cli_publish  # noqa: E402,F401  (registers publish)
 from . import cli_modelfile  # noqa: E402,F401  (registers modelfile)
 
 if __name__ == "__main__":  # pragma: no cover
-    main()
+    # `python -m gguf_forge.tools.cli`: the commands registered by the cli_* modules live on the group of the
+    # imported module gguf_forge.tools.cli, not on this __main__ copy
+    from gguf_forge.tools.cli import main as _registered_main
+
+    _registered_main()
