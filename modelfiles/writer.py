@@ -141,6 +141,9 @@ def write_modelfile(model: Path, outdir: Path, *, gguf: Path | None = None, sour
     if lic is None and info.license_name:
         lic = str(info.license_name)
 
+    manual = tr.manual
+    if lmstudio_legacy:
+        legacy_preset(name=name, system=tr.system, manual=manual, stops=tr.stops, sampling={}, ctx=num_ctx)  # checks
     if not outdir.exists():
         outdir.mkdir(parents=True)
     if not outdir.is_dir() or not os.access(outdir, os.W_OK):
@@ -156,7 +159,6 @@ def write_modelfile(model: Path, outdir: Path, *, gguf: Path | None = None, sour
     params = {"num_ctx": num_ctx, **sampling}
     text = modelfile_text(name=slug, from_path=from_path, template=tr.go_template, system=tr.system, stops=tr.stops,
                           parameters=params, license=lic, notes=notes)
-    manual = tr.manual
     lm = preset(name=name, identifier=f"@local:{slug}", system=tr.system, jinja=jinja_src, manual=manual,
                 stops=tr.stops, sampling=sampling, ctx=num_ctx)
     files = {outdir / filename: text, outdir / f"{slug}.preset.json": json.dumps(lm, indent=2, ensure_ascii=False) + "\n"}
