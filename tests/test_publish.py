@@ -242,3 +242,20 @@ def test_split_model_loads_from_first_shard_with_identical_logits(converted, tmp
     finally:
         for p in shards:
             p.unlink(missing_ok=True)
+
+
+def test_modelscope_client_is_pointed_at_the_endpoint_and_errors_stay_one_line(tmp_path):
+    """Only what can be checked without ModelScope's upload protocol: the SDK talks to MODELSCOPE_ENDPOINT (here
+    the local server, which does not implement ModelScope's API), and its errors come out as one line without
+    the token. The upload itself is not verified (see README)."""
+    pytest.importorskip("modelscope_hub")
+    outdir = make_outdir(tmp_path / "out")
+    with HubServer(TOKEN) as hub:
+        env = {"MODELSCOPE_ENDPOINT": hub.url, "MODELSCOPE_API_TOKEN": TOKEN, "HOME": str(tmp_path)}
+        r = run("publish", str(outdir), "--repo", REPO, "--hub", "modelscope", "--no-progress", env=env)
+        assert_user_error(r, "creating repo", REPO)
+        assert hub.calls("POST", r"^/api/v1/models$")
+        r2 = run("publish", str(outdir), "--repo", REPO, "--hub", "modelscope", "--no-progress",
+                 env={**env, "MODELSCOPE_API_TOKEN": ""})
+        assert_user_error(r2, "no ModelScope token", "MODELSCOPE_API_TOKEN")
+    assert_no_token(r.stdout, r.stderr, r2.stdout, r2.stderr)

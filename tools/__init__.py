@@ -7,6 +7,9 @@ Public surface:
 - :func:`default_model_dir`: the embedded default model (SmolLM2-135M-Instruct) as a HF directory.
 - :func:`load_model`, :func:`chat_handler_for`, :func:`one_turn`: CPU chat through llama-cpp-python
   with the GGUF's own chat template.
+- :func:`gguf_forge.tools.publish.publish` -> :class:`~gguf_forge.tools.publish.PublishPlan`: upload a
+  ``merge-convert`` folder to Hugging Face / ModelScope (``quantize publish``).
+- :func:`gguf_forge.tools.gguf_split.split_gguf` / ``plan_split``: llama.cpp ``gguf-split`` shards.
 """
 
 from .chat import chat_handler_for, load_model, one_turn

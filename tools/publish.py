@@ -236,8 +236,11 @@ def _get_token(hub: str) -> str:
         token = get_token()
         how = "set HF_TOKEN or run `hf auth login` with a token that can write"
     else:
-        token = os.environ.get("MODELSCOPE_API_TOKEN") or None
-        how = "set MODELSCOPE_API_TOKEN (an SDK token from modelscope.cn/my/myaccesstoken)"
+        _modelscope_api()  # a clear error when the client is not installed
+        from modelscope_hub.config import get_default_config
+
+        token = get_default_config().token or None  # MODELSCOPE_API_TOKEN or `modelscope login`'s cache
+        how = "set MODELSCOPE_API_TOKEN or run `modelscope login` (an SDK token from modelscope.cn)"
     if not token:
         raise ForgeError(f"no {HUB_NAMES[hub]} token found: {how}")
     return token
@@ -257,7 +260,7 @@ def _hub_errors(token: str, repo: str, what: str) -> Iterator[None]:
     except ForgeError:
         raise
     except Exception as e:  # the hub libraries raise HTTP, network and value errors of many kinds
-        status = getattr(getattr(e, "response", None), "status_code", None)
+        status = getattr(getattr(e, "response", None), "status_code", None) or getattr(e, "status_code", None)
         if status in (401, 403):
             raise ForgeError(f"{what} {repo}: the hub refused the token (HTTP {status}); use a token with write "
                              "access (HF_TOKEN or `hf auth login`)") from None
@@ -327,12 +330,36 @@ def _hf_upload(plan: PublishPlan, outdir: Path, token: str, progress: bool) -> N
             enable_progress_bars()
 
 
-def _modelscope_upload(plan: PublishPlan, outdir: Path, token: str, progress: bool) -> None:
+def _modelscope_api() -> Any:
     try:
-        from modelscope.hub.api import HubApi  # noqa: F401
+        from modelscope_hub.api import HubApi
     except ImportError:
-        raise ForgeError("--hub modelscope needs the ModelScope SDK: pip install 'gguf-forge[modelscope]'") from None
-    raise ForgeError("--hub modelscope: uploading is not implemented yet; use --hub hf")
+        raise ForgeError("--hub modelscope needs the ModelScope client: pip install 'gguf-forge[modelscope]'") from None
+    return HubApi
+
+
+def _modelscope_upload(plan: PublishPlan, outdir: Path, token: str, progress: bool) -> None:
+    """Upload through ModelScope's own client (modelscope-hub), which hashes, skips what the hub already holds
+    and resumes by itself. Endpoint: MODELSCOPE_ENDPOINT (default https://www.modelscope.cn)."""
+    api = _modelscope_api()(token=token)
+    repo = plan.repo
+    with _hub_errors(token, repo, "creating repo"):
+        if not api.repo_exists(repo, "model"):
+            api.create_repo(repo, "model", visibility="private" if plan.private else "public")
+    plan.url = f"{os.environ.get('MODELSCOPE_ENDPOINT', 'https://www.modelscope.cn').rstrip('/')}/models/{repo}"
+    # one upload_folder per source folder: OUTDIR itself (unsplit files, manifest) and the shard staging folder
+    by_root: dict[Path, list[PlannedFile]] = {}
+    for f in plan.files:
+        root = outdir / STAGING if f.split_from else outdir
+        by_root.setdefault(root, []).append(f)
+    for root, files in by_root.items():
+        with _hub_errors(token, repo, "uploading to"):
+            api.upload_folder(repo, "model", root,
+                              allow_patterns=[f.path_in_repo for f in files],
+                              commit_message=f"Upload {Path(plan.outdir).name} (gguf-forge)",
+                              disable_tqdm=not progress)
+        for f in files:
+            f.status = "uploaded"
 
 
 def publish(outdir: Path, repo: str, *, hub: str = "hf", private: bool = False, dry_run: bool = False,
