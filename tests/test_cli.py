@@ -41,9 +41,9 @@ def test_metadata_and_overrides(tmp_path):
     assert info["rope"]["freq_base"] == 2000000.0
     assert info["license"] == "apache-2.0"
     assert info["file_type"] == "Q8_0"
-    from llama_cpp import Llama  # the overridden keys keep the types llama.cpp checks
+    from gguf_forge.tools.chat import load_model  # the overridden keys keep the types llama.cpp checks
 
-    llm = Llama(model_path=str(out), n_ctx=64, verbose=False)
+    llm = load_model(out, n_ctx=64)
     assert llm.metadata["general.author"] == "gguf-forge tests"
     assert llm._model.n_ctx_train() == 65536
 

@@ -38,10 +38,10 @@ def hf_logits(model_dir, tokens: list[int]) -> np.ndarray:
 
 
 def gguf_logits(path, tokens: list[int]) -> np.ndarray:
-    from llama_cpp import Llama
+    from gguf_forge.tools.chat import load_model  # (the way every command loads; safe on AMX CPUs)
 
-    llm = Llama(model_path=str(path), n_ctx=512, n_batch=512, n_ubatch=512, logits_all=True, verbose=False,
-                n_threads=2, seed=0, type_k=0, type_v=0)  # float32 KV cache (default is f16)
+    llm = load_model(path, n_ctx=512, n_batch=512, n_ubatch=512, logits_all=True, threads=2, seed=0, type_k=0,
+                     type_v=0)  # float32 KV cache (default is f16)
     llm.eval(tokens)
     return np.array(llm.scores[: len(tokens)], dtype=np.float32)
 
