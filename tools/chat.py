@@ -142,7 +142,10 @@ def load_model(path: str | Path, n_ctx: int = 2048, threads: int | None = None, 
         except (ValueError, RuntimeError) as e:
             why = log.reason()
             if why and "architecture" in why:
-                raise ForgeError(f"{path}: this llama.cpp (llama-cpp-python 0.3.36) cannot run it: {why}") from None
+                import llama_cpp
+
+                raise ForgeError(f"{path}: the llama.cpp in llama-cpp-python {llama_cpp.__version__} cannot run it: "
+                                 f"{why}") from None
             if why:
                 raise ForgeError(f"{path}: llama.cpp cannot load it: {why}; the file may be truncated "
                                  "(re-download or re-convert it)") from None
@@ -197,6 +200,13 @@ def resolve_template(spec: str) -> str:
     except ImportError:
         raise ForgeError(f"--template {spec}: no such file; give a Jinja chat-template file") from None
     return load_template(spec)
+
+
+def _template_source(template: str | None) -> str | None:
+    """``template`` as Jinja source: None stays None (the GGUF's own), Jinja text as is, else NAME|FILE."""
+    if template is None or "{{" in template or "{%" in template:
+        return template
+    return resolve_template(template)
 
 
 def _formatter(llm, template: str | None = None):
@@ -278,7 +288,7 @@ class ChatSession:
     """A multi-turn chat with a GGUF on the CPU.
 
     The prompt is the whole conversation rendered by the chat template (the GGUF's own, or ``template``: Jinja
-    source) through llama-cpp-python's ``Jinja2ChatFormatter``; the KV cache keeps the part of it that did not
+    source, a named template such as ``chatml`` or a ``.jinja`` file) through llama-cpp-python's ``Jinja2ChatFormatter``; the KV cache keeps the part of it that did not
     change, so each turn evaluates only the new tokens. Generation stops on any end-of-generation token
     (``llama_vocab_is_eog``) or after ``max_tokens``. When the conversation no longer fits in ``ctx`` tokens
     (leaving room for a reply), the oldest turns are dropped; the system prompt is kept.
@@ -309,7 +319,7 @@ class ChatSession:
         self.history: list[dict[str, str]] = []
         self.stats = ChatStats()
         self.last: Reply | None = None
-        self._formatter = _formatter(self.llm, template)
+        self._formatter = _formatter(self.llm, _template_source(template))
         self._eog = eog_tokens(self.llm)
         self._vocab = C.llama_model_get_vocab(self.llm.model)
         self._bos = self.llm.token_bos()
@@ -328,7 +338,11 @@ class ChatSession:
         except ForgeError:
             self.history.pop()
             raise
-        reply = self._generate(tokens, limit, on_token)
+        try:
+            reply = self._generate(tokens, limit, on_token)
+        except BaseException:  # an interrupt while reading the prompt, a decode error: the turn did not happen
+            self.history.pop()
+            raise
         reply.dropped_turns = dropped
         reply.prompt = prompt
         self.history.append({"role": "assistant", "content": reply.text})
@@ -337,9 +351,8 @@ class ChatSession:
         return reply.text
 
     def reset(self) -> None:
-        """Forget the conversation (the system prompt stays) and clear the cache."""
+        """Forget the conversation (the system prompt stays); the cache keeps only what the next prompt shares."""
         self.history.clear()
-        self._clear_cache()
 
     def set_system(self, text: str | None) -> None:
         """Replace the system prompt (None: the template's default, if it has one)."""
@@ -437,11 +450,11 @@ class ChatSession:
                 break
             keep += 1
         keep = min(keep, len(tokens) - 1)  # evaluate at least one token to get fresh logits
-        if keep < len(self._past):
-            if not C.llama_memory_seq_rm(C.llama_get_memory(self.llm.ctx), -1, keep, -1):
-                keep = 0  # e.g. a sliding-window cache that cannot drop a suffix: start over
-                self._clear_cache()
         self._past = list(tokens[:keep])
+        # always: an interrupted evaluation may have left positions beyond what _past records
+        if not C.llama_memory_seq_rm(C.llama_get_memory(self.llm.ctx), -1, keep, -1):
+            keep = 0  # e.g. a sliding-window cache that cannot drop a suffix: start over
+            self._clear_cache()
         self._decode(tokens[keep:])
         self._past = list(tokens)
         return len(tokens) - keep
@@ -490,11 +503,7 @@ class ChatSession:
         except ForgeError:
             self._clear_cache()
             raise
-        tail = utf8.decode(b"", final=True)
-        if tail:
-            pieces.append(tail)
-            if on_token is not None:
-                on_token(tail)
+        # bytes of a character cut off by the token limit stay undecoded: no U+FFFD at the end of the text
         stats.gen_tokens = len(out)
         stats.gen_seconds = time.perf_counter() - t1
         return Reply(text="".join(pieces), tokens=out, finish=finish, stats=stats)

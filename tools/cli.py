@@ -369,6 +369,7 @@ def demo(outdir: Path, threads: int | None) -> None:
 
 from . import cli_publish  # noqa: E402,F401  (registers publish)
 from . import cli_modelfile  # noqa: E402,F401  (registers modelfile)
+from . import cli_chat  # noqa: E402,F401  (registers chat, smoke)
 
 if __name__ == "__main__":  # pragma: no cover
     # `python -m gguf_forge.tools.cli`: the commands registered by the cli_* modules live on the group of the

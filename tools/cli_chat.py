@@ -1,0 +1,164 @@
+"""``quantize chat`` and ``quantize smoke``: talk to a GGUF on the CPU, and check its replies automatically."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from ..errors import ForgeError
+from .cli import _user_errors, main
+
+_TEMPLATE_HELP = ("Chat template instead of the GGUF's own: a named one (llama3, chatml, gemma, ...) or a .jinja file.")
+
+
+@main.command()
+@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--system", help="System prompt (default: the template's own, if any).")
+@click.option("--ctx", type=click.IntRange(min=16), default=4096, show_default=True,
+              help="Context window in tokens; the oldest turns are dropped when the chat outgrows it.")
+@click.option("--threads", type=click.IntRange(min=1), help="CPU threads (default: the number of physical cores).")
+@click.option("--temp", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="Sampling temperature; 0 is greedy (the same reply every time).")
+@click.option("--top-p", type=click.FloatRange(min=0, max=1, min_open=True), default=1.0, show_default=True,
+              help="Nucleus sampling (with --temp > 0).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Sampling seed (with --temp > 0).")
+@click.option("--max-tokens", type=click.IntRange(min=1), default=512, show_default=True,
+              help="Longest reply in tokens.")
+@click.option("--template", metavar="NAME|FILE", help=_TEMPLATE_HELP)
+@_user_errors
+def chat(model: Path, system: str | None, ctx: int, threads: int | None, temp: float, top_p: float, seed: int,
+         max_tokens: int, template: str | None) -> None:
+    """Chat with a GGUF on the CPU (llama.cpp through llama-cpp-python), streaming the reply.
+
+    Uses the chat template stored in the GGUF and stops on every end-of-turn token. Commands: /reset (forget
+    the conversation), /system TEXT (new system prompt), /exit. Reads lines from stdin when it is not a
+    terminal, so a chat can be scripted; notices and the closing speed line go to stderr.
+
+    \b
+    Examples:
+      quantize chat My-Chinese-Chat-Q4_K_M.gguf
+      quantize chat model.gguf --system "Answer in Chinese." --temp 0.7 --ctx 8192
+      printf 'My name is Anna.\\nWhat is my name?\\n' | quantize chat model.gguf
+    """
+    import signal
+
+    from .chat import ChatSession
+
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # chat writes no file: a kill just ends it
+    session = ChatSession(model, system=system, ctx=ctx, threads=threads, temp=temp, top_p=top_p, seed=seed,
+                          max_tokens=max_tokens, template=template)
+    interactive = sys.stdin.isatty()
+    note = lambda text: click.echo(text, err=True)  # noqa: E731
+    if interactive:
+        note(f"chatting with {model.name} on {session.threads} CPU threads, context {session.n_ctx} tokens; "
+             "/reset, /system TEXT, /exit")
+
+    def show(piece: str) -> None:
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+
+    try:
+        while True:
+            try:
+                line = input("user> ") if interactive else sys.stdin.readline()
+            except (EOFError, KeyboardInterrupt):
+                break
+            if not interactive and not line:
+                break  # end of the script
+            text = line.strip()
+            if not text:
+                continue
+            if text.startswith("/"):
+                cmd, _, arg = text.partition(" ")
+                if cmd in ("/exit", "/quit", "/bye"):
+                    break
+                if cmd == "/reset":
+                    session.reset()
+                    note("(conversation cleared)")
+                elif cmd == "/system":
+                    session.set_system(arg.strip() or None)
+                    note("(system prompt set)" if arg.strip() else "(system prompt: the template's default)")
+                else:
+                    note(f"unknown command {cmd}; commands: /reset, /system TEXT, /exit")
+                continue
+            if not interactive:
+                click.echo(f"user> {text}")
+            click.echo("assistant> ", nl=False)
+            try:
+                session.say(text, on_token=show)
+            except ForgeError as e:
+                click.echo()
+                note(f"error: {e}")
+                continue
+            except KeyboardInterrupt:
+                click.echo()
+                note("[interrupted]")
+                continue
+            click.echo()
+            last = session.last
+            if last.finish == "length":
+                note(f"[reply cut at {len(last.tokens)} tokens: --max-tokens {max_tokens} or the context end]")
+            elif last.finish == "interrupted":
+                note("[interrupted]")
+            if last.dropped_turns:
+                note(f"[{last.dropped_turns} oldest turn(s) dropped to fit the {session.n_ctx}-token context]")
+        note(session.stats.line())
+    finally:
+        session.close()
+
+
+@main.command()
+@click.argument("models", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--prompts", "prompts_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Prompt suite: one prompt per line, or JSONL {\"prompt\", \"expect\", \"system\"} "
+                   "(default: a bilingual English/Chinese suite shipped with gguf-forge).")
+@click.option("--expect", metavar="REGEX", help="Every reply (of prompts without their own expect) must match.")
+@click.option("--max-tokens", type=click.IntRange(min=1), default=256, show_default=True,
+              help="A reply must end with an end-of-turn token within this many tokens.")
+@click.option("--threads", type=click.IntRange(min=1), help="CPU threads (default: the number of physical cores).")
+@click.option("--ctx", type=click.IntRange(min=16), default=4096, show_default=True, help="Context window in tokens.")
+@click.option("--system", help="System prompt for prompts without their own (default: the template's).")
+@click.option("--template", metavar="NAME|FILE", help=_TEMPLATE_HELP)
+@click.option("--replies", "show_replies", is_flag=True, help="Also print every reply.")
+@click.option("--markdown", is_flag=True, help="Print the table as markdown (for a model card).")
+@click.option("--json", "as_json", is_flag=True, help="Print the results (replies included) as JSON.")
+@click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
+@_user_errors
+def smoke(models: tuple[Path, ...], prompts_file: Path | None, expect: str | None, max_tokens: int,
+          threads: int | None, ctx: int, system: str | None, template: str | None, show_replies: bool,
+          markdown: bool, as_json: bool, no_progress: bool) -> None:
+    """Smoke-test GGUF files: greedy replies to a prompt suite on the CPU, each reply checked.
+
+    \b
+    Checks per reply:
+      not empty   the reply has visible text
+      stopped     it ended with an end-of-turn token, not at --max-tokens
+      no leak     no special-token text (<|im_start|>, <|eot_id|>...) or role header (assistant\\n) in it
+      expect      it matches the prompt's expect regex, or --expect
+    Prints a table per file (type, size, checks, prompt and generation tokens/s, peak RSS); exit code 1
+    when any check fails, 2 when a file cannot be loaded.
+
+    \b
+    Examples:
+      quantize smoke My-Chinese-Chat-Q4_K_M.gguf My-Chinese-Chat-Q8_0.gguf
+      quantize smoke model.gguf --prompts identity.jsonl --markdown
+      quantize smoke model.gguf --prompts questions.txt --expect '(?i)anna' --json
+    """
+    from .smoke import format_table, load_prompts, run_smoke
+
+    prompts = load_prompts(prompts_file)
+    reports = run_smoke(list(models), prompts, expect=expect, max_tokens=max_tokens, threads=threads,
+                        template=template, system=system, progress=not no_progress, ctx=ctx)
+    if as_json:
+        click.echo(json.dumps([r.as_dict() for r in reports], indent=2, ensure_ascii=False))
+    else:
+        click.echo(format_table(reports, markdown=markdown))
+        if show_replies:
+            for r in reports:
+                for i, res in enumerate(r.results, 1):
+                    click.echo(f"\n[{r.path.name} #{i} {res.finish}, {res.tokens} tokens] {res.prompt.text}\n{res.reply}")
+    if not all(r.passed for r in reports):
+        sys.exit(1)
