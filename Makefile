@@ -34,6 +34,7 @@ bench: setup
 	$(PY) bench/convert.py
 	$(PY) bench/merge.py
 	$(PY) bench/imatrix.py
+	$(PY) bench/chat.py
 
 clean:
 	rm -rf $(VENV) .cache demo-output

@@ -282,6 +282,7 @@ class Reply:
     stats: ChatStats
     dropped_turns: int = 0  # oldest user/assistant pairs dropped to fit the context window
     prompt: str = ""  # the rendered prompt the reply continues
+    prompt_ids: list[int] = field(default_factory=list)  # its tokens
 
 
 class ChatSession:
@@ -344,15 +345,18 @@ class ChatSession:
             self.history.pop()
             raise
         reply.dropped_turns = dropped
-        reply.prompt = prompt
+        reply.prompt, reply.prompt_ids = prompt, tokens
         self.history.append({"role": "assistant", "content": reply.text})
         self.stats.add(reply.stats)
         self.last = reply
         return reply.text
 
-    def reset(self) -> None:
-        """Forget the conversation (the system prompt stays); the cache keeps only what the next prompt shares."""
+    def reset(self, clear_cache: bool = False) -> None:
+        """Forget the conversation (the system prompt stays); the cache keeps what the next prompt shares,
+        unless ``clear_cache`` (then the next prompt is evaluated from its first token)."""
         self.history.clear()
+        if clear_cache:
+            self._clear_cache()
 
     def set_system(self, text: str | None) -> None:
         """Replace the system prompt (None: the template's default, if it has one)."""
