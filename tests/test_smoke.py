@@ -70,14 +70,36 @@ def test_each_check_fails_and_is_named(tmp_path, converted):
 
     # a template whose generation prompt omits the assistant header: the model writes one -> leak
     noheader = tmp_path / "no-assistant-header.jinja"
-    noheader.write_text("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + "
-                        "message['content'] + '<|im_end|>' + '\n' }}{% endfor %}")
+    noheader.write_text(NO_HEADER)
     r = smoke(str(q8), "--prompts", str(capital), "--template", str(noheader), "--json")
     assert r.returncode == 1
     [report] = json.loads(r.stdout)
     [p] = report["prompts"]
     assert p["checks"]["no_leak"] is False and "<|im_start|>assistant" in p["failures"]["no_leak"]
     assert p["checks"]["stopped"] is True  # the leak check alone catches it
+
+
+NO_HEADER = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + "
+             "'<|im_end|>' + '\n' }}{% endfor %}")
+
+
+@pytest.mark.slow
+def test_the_ggufs_own_template_is_used(tmp_path):
+    """A GGUF whose stored template lacks the assistant header fails the leak check with no --template given."""
+    from conftest import fixture_dir
+
+    capital = tmp_path / "capital.txt"
+    capital.write_text(CAPITAL + "\n")
+    out = tmp_path / "NoHeader-Q8_0.gguf"
+    r = run("convert", str(fixture_dir("smollm2")), "-o", str(out), "--outtype", "q8_0", "--no-progress",
+            "--override-kv", f"tokenizer.chat_template=str:{NO_HEADER}")
+    assert r.returncode == 0, r.stderr
+    r = smoke(str(out), "--prompts", str(capital))
+    assert r.returncode == 1
+    row = table_row(r.stdout, out.name)
+    assert row["no leak"] == "FAIL 0/1" and row["stopped"] == "1/1"
+    assert "FAIL no leak:" in r.stdout and "<|im_start|>assistant" in r.stdout
+    out.unlink()
 
 
 @pytest.mark.slow
