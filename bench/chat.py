@@ -21,7 +21,6 @@ reads (llama_model_size) times generated tokens/s is compared with it (REFERENCE
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import os
 import statistics
