@@ -420,6 +420,8 @@ class ChatSession:
             while self.history and self.history[0]["role"] != "user":
                 self.history.pop(0)
             dropped += 1
+        if len(tokens) < 1:
+            raise ForgeError("the chat template rendered an empty prompt; check --template")
         room = self.n_ctx - len(tokens)
         if room < 1:
             raise ForgeError(f"the message is too long: the prompt is {len(tokens)} tokens and the context window "

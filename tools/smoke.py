@@ -256,6 +256,8 @@ def run_smoke(paths: list[Path], prompts: list[SmokePrompt] | None = None, *, ex
                 session.set_system(sp.system if sp.system is not None else system)
                 session.reset()
                 reply = session.say(sp.text)
+                if session.last.finish == "interrupted":  # Ctrl-C stops the suite, not just this reply
+                    raise KeyboardInterrupt
                 results.append(_check(sp, sp.expect if sp.expect is not None else expect, reply,
                                       session.last, max_tokens, specials))
             bar.close()
