@@ -61,6 +61,13 @@ def test_each_check_fails_and_is_named(tmp_path, converted):
     assert r.returncode == 0, r.stdout + r.stderr
     assert table_row(r.stdout, name)["result"] == "PASS"
 
+    # --min-speed: a file too slow for this machine fails
+    r = smoke(str(q8), "--prompts", str(capital), "--min-speed", "1000000")
+    assert r.returncode == 1
+    row = table_row(r.stdout, name)
+    assert row["gen tok/s"].startswith("FAIL") and row["stopped"] == "1/1" and row["result"] == "FAIL"
+    assert "FAIL speed:" in r.stdout
+
     # a token limit too small for the reply: "did not stop"
     r = smoke(str(q8), "--prompts", str(capital), "--max-tokens", "3")
     assert r.returncode == 1

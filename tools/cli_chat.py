@@ -122,13 +122,16 @@ def chat(model: Path, system: str | None, ctx: int, threads: int | None, temp: f
 @click.option("--ctx", type=click.IntRange(min=16), default=4096, show_default=True, help="Context window in tokens.")
 @click.option("--system", help="System prompt for prompts without their own (default: the template's).")
 @click.option("--template", metavar="NAME|FILE", help=_TEMPLATE_HELP)
+@click.option("--min-speed", type=click.FloatRange(min=0), metavar="TOK/S",
+              help="Fail a file whose generation is slower than this many tokens/s (is it usable on this machine?).")
 @click.option("--replies", "show_replies", is_flag=True, help="Also print every reply.")
 @click.option("--markdown", is_flag=True, help="Print the table as markdown (for a model card).")
 @click.option("--json", "as_json", is_flag=True, help="Print the results (replies included) as JSON.")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 @_user_errors
 def smoke(models: tuple[Path, ...], prompts_file: Path | None, expect: str | None, max_tokens: int,
-          threads: int | None, ctx: int, system: str | None, template: str | None, show_replies: bool,
+          threads: int | None, ctx: int, system: str | None, template: str | None, min_speed: float | None,
+          show_replies: bool,
           markdown: bool, as_json: bool, no_progress: bool) -> None:
     """Smoke-test GGUF files: greedy replies to a prompt suite on the CPU, each reply checked.
 
@@ -138,6 +141,7 @@ def smoke(models: tuple[Path, ...], prompts_file: Path | None, expect: str | Non
       stopped     it ended with an end-of-turn token, not at --max-tokens
       no leak     no special-token text (<|im_start|>, <|eot_id|>...) or role header (assistant\\n) in it
       expect      it matches the prompt's expect regex, or --expect
+    and, with --min-speed, generation tokens/s per file.
     Prints a table per file (type, size, checks, prompt and generation tokens/s, peak RSS); exit code 1
     when any check fails, 2 when a file cannot be loaded.
 
@@ -146,12 +150,14 @@ def smoke(models: tuple[Path, ...], prompts_file: Path | None, expect: str | Non
       quantize smoke My-Chinese-Chat-Q4_K_M.gguf My-Chinese-Chat-Q8_0.gguf
       quantize smoke model.gguf --prompts identity.jsonl --markdown
       quantize smoke model.gguf --prompts questions.txt --expect '(?i)anna' --json
+      quantize smoke My-Chat-Q8_0.gguf --min-speed 10      # fail when slower than 10 tokens/s here
     """
     from .smoke import format_table, load_prompts, run_smoke
 
     prompts = load_prompts(prompts_file)
     reports = run_smoke(list(models), prompts, expect=expect, max_tokens=max_tokens, threads=threads,
-                        template=template, system=system, progress=not no_progress, ctx=ctx)
+                        template=template, system=system, progress=not no_progress, ctx=ctx,
+                        min_gen_tps=min_speed)
     if as_json:
         click.echo(json.dumps([r.as_dict() for r in reports], indent=2, ensure_ascii=False))
     else:

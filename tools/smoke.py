@@ -66,11 +66,17 @@ class SmokeReport:
     gen_tokens: int
     gen_seconds: float
     peak_rss_bytes: int
+    min_gen_tps: float | None = None  # --min-speed: generation slower than this fails the file
+
+    @property
+    def fast_enough(self) -> bool:
+        """False when ``min_gen_tps`` is set and generation was slower."""
+        return self.min_gen_tps is None or self.gen_tps >= self.min_gen_tps
 
     @property
     def passed(self) -> bool:
-        """True when every check passed on every prompt."""
-        return all(all(r.checks.values()) for r in self.results)
+        """True when every check passed on every prompt (and generation was fast enough)."""
+        return self.fast_enough and all(all(r.checks.values()) for r in self.results)
 
     @property
     def prompt_tps(self) -> float:
@@ -99,6 +105,7 @@ class SmokeReport:
             "checks": {CHECKS[k]: {"passed": p, "of": n} for k, (p, n) in self.counts().items()},
             "prompt_tokens": self.prompt_tokens, "prompt_tokens_per_s": round(self.prompt_tps, 2),
             "gen_tokens": self.gen_tokens, "gen_tokens_per_s": round(self.gen_tps, 2),
+            "min_gen_tokens_per_s": self.min_gen_tps, "fast_enough": self.fast_enough,
             "peak_rss_bytes": self.peak_rss_bytes, "threads": self.threads, "max_tokens": self.max_tokens,
             "prompts": [r.as_dict() for r in self.results],
         }
@@ -220,12 +227,13 @@ class _PeakRSS:
 
 def run_smoke(paths: list[Path], prompts: list[SmokePrompt] | None = None, *, expect: str | None = None,
               max_tokens: int = 256, threads: int | None = None, template: str | None = None,
-              system: str | None = None, progress: bool = True, ctx: int = 4096) -> list[SmokeReport]:
+              system: str | None = None, progress: bool = True, ctx: int = 4096,
+              min_gen_tps: float | None = None) -> list[SmokeReport]:
     """Run ``prompts`` (default: the shipped bilingual suite) greedily against each GGUF and check every reply.
 
     ``expect`` applies to every prompt without an ``expect`` of its own; ``template`` is Jinja source replacing
     the GGUF's chat template; ``system`` is the system prompt for prompts without their own. A file that cannot
-    be loaded raises :class:`ForgeError`.
+    be loaded raises :class:`ForgeError`. With ``min_gen_tps``, a file generating slower fails.
     """
     from tqdm import tqdm
 
@@ -266,7 +274,7 @@ def run_smoke(paths: list[Path], prompts: list[SmokePrompt] | None = None, *, ex
                 threads=session.threads, max_tokens=max_tokens, results=results,
                 prompt_tokens=session.stats.prompt_tokens, prompt_seconds=session.stats.prompt_seconds,
                 gen_tokens=session.stats.gen_tokens, gen_seconds=session.stats.gen_seconds,
-                peak_rss_bytes=rss.read()))
+                peak_rss_bytes=rss.read(), min_gen_tps=min_gen_tps))
         finally:
             session.close()
     return reports
@@ -317,8 +325,9 @@ def format_table(reports: list[SmokeReport], markdown: bool = False) -> str:
         cells = []
         for name, (ok, n) in r.counts().items():
             cells.append("-" if n == 0 else f"{ok}/{n}" if ok == n else f"FAIL {ok}/{n}")
-        rows.append([r.path.name, r.file_type, _size(r.size_bytes), *cells, f"{r.prompt_tps:.1f}",
-                     f"{r.gen_tps:.1f}", _size(r.peak_rss_bytes), "PASS" if r.passed else "FAIL"])
+        gen = f"{r.gen_tps:.1f}" if r.fast_enough else f"FAIL {r.gen_tps:.1f}"
+        rows.append([r.path.name, r.file_type, _size(r.size_bytes), *cells, f"{r.prompt_tps:.1f}", gen,
+                     _size(r.peak_rss_bytes), "PASS" if r.passed else "FAIL"])
     if markdown:
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         lines += ["| " + " | ".join(row) + " |" for row in rows]
@@ -326,8 +335,12 @@ def format_table(reports: list[SmokeReport], markdown: bool = False) -> str:
         widths = [max(len(x) for x in col) for col in zip(head, *rows)]
         lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in [head, *rows]]
     fails = [(r, f) for r in reports for f in r.failures()]
-    if fails:
+    slow = [r for r in reports if not r.fast_enough]
+    if fails or slow:
         lines.append("")
+        for r in slow:
+            lines.append(f"FAIL speed: {r.path.name}: generation {r.gen_tps:.1f} tok/s on {r.threads} threads, "
+                         f"below --min-speed {r.min_gen_tps:g}")
         for r, (name, i, res) in fails:
             lines.append(f"FAIL {name}: {r.path.name}, prompt {i} {_excerpt(res.prompt.text, 40)!r}: "
                          f"{res.details[name]}; reply: {_excerpt(res.reply)!r}")
