@@ -66,6 +66,7 @@ def test_token_limit_is_reported(converted):
 
 @pytest.mark.slow
 def test_history_is_trimmed_to_the_context_and_the_system_prompt_kept(converted):
+    from gguf_forge.errors import ForgeError
     from gguf_forge.tools.chat import ChatSession
 
     system = "You are a terse assistant. Always answer in one short sentence."
@@ -82,10 +83,28 @@ def test_history_is_trimmed_to_the_context_and_the_system_prompt_kept(converted)
         assert s.last.prompt.count(system) == 1 and "First:" not in s.last.prompt
         assert len(s.llm.tokenize(s.last.prompt.encode(), add_bos=False, special=True)) <= 256 - 12
         assert s.stats.gen_tokens > 0 and s.stats.gen_tps > 0 and s.stats.prompt_tps > 0
+        # a message that cannot fit at all: a one-line error, and the conversation goes on
+        before = list(s.history)
+        with pytest.raises(ForgeError, match="too long"):
+            s.say("word " * 400)
+        assert s.history == before
         # /system: the new system prompt replaces the old one in the next prompt
         s.set_system("You are a pirate.")
         s.say("Hello")
         assert "You are a pirate." in s.last.prompt and system not in s.last.prompt
+
+
+@pytest.mark.slow
+def test_named_template_replaces_the_ggufs(converted):
+    from gguf_forge.tools.chat import ChatSession
+
+    q8 = converted("smollm2", "q8_0")
+    with ChatSession(q8, threads=1, max_tokens=8) as own, ChatSession(q8, threads=1, max_tokens=8,
+                                                                      template="chatml") as named:
+        own.say("Hi")
+        named.say("Hi")
+    assert "You are a helpful AI assistant named SmolLM" in own.last.prompt  # SmolLM2's template default
+    assert "SmolLM" not in named.last.prompt and named.last.prompt.endswith("<|im_start|>assistant\n")
 
 
 @pytest.mark.slow

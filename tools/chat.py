@@ -289,8 +289,9 @@ class ChatSession:
     """A multi-turn chat with a GGUF on the CPU.
 
     The prompt is the whole conversation rendered by the chat template (the GGUF's own, or ``template``: Jinja
-    source, a named template such as ``chatml`` or a ``.jinja`` file) through llama-cpp-python's ``Jinja2ChatFormatter``; the KV cache keeps the part of it that did not
-    change, so each turn evaluates only the new tokens. Generation stops on any end-of-generation token
+    source, a named template such as ``chatml`` or a ``.jinja`` file) through llama-cpp-python's
+    ``Jinja2ChatFormatter``; the KV cache keeps the part of it that did not change, so each turn evaluates only
+    the new tokens. Generation stops on any end-of-generation token
     (``llama_vocab_is_eog``) or after ``max_tokens``. When the conversation no longer fits in ``ctx`` tokens
     (leaving room for a reply), the oldest turns are dropped; the system prompt is kept.
 
@@ -320,7 +321,11 @@ class ChatSession:
         self.history: list[dict[str, str]] = []
         self.stats = ChatStats()
         self.last: Reply | None = None
-        self._formatter = _formatter(self.llm, _template_source(template))
+        try:
+            self._formatter = _formatter(self.llm, _template_source(template))
+        except BaseException:
+            self.llm.close()
+            raise
         self._eog = eog_tokens(self.llm)
         self._vocab = C.llama_model_get_vocab(self.llm.model)
         self._bos = self.llm.token_bos()
@@ -370,7 +375,7 @@ class ChatSession:
         """Free the model, its context and the sampler."""
         from llama_cpp import llama_cpp as C
 
-        if self._sampler is not None:
+        if getattr(self, "_sampler", None) is not None:
             C.llama_sampler_free(self._sampler)
             self._sampler = None
         self.llm.close()
@@ -408,17 +413,22 @@ class ChatSession:
         return prompt, tokens
 
     def _fit_prompt(self) -> tuple[list[int], str, int, int]:
-        """Render the conversation, dropping the oldest turns until it leaves room for a reply."""
+        """Render the conversation, dropping the oldest turns until it leaves room for a reply.
+
+        The history is only shortened when the new message then fits; otherwise it is left as it was.
+        """
         reserve = min(self.max_tokens, self.n_ctx // 2)
+        system = self.messages()[:1] if self.system else []
+        history = list(self.history)
         dropped = 0
         while True:
-            prompt, tokens = self._render(self.messages())
-            if len(tokens) + reserve <= self.n_ctx or len(self.history) <= 1:
+            prompt, tokens = self._render(system + history)
+            if len(tokens) + reserve <= self.n_ctx or len(history) <= 1:
                 break
             # drop the oldest user message and everything up to the next user message
-            self.history.pop(0)
-            while self.history and self.history[0]["role"] != "user":
-                self.history.pop(0)
+            history.pop(0)
+            while history and history[0]["role"] != "user":
+                history.pop(0)
             dropped += 1
         if len(tokens) < 1:
             raise ForgeError("the chat template rendered an empty prompt; check --template")
@@ -426,6 +436,7 @@ class ChatSession:
         if room < 1:
             raise ForgeError(f"the message is too long: the prompt is {len(tokens)} tokens and the context window "
                              f"is {self.n_ctx}; use a larger --ctx or a shorter message")
+        self.history[:] = history
         return tokens, prompt, dropped, min(self.max_tokens, room)
 
     def _clear_cache(self) -> None:
