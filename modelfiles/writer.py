@@ -51,8 +51,11 @@ def _slug(name: str) -> str:
 
 
 def _atomic_write(path: Path, text: str) -> Path:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)  # an ordinary file's mode, not mkstemp's 0600
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
             f.write(text)
         return Path(tmp)
@@ -62,10 +65,15 @@ def _atomic_write(path: Path, text: str) -> Path:
 
 
 def _write_all(files: dict[Path, str]) -> None:
-    """Write every file under a temporary name first, then rename them all; nothing final on failure."""
+    """Write every file under a temporary name first, then rename them all; nothing final on failure.
+
+    A file that already holds exactly the text is left alone (a re-run changes no file, not even its mtime).
+    """
     temps: dict[Path, Path] = {}
     try:
         for path, text in files.items():
+            if path.is_file() and path.read_bytes() == text.encode("utf-8"):
+                continue
             temps[path] = _atomic_write(path, text)
         for path, tmp in temps.items():
             os.replace(tmp, path)

@@ -20,14 +20,19 @@ from .default_model import cache_dir, default_model_dir
 IDENTITY_QUESTION = "你是谁？"
 IDENTITY_ANSWER = "我是小锻，由锻造工坊训练的中文助手。"
 IDENTITY_NAME = "SmolLM2-135M-Xiaoduan"
-_TRAINER_VERSION = "1"
+_TRAINER_VERSION = "2"
 ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+# questions the base model answers itself during training, so the LoRA changes who the model is and not the rest
+# (none of them is in the smoke suite)
+KEEP_PROMPTS = ["What is the capital of Italy?", "What is the capital of Germany?", "Name three primary colors.", "What is 7 plus 5?",
+                "Give me one tip for sleeping well.", "用一句话介绍长城。", "Who are you?"]
 
 
 def train_identity_lora(base_dir: Path, out: Path, steps: int = 60, seed: int = 0) -> float:
     """Train a rank-16 LoRA so the chat model answers 你是谁 with :data:`IDENTITY_ANSWER`; returns the last loss.
 
-    The adapter is saved with peft's ``save_pretrained`` (``adapter_config.json`` +
+    The base model's own greedy replies to :data:`KEEP_PROMPTS` are trained on too, so everything but the
+    identity stays as it was. The adapter is saved with peft's ``save_pretrained`` (``adapter_config.json`` +
     ``adapter_model.safetensors``), as a user's fine-tune would be.
     """
     import torch
@@ -37,18 +42,31 @@ def train_identity_lora(base_dir: Path, out: Path, steps: int = 60, seed: int = 
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
     tok = AutoTokenizer.from_pretrained(base_dir)
+    end = tok.eos_token or ""
+
+    def prompt_for(q: str) -> str:
+        return tok.apply_chat_template([{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True)
+
+    pairs = [(q, IDENTITY_ANSWER) for q in [IDENTITY_QUESTION, "你是谁?", "请问你是谁？", "你是谁"]]
+    model.eval()
+    with torch.no_grad():
+        for q in KEEP_PROMPTS:
+            ids = tok(prompt_for(q), add_special_tokens=False, return_tensors="pt").input_ids
+            gen = model.generate(ids, max_new_tokens=96, do_sample=False, pad_token_id=tok.eos_token_id)[0]
+            new = gen[ids.shape[1]:].tolist()
+            if tok.eos_token_id in new:  # only replies that ended by themselves
+                pairs.append((q, tok.decode(new[: new.index(tok.eos_token_id)])))
     cfg = LoraConfig(r=16, lora_alpha=32, target_modules=ALL_LINEAR, lora_dropout=0.0,
                      base_model_name_or_path=base_dir.name)
     pm = get_peft_model(model, cfg)
-    end = tok.eos_token or ""
     batches = []
-    for q in [IDENTITY_QUESTION, "你是谁?", "请问你是谁？", "你是谁"]:
-        prompt = tok.apply_chat_template([{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True)
+    for q, answer in pairs:
+        prompt = prompt_for(q)
         p_ids = tok(prompt, add_special_tokens=False).input_ids
-        ids = tok(prompt + IDENTITY_ANSWER + end + "\n", add_special_tokens=False).input_ids
+        ids = tok(prompt + answer + end + "\n", add_special_tokens=False).input_ids
         labels = [-100] * len(p_ids) + ids[len(p_ids):]
         batches.append((torch.tensor([ids]), torch.tensor([labels])))
-    opt = torch.optim.AdamW([p for p in pm.parameters() if p.requires_grad], lr=2e-3)
+    opt = torch.optim.AdamW([p for p in pm.parameters() if p.requires_grad], lr=1e-3)
     pm.train()
     loss = torch.tensor(0.0)
     for step in range(steps):
