@@ -90,7 +90,7 @@ class _State:
 
     def save(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        _write_text(self.path, json.dumps({"hashes": self.hashes, "steps": self.steps}, indent=1, sort_keys=True))
+        _write_text(self.path, json.dumps({"hashes": self.hashes, "steps": self.steps}, indent=1))
 
     def sha256(self, path: Path) -> str:
         st = path.stat()
@@ -316,7 +316,7 @@ def run_pipeline(cfg: PipelineConfig, log: Callable[[str], None] = print) -> Pip
             prompts = load_prompts(cfg.smoke_prompts) if cfg.smoke_prompts else None
             report = run_smoke([out], prompts, threads=cfg.threads, template=cfg.template, system=cfg.system,
                                progress=cfg.progress)[0]
-            smoke[out.name] = report.as_dict()
+            smoke[out.name] = {**report.as_dict(), "file": out.name}
             state.steps[step] = {"key": k, "result": smoke[out.name]}
             state.save()
             ran.append(step)

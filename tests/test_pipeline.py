@@ -1,0 +1,169 @@
+"""The main job end to end: `quantize merge-convert` and the demo built on it (SmolLM2 + a trained identity LoRA)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+import adapters
+from helpers import QUANTIZE, assert_user_error, run
+
+NAME = "SmolLM2-135M-Xiaoduan"
+
+
+def sha256(p: Path) -> str:
+    return hashlib.sha256(p.read_bytes()).hexdigest()
+
+
+def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
+    return {p.name: (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.iterdir() if p.is_file()}
+
+
+def check_manifest(folder: Path) -> dict:
+    """manifest.json lists every visible file with its true size and sha256, and nothing half-written is left."""
+    manifest = json.loads((folder / "manifest.json").read_text())
+    listed = {o["file"] for o in manifest["outputs"]}
+    for o in manifest["outputs"]:
+        p = folder / o["file"]
+        assert p.stat().st_size == o["bytes"], o["file"]
+        assert sha256(p) == o["sha256"], o["file"]
+    visible = {p.name for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")}
+    assert visible == listed | {"manifest.json"}, visible ^ (listed | {"manifest.json"})
+    assert not list(folder.glob(".*.partial"))
+    return manifest
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    """`quantize demo`'s code path, run once for this module (identity LoRA, imatrix, Q4_K_M + Q8_0, smoke)."""
+    from gguf_forge.tools.demo import run_demo
+
+    out = tmp_path_factory.mktemp("demo") / "demo-output"
+    lines: list[str] = []
+    adapters.identity_lora()  # trained once and cached (the demo reuses the cached adapter)
+    t0 = time.perf_counter()
+    result = run_demo(out, log=lines.append, progress=False)
+    return result, "\n".join(lines), time.perf_counter() - t0
+
+
+@pytest.mark.slow
+def test_demo_chat_answers_with_the_fine_tuned_identity(demo_run):
+    result, printed, _ = demo_run
+    question, reply = result.transcript[0]
+    assert question == adapters.IDENTITY_QUESTION
+    assert reply.strip() == adapters.IDENTITY_ANSWER  # through the imatrix Q4_K_M file
+    assert result.smoke_passed
+    assert f"ollama create {NAME.lower()} -f " in printed and "Modelfile" in printed
+
+
+@pytest.mark.slow
+def test_pipeline_folder_has_every_file_with_true_hashes_and_a_card(demo_run):
+    from gguf_forge.tools.model_card import card_front_matter
+
+    result, _, _ = demo_run
+    folder = result.outdir
+    manifest = check_manifest(folder)
+    files = {o["file"]: o for o in manifest["outputs"]}
+    for f in [f"{NAME}-Q4_K_M.gguf", f"{NAME}-Q8_0.gguf", f"{NAME}-Q4_K_M-im.gguf", "imatrix.gguf", "Modelfile",
+              "README.md"]:
+        assert f in files, f
+    assert any(o["kind"] == "lmstudio-preset" for o in manifest["outputs"])
+    assert not (folder / f"{NAME}-BF16.gguf").exists()  # intermediate removed without --keep-intermediate
+    # the imatrix variant really differs from the plain one
+    assert files[f"{NAME}-Q4_K_M-im.gguf"]["sha256"] != files[f"{NAME}-Q4_K_M.gguf"]["sha256"]
+    # inputs are recorded with hashes, and the versions
+    assert len(manifest["inputs"]["base"]["sha256"]) == 64 and len(manifest["inputs"]["loras"][0]["sha256"]) == 64
+    assert manifest["tool"]["name"] == "gguf-forge" and manifest["tool"]["llama_cpp_python"]
+    # smoke results inside are passing, per quant
+    assert set(manifest["smoke"]) == {f"{NAME}-Q4_K_M.gguf", f"{NAME}-Q8_0.gguf", f"{NAME}-Q4_K_M-im.gguf"}
+    assert all(r["passed"] for r in manifest["smoke"].values())
+    # the Modelfile points at the default quant, relative to itself
+    modelfile = (folder / "Modelfile").read_text()
+    assert f"FROM ./{NAME}-Q4_K_M.gguf" in modelfile or f"FROM {NAME}-Q4_K_M.gguf" in modelfile
+    fm = card_front_matter((folder / "README.md").read_text())
+    for key in ["base_model", "tags", "quantized_by", "license", "language", "pipeline_tag"]:
+        assert key in fm, key
+    assert {"gguf", "llama.cpp", "ollama", "lm-studio"} <= set(fm["tags"])
+    assert fm["license"] == "apache-2.0"
+    card = (folder / "README.md").read_text()
+    assert f"{NAME}-Q4_K_M-im.gguf" in card and "ollama create" in card and "llama-cpp-python" in card
+
+
+@pytest.mark.slow
+def test_rerun_skips_every_step_and_changes_no_file(demo_run):
+    """The same command again (here through the CLI with the demo's options) redoes nothing."""
+    from gguf_forge.tools.default_model import default_model_dir
+    from gguf_forge.tools.demo import identity_lora
+
+    result, _, first_seconds = demo_run
+    before = snapshot(result.outdir)
+    t0 = time.perf_counter()
+    r = run("merge-convert", "--base", str(default_model_dir()), "--lora", str(identity_lora()),
+            "-o", str(result.outdir), "--quant", "Q4_K_M,Q8_0", "--imatrix", "default", "--imatrix-quant", "Q4_K_M",
+            "--smoke", "--name", NAME, "--no-progress")
+    seconds = time.perf_counter() - t0
+    assert r.returncode == 0, r.stderr
+    assert "0 steps run" in r.stdout, r.stdout
+    assert snapshot(result.outdir) == before
+    print(f"first run {first_seconds:.1f} s (with the chat), re-run {seconds:.1f} s")
+    assert seconds < first_seconds / 3
+
+
+@pytest.mark.slow
+def test_killed_during_quantization_then_rerun_completes(tmp_path):
+    """SIGKILL while llama.cpp writes a quant: no half file under a final name; the re-run finishes the job."""
+    from pydoc_data.topics import topics
+
+    base = str(adapters.fixtures.smollm2())
+    lora = str(adapters.identity_lora())
+    out = tmp_path / "out"
+    text = tmp_path / "held-out.txt"
+    text.write_text("\n".join(topics[k] for k in sorted(topics))[:60_000])
+    args = ["merge-convert", "--base", base, "--lora", lora, "-o", str(out), "--quant", "Q8_0,Q4_K_M,Q5_K_M",
+            "--eval", str(text), "--eval-chunks", "2", "--name", "killed", "--no-progress", "--threads", "2"]
+    proc = subprocess.Popen([*QUANTIZE, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and proc.poll() is None:
+            if (out / "killed-Q8_0.gguf").exists() and list(out.glob(".killed-Q4_K_M.gguf.*.partial")):
+                break
+            time.sleep(0.005)
+        assert proc.poll() is None, "the run ended before it could be killed during quantization"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert not (out / "killed-Q4_K_M.gguf").exists()
+    assert not (out / "manifest.json").exists()
+    r = run(*args)
+    assert r.returncode == 0, r.stderr
+    assert "merge + convert" not in r.stdout  # the finished intermediate is reused...
+    assert "quantize Q8_0" not in r.stdout  # ...and so is the finished quant
+    assert "quantize Q4_K_M" in r.stdout
+    manifest = check_manifest(out)
+    assert [o["file"] for o in manifest["outputs"] if o["kind"] == "gguf"] == [
+        "killed-Q8_0.gguf", "killed-Q4_K_M.gguf", "killed-Q5_K_M.gguf"]
+    ev = manifest["eval"]
+    assert len(ev["candidates"]) == 3 and ev["candidates"][0]["mean_kld"] < ev["candidates"][1]["mean_kld"]
+    assert "mean KLD" in (out / "README.md").read_text()
+
+
+def test_bad_pipeline_input_is_a_one_line_error(tmp_path):
+    base = tmp_path / "nothing-here"
+    r = run("merge-convert", "--base", str(base), "-o", str(tmp_path / "o"), "--no-progress")
+    assert_user_error(r, "--base", "nothing-here")
+    r = run("merge-convert", "--base", str(tmp_path), "-o", str(tmp_path / "o"), "--quant", "Q4_K_X")
+    assert_user_error(r, "Q4_K_X")
+    r = run("merge-convert", "--base", str(tmp_path), "-o", str(tmp_path / "o"), "--quant", "IQ2_XS")
+    assert_user_error(r, "IQ2_XS", "--imatrix")
+    r = run("merge-convert", "--base", str(tmp_path), "-o", str(tmp_path / "o"), "--imatrix", str(tmp_path / "no.txt"))
+    assert_user_error(r, "--imatrix", "no.txt")
+    assert not (tmp_path / "o").exists()
