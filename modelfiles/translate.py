@@ -239,8 +239,10 @@ def render_manual(manual: dict[str, str], messages: list[dict[str, str]]) -> str
 
 # -- inference --------------------------------------------------------------------------------------------------------
 class _Renderer:
-    def __init__(self, template: str, bos: str, eos: str):
-        self.template, self.bos, self.eos = template, bos, eos
+    """Renders the Jinja template; a leading BOS is cut off when Ollama adds it itself (``strip_bos``)."""
+
+    def __init__(self, template: str, bos: str, eos: str, strip_bos: bool = True):
+        self.template, self.bos, self.eos, self.strip_bos = template, bos, eos, strip_bos
         self.starts_with_bos = False
 
     def __call__(self, msgs: list[dict[str, str]], gen: bool = True, what: str = "") -> str:
@@ -251,7 +253,8 @@ class _Renderer:
             raise ForgeError(f"the chat template fails on {what or 'a conversation'}: {msg}") from None
         if self.bos and out.startswith(self.bos):
             self.starts_with_bos = True
-            out = out[len(self.bos):]
+            if self.strip_bos:
+                out = out[len(self.bos):]
         return out
 
 
@@ -289,9 +292,15 @@ def _lcs(a: str, b: str) -> str:
     return a[len(a) - n:] if n else ""
 
 
-def infer_format(template: str, bos: str = "", eos: str = "") -> TurnFormat:
-    """Find the parts of ``template``'s layout by rendering it with sentinel messages."""
-    r = _Renderer(template, bos, eos)
+def infer_format(template: str, bos: str = "", eos: str = "", strip_bos: bool = True) -> TurnFormat:
+    """Find the parts of ``template``'s layout by rendering it with sentinel messages.
+
+    With ``strip_bos`` false (a GGUF whose ``add_bos_token`` is false: Ollama adds no BOS) a leading BOS text
+    stays part of the layout, so the Go template writes it.
+    """
+    r = _Renderer(template, bos, eos, strip_bos)
+    if not strip_bos:
+        bos = ""  # the layout keeps whatever the template writes first
     u_nogen = _cut(r([_m("user", _U1)], False, "one user message"), [_U1], "one user message")
     u_suf_n = u_nogen[1]
     ua_nogen = _cut(r([_m("user", _U1), _m("assistant", _A1)], False, "a user and an assistant message"),
@@ -409,15 +418,17 @@ def _diff(a: str, b: str) -> str:
 
 
 def translate(template: str, *, bos: str = "", eos: str = "", system: str | None = None,
-              extra_stop_tokens: list[str] = ()) -> Translation:
+              extra_stop_tokens: list[str] = (), strip_bos: bool = True) -> Translation:
     """Translate a Jinja chat template to an Ollama Go template and prove it on the conversation suite.
 
-    ``system`` overrides the template's default system prompt (it becomes the Modelfile's SYSTEM). Raises
-    :class:`ForgeError` naming the construct when the Go template would render anything differently.
+    ``system`` overrides the template's default system prompt (it becomes the Modelfile's SYSTEM). A leading
+    BOS is left out of the Go template when ``strip_bos`` (Ollama adds BOS when the GGUF's
+    ``tokenizer.ggml.add_bos_token`` is true) and kept otherwise. Raises :class:`ForgeError` naming the
+    construct when the Go template would render anything differently.
     """
-    fmt = infer_format(template, bos, eos)
+    fmt = infer_format(template, bos, eos, strip_bos)
     sys_line = system if system is not None else (fmt.default_system or None)
-    r = _Renderer(template, bos, eos)
+    r = _Renderer(template, bos, eos, strip_bos)
     warnings: list[str] = []
 
     def check(convs: list[tuple[str, list[dict[str, str]]]]) -> str | None:

@@ -129,11 +129,11 @@ def write_modelfile(model: Path, outdir: Path, *, gguf: Path | None = None, sour
     if ctx is not None and ctx < 1:
         raise ForgeError(f"--ctx {ctx}: must be a positive number of tokens")
 
-    tr: Translation = translate(jinja_src, bos=info.bos, eos=info.eos, system=system, extra_stop_tokens=info.end_tokens)
+    # Ollama adds BOS itself only when the GGUF says so; otherwise a BOS the template writes stays in TEMPLATE
+    # (SmolLM2's bos_token is <|im_start|>, which its template writes first and its GGUF does not add)
+    tr: Translation = translate(jinja_src, bos=info.bos, eos=info.eos, system=system, extra_stop_tokens=info.end_tokens,
+                                strip_bos=info.add_bos is not False)
     warnings = list(tr.warnings)
-    if info.bos and info.add_bos is False and _starts_with_bos(jinja_src, info):
-        warnings.append("the template starts with BOS but the GGUF's tokenizer.ggml.add_bos_token is false, so Ollama "
-                        "will not add it; reconvert or set --override-kv tokenizer.ggml.add_bos_token=bool:true")
 
     name = name or info.name or model.stem
     slug = _slug(name)
@@ -179,16 +179,6 @@ def write_modelfile(model: Path, outdir: Path, *, gguf: Path | None = None, sour
     return ModelfileResult(modelfile=outdir / filename, preset=outdir / f"{slug}.preset.json",
                            legacy_preset=legacy_path, stops=tr.stops, system=tr.system, warnings=warnings,
                            template=tr.go_template, num_ctx=num_ctx, manual=manual is not None)
-
-
-def _starts_with_bos(template: str, info: ModelInfo) -> bool:
-    from .jinja import render
-
-    try:
-        return render(template, [{"role": "user", "content": "x"}], bos_token=info.bos,
-                      eos_token=info.eos).startswith(info.bos)
-    except Exception:
-        return False
 
 
 def ollama_create(name: str, modelfile: Path) -> str:

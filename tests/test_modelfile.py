@@ -112,33 +112,35 @@ def go_render(tmp_path_factory):
     return render
 
 
-def jinja_render(template: str, msgs: list[dict[str, str]], bos: str, eos: str) -> str:
-    """transformers' chat-template rendering with the generation prompt, leading BOS stripped (Ollama adds it)."""
+def jinja_render(template: str, msgs: list[dict[str, str]], bos: str, eos: str, strip: bool = True) -> str:
+    """transformers' chat-template rendering with the generation prompt, leading BOS stripped when the model's
+    tokenizer adds BOS (``strip``): Ollama then adds it itself."""
     from transformers.utils.chat_template_utils import render_jinja_template
 
     out = render_jinja_template(conversations=[msgs], chat_template=template, add_generation_prompt=True,
                                 bos_token=bos, eos_token=eos)[0][0]
-    return out[len(bos):] if bos and out.startswith(bos) else out
+    return out[len(bos):] if strip and bos and out.startswith(bos) else out
 
 
-def expected(template: str, msgs: list[dict[str, str]], system: str | None, bos: str, eos: str) -> str:
+def expected(template: str, msgs: list[dict[str, str]], system: str | None, bos: str, eos: str,
+             strip: bool = True) -> str:
     """What the model sees in Ollama/LM Studio: their system prompt goes first when the request has none."""
     if system and msgs[0]["role"] != "system":
         msgs = [{"role": "system", "content": system}, *msgs]
-    return jinja_render(template, msgs, bos, eos)
+    return jinja_render(template, msgs, bos, eos, strip)
 
 
-def check_equivalence(go_render, template: str, modelfile: dict, bos: str, eos: str) -> None:
+def check_equivalence(go_render, template: str, modelfile: dict, bos: str, eos: str, strip: bool = True) -> None:
     trims = any("trims whitespace" in c for c in modelfile["comments"])
     convs = conversations(trims)
     system = modelfile.get("system")
     got = go_render(modelfile["template"], system, list(convs.values()))
     for (name, msgs), go_out in zip(convs.items(), got):
-        assert go_out == expected(template, msgs, system, bos, eos), name
+        assert go_out == expected(template, msgs, system, bos, eos, strip), name
     if system is not None and "SYSTEM is the chat template's own default" in "\n".join(modelfile["comments"]):
         # the default system prompt is the template's own: Jinja without a system message renders the same
         one = convs["one user turn"]
-        assert jinja_render(template, one, bos, eos) == expected(template, one, system, bos, eos)
+        assert jinja_render(template, one, bos, eos, strip) == expected(template, one, system, bos, eos, strip)
 
 
 def check_stops(template: str, stops: list[str], bos: str, eos: str, trims: bool) -> None:
@@ -188,11 +190,13 @@ def test_firefly_template_is_the_seed_format():
 
 
 # -- the fixture models' own templates (Modelfile written from the HF folder) ---------------------------------------
-def hf_tokens(folder: Path) -> tuple[str, str, str]:
+def hf_tokens(folder: Path) -> tuple[str, str, str, bool]:
+    """Template, BOS and EOS texts, and whether the tokenizer adds BOS itself (then Ollama does too)."""
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(folder)
-    return tok.chat_template, tok.bos_token or "", tok.eos_token or ""
+    adds_bos = tok.bos_token_id is not None and tok("a").input_ids[:1] == [tok.bos_token_id]
+    return tok.chat_template, tok.bos_token or "", tok.eos_token or "", adds_bos
 
 
 @pytest.mark.slow
@@ -204,18 +208,18 @@ def test_fixture_template_renders_identically(go_render, fixture, tmp_path):
     (tmp_path / "m.gguf").write_bytes(b"GGUF")  # FROM target; its contents do not matter here
     res = write_modelfile(folder, tmp_path, gguf=tmp_path / "m.gguf")
     mf = parse_modelfile(res.modelfile.read_text(encoding="utf-8"))
-    template, bos, eos = hf_tokens(folder)
+    template, bos, eos, strip = hf_tokens(folder)
     assert mf["from"] == "./m.gguf"
-    check_equivalence(go_render, template, mf, bos, eos)
+    check_equivalence(go_render, template, mf, bos, eos, strip)
     trims = any("trims whitespace" in c for c in mf["comments"])
     check_stops(template, mf["stop"], bos, eos, trims)
     if fixture in ("smollm2", "qwen2", "qwen3"):  # ChatML templates that inject a default system prompt
         assert mf["system"] and "SYSTEM is the chat template's own default" in "\n".join(mf["comments"])
     preset = json.loads(res.preset.read_text(encoding="utf-8"))
-    check_manual_form(preset, template, bos, eos, trims)
+    check_manual_form(preset, template, bos, eos, trims, strip)
 
 
-def check_manual_form(preset: dict, template: str, bos: str, eos: str, trims: bool) -> None:
+def check_manual_form(preset: dict, template: str, bos: str, eos: str, trims: bool, strip: bool = True) -> None:
     fields = {f["key"]: f["value"] for f in preset["operation"]["fields"]}
     pt = fields["llm.prediction.promptTemplate"]
     assert pt["type"] == "jinja" and pt["jinjaPromptTemplate"]["template"] == template
@@ -228,7 +232,7 @@ def check_manual_form(preset: dict, template: str, bos: str, eos: str, trims: bo
         full = msgs if not system or msgs[0]["role"] == "system" else [{"role": "system", "content": system}, *msgs]
         got = "".join(manual[f"before{role[m['role']]}"] + m["content"] + manual[f"after{role[m['role']]}"]
                       for m in full) + manual["beforeAssistant"]
-        assert got == expected(template, msgs, system, bos, eos), name
+        assert got == expected(template, msgs, system, bos, eos, strip), name
 
 
 # -- through the CLI, from a converted GGUF -------------------------------------------------------------------------
@@ -249,13 +253,15 @@ def test_cli_from_gguf_writes_modelfile_and_presets(converted, go_render, tmp_pa
     gen = json.loads((src / "generation_config.json").read_text()) if (src / "generation_config.json").is_file() else {}
     if "temperature" in gen and gen.get("do_sample") is not False:
         assert float(mf["params"]["temperature"]) == gen["temperature"]
-    template, bos, eos = hf_tokens(src)
-    check_equivalence(go_render, template, mf, bos, eos)
+    template, bos, eos, strip = hf_tokens(src)
+    assert not strip  # SmolLM2's BOS text is <|im_start|>, which its GGUF does not add: TEMPLATE must write it
+    assert mf["template"].startswith("{{") and "<|im_start|>system" in mf["template"]
+    check_equivalence(go_render, template, mf, bos, eos, strip)
     assert sorted(p.name for p in out.iterdir()) == ["Modelfile", "smol-test.legacy.preset.json",
                                                       "smol-test.preset.json"]
     legacy = json.loads((out / "smol-test.legacy.preset.json").read_text())
     assert legacy["inference_params"]["antiprompt"] == mf["stop"] and legacy["load_params"]["n_ctx"] == 4096
-    check_manual_form(json.loads((out / "smol-test.preset.json").read_text()), template, bos, eos, False)
+    check_manual_form(json.loads((out / "smol-test.preset.json").read_text()), template, bos, eos, False, strip)
     validate_presets([out / "smol-test.preset.json"])
 
 
