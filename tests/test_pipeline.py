@@ -127,7 +127,8 @@ def test_killed_during_quantization_then_rerun_completes(tmp_path):
     text = tmp_path / "held-out.txt"
     text.write_text("\n".join(topics[k] for k in sorted(topics))[:60_000])
     args = ["merge-convert", "--base", base, "--lora", lora, "-o", str(out), "--quant", "Q8_0,Q4_K_M,Q5_K_M",
-            "--eval", str(text), "--eval-chunks", "2", "--name", "killed", "--no-progress", "--threads", "2"]
+            "--eval", str(text), "--eval-chunks", "2", "--name", "killed", "--no-progress", "--threads", "2",
+            "--template", "chatml"]
     proc = subprocess.Popen([*QUANTIZE, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 300
@@ -154,6 +155,12 @@ def test_killed_during_quantization_then_rerun_completes(tmp_path):
     ev = manifest["eval"]
     assert len(ev["candidates"]) == 3 and ev["candidates"][0]["mean_kld"] < ev["candidates"][1]["mean_kld"]
     assert "mean KLD" in (out / "README.md").read_text()
+    # --template goes into the GGUFs too, so llama.cpp, LM Studio and llama-cpp-python use it as well
+    from gguf_forge.modelfiles import load_template
+    from gguf_forge.tools import inspect_gguf
+
+    for f in ["killed-Q8_0.gguf", "killed-Q5_K_M.gguf"]:
+        assert inspect_gguf(out / f)["chat_template"] == load_template("chatml")
 
 
 def test_bad_pipeline_input_is_a_one_line_error(tmp_path):
@@ -166,4 +173,15 @@ def test_bad_pipeline_input_is_a_one_line_error(tmp_path):
     assert_user_error(r, "IQ2_XS", "--imatrix")
     r = run("merge-convert", "--base", str(tmp_path), "-o", str(tmp_path / "o"), "--imatrix", str(tmp_path / "no.txt"))
     assert_user_error(r, "--imatrix", "no.txt")
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.slow
+def test_template_we_cannot_reproduce_stops_the_run_before_any_work(tmp_path):
+    bad = tmp_path / "shouting.jinja"
+    bad.write_text("{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content | upper }}<|im_end|>\n{% endfor %}"
+                   "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    r = run("merge-convert", "--base", str(adapters.fixtures.smollm2()), "-o", str(tmp_path / "o"),
+            "--template", str(bad), "--no-progress")
+    assert_user_error(r, "chat template", "cannot reproduce")
     assert not (tmp_path / "o").exists()

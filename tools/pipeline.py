@@ -184,10 +184,16 @@ def run_pipeline(cfg: PipelineConfig, log: Callable[[str], None] = print) -> Pip
     base_dir = resolve_model(cfg.base, what="--base")
     specs = [parse_lora_spec(x) for x in cfg.loras]
     lora_dirs = [resolve_model(s.path, what="--lora") for s in specs]
+    template_src = None  # --template: written into the GGUF, the Modelfile and the preset
+    if cfg.template:
+        from ..modelfiles import load_template
+
+        template_src = load_template(cfg.template)
     from ..convert import Checkpoint
     from ..convert.arch import for_config
 
     for_config(Checkpoint(base_dir).config)  # a base we cannot convert fails before anything is written
+    _check_template_early(base_dir, lora_dirs, cfg)
     name = cfg.name or default_name(base_dir, lora_dirs)
     outdir = Path(cfg.outdir)
     if outdir.exists() and not outdir.is_dir():
@@ -221,7 +227,7 @@ def run_pipeline(cfg: PipelineConfig, log: Callable[[str], None] = print) -> Pip
     state.save()
 
     outtype = cfg.outtype.lower()
-    k_convert = _key("convert", __version__, inputs["base"], inputs["loras"], outtype, name, cfg.ctx)
+    k_convert = _key("convert", __version__, inputs["base"], inputs["loras"], outtype, name, cfg.ctx, template_src)
     inter_type = {"auto": "BF16"}.get(outtype, outtype.upper())
     intermediate = outdir / f"{name}-{inter_type}.gguf"
     n_params: list[int] = [state.steps.get("convert", {}).get("n_params", 0)]
@@ -234,6 +240,8 @@ def run_pipeline(cfg: PipelineConfig, log: Callable[[str], None] = print) -> Pip
 
         log(f"[1] merge + convert -> {intermediate.name}")
         overrides = []
+        if template_src is not None:  # the template the fine-tune was trained with goes into the GGUF too
+            overrides.append(parse_override(f"tokenizer.chat_template=str:{template_src}"))
         if cfg.ctx:
             arch = for_config(Checkpoint(base_dir).config).arch_name
             overrides.append(parse_override(f"{arch}.context_length=int:{cfg.ctx}"))
@@ -395,6 +403,19 @@ def run_pipeline(cfg: PipelineConfig, log: Callable[[str], None] = print) -> Pip
     _write_text(outdir / "manifest.json", json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
     state.save()
     return PipelineResult(outdir, name, manifest, ran, skipped, warnings)
+
+
+def _check_template_early(base_dir: Path, lora_dirs: list[Path], cfg: PipelineConfig) -> None:
+    """Translate the chat template once before the long steps: one we cannot reproduce stops the run now."""
+    import tempfile
+
+    from ..modelfiles import write_modelfile
+
+    tok_dir = next((d for d in reversed(lora_dirs) if (d / "tokenizer_config.json").is_file()), base_dir)
+    with tempfile.TemporaryDirectory(prefix="gguf-forge-check-") as tmp:
+        target = Path(tmp) / "check.gguf"
+        target.write_bytes(b"GGUF")
+        write_modelfile(tok_dir, Path(tmp), gguf=target, template=cfg.template, system=cfg.system, name="check")
 
 
 def _gguf_params(path: Path) -> int:
