@@ -42,9 +42,11 @@ def main() -> None:
     """gguf-forge: fine-tuned Hugging Face model -> GGUF for llama.cpp, Ollama and LM Studio.
 
     \b
-    Example:
+    Examples:
+      quantize merge-convert --base ./Meta-Llama-3-8B-Instruct --lora ./my-lora -o out/ --quant Q4_K_M
       quantize convert ./my-model -o my-model-F16.gguf --outtype f16
-      quantize inspect my-model-F16.gguf
+      quantize smoke out/my-lora-Q4_K_M.gguf
+      quantize demo
     """
     import signal
 
