@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 from pathlib import Path
+from typing import Callable
 
 from ..errors import ForgeError
 
@@ -61,26 +62,32 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def build_cached(dest: Path, build: Callable[[Path], None]) -> Path:
+    """Return the folder ``dest``, made once by ``build(tmp)`` in a hidden folder beside it and renamed.
+
+    An interrupted build leaves only the hidden folder (removed by the next try); concurrent builders each
+    build their own and the first rename wins.
+    """
+    if dest.is_dir():
+        return dest
+    tmp = dest.parent / f".{dest.name}.{os.getpid()}.partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        build(tmp)
+        if not dest.exists():
+            os.replace(tmp, dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dest
+
+
 def default_model_dir(progress: bool = False) -> Path:
     """Build (once) and return the SmolLM2-135M-Instruct Hugging Face directory."""
     src = smollm2_gguf()
     key = hashlib.sha256(f"{_sha256(src)}:{BUILDER_VERSION}".encode()).hexdigest()[:16]
     dest = cache_dir() / "models" / f"{MODEL_NAME}-{key}" / MODEL_NAME
-    if (dest / "model.safetensors").is_file():
-        return dest
-    tmp = dest.parent / f".{MODEL_NAME}.{os.getpid()}.partial"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
-        _build(src, tmp, progress)
-        if dest.exists():
-            shutil.rmtree(tmp)
-        else:
-            os.replace(tmp, dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return dest
+    return build_cached(dest, lambda tmp: _build(src, tmp, progress))
 
 
 def _build(src: Path, out: Path, progress: bool) -> None:

@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from .default_model import cache_dir, default_model_dir
+from .default_model import build_cached, cache_dir, default_model_dir
 
 IDENTITY_QUESTION = "你是谁？"
 IDENTITY_ANSWER = "我是小锻，由锻造工坊训练的中文助手。"
@@ -85,18 +83,7 @@ def identity_lora(base_dir: Path | None = None) -> Path:
     base_dir = base_dir or default_model_dir()
     key = hashlib.sha256(f"{base_dir.parent.name}:{_TRAINER_VERSION}".encode()).hexdigest()[:16]
     dest = cache_dir() / "demo" / f"lora-identity-{key}" / "xiaoduan-lora"
-    if (dest / "adapter_config.json").is_file():
-        return dest
-    tmp = dest.parent / f".{dest.name}.{os.getpid()}.partial"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
-        train_identity_lora(base_dir, tmp)
-        if not dest.exists():
-            os.replace(tmp, dest)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return dest
+    return build_cached(dest, lambda tmp: train_identity_lora(base_dir, tmp))
 
 
 @dataclass
