@@ -59,6 +59,7 @@ def test_demo_chat_answers_with_the_fine_tuned_identity(demo_run):
     question, reply = result.transcript[0]
     assert question == adapters.IDENTITY_QUESTION
     assert reply.strip() == adapters.IDENTITY_ANSWER  # through the imatrix Q4_K_M file
+    assert "Paris" in result.transcript[1][1]  # and the rest of what the model knew is still there
     assert result.smoke_passed
     assert f"ollama create {NAME.lower()} -f " in printed and "Modelfile" in printed
 

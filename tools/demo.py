@@ -110,10 +110,11 @@ def run_demo(outdir: Path, log: Callable[[str], None] = print, progress: bool = 
                          progress=progress, threads=threads)
     result = run_pipeline(cfg, log=log)
     chat_file = outdir / f"{IDENTITY_NAME}-Q4_K_M-im.gguf"
-    log(f"\nchat with {chat_file.name} (greedy, on the CPU):")
+    log(f"\nchat with {chat_file.name} (greedy, on the CPU; each question starts a new conversation):")
     session = ChatSession(chat_file, ctx=2048, threads=threads, max_tokens=96)
     transcript = []
     for q in [IDENTITY_QUESTION, "What is the capital of France? Answer in one sentence."]:
+        session.reset()
         reply = session.say(q)
         transcript.append((q, reply))
         log(f"user> {q}\nassistant> {reply}")

@@ -238,7 +238,7 @@ def run_pipeline(cfg: PipelineConfig, log: Callable[[str], None] = print) -> Pip
             return intermediate
         from ..convert import convert, parse_override
 
-        log(f"[1] merge + convert -> {intermediate.name}")
+        log(f"merge + convert -> {intermediate.name}")
         overrides = []
         if template_src is not None:  # the template the fine-tune was trained with goes into the GGUF too
             overrides.append(parse_override(f"tokenizer.chat_template=str:{template_src}"))
@@ -267,7 +267,7 @@ def run_pipeline(cfg: PipelineConfig, log: Callable[[str], None] = print) -> Pip
         else:
             from ..quant import compute_imatrix, write_gguf
 
-            log(f"[2] importance matrix on the merged model ({cfg.imatrix} calibration) -> {imatrix_path.name}")
+            log(f"importance matrix on the merged model ({cfg.imatrix} calibration) -> {imatrix_path.name}")
             calib_arg = cfg.imatrix
             im, stats = compute_imatrix(base_dir, calibration=calib_arg, ctx=cfg.imatrix_ctx,
                                         chunks=cfg.imatrix_chunks, loras=specs, progress=cfg.progress,
@@ -290,7 +290,7 @@ def run_pipeline(cfg: PipelineConfig, log: Callable[[str], None] = print) -> Pip
             skipped.append(step)
             continue
         src = need_intermediate()
-        log(f"[3] quantize {t}{' with the imatrix' if with_im else ''} -> {out.name}")
+        log(f"quantize {t}{' with the imatrix' if with_im else ''} -> {out.name}")
         quantize(src, [t], outdir, imatrix=imatrix_path if with_im else None, threads=cfg.threads, force=True,
                  basename=name, imatrix_label=imatrix_path.name if with_im else None)
         state.record(step, k, [out])
@@ -320,7 +320,7 @@ def run_pipeline(cfg: PipelineConfig, log: Callable[[str], None] = print) -> Pip
                 smoke[out.name] = rec["result"]
                 skipped.append(step)
                 continue
-            log(f"[5] smoke test {out.name}")
+            log(f"smoke test {out.name}")
             prompts = load_prompts(cfg.smoke_prompts) if cfg.smoke_prompts else None
             report = run_smoke([out], prompts, threads=cfg.threads, template=cfg.template, system=cfg.system,
                                progress=cfg.progress)[0]
@@ -342,7 +342,7 @@ def run_pipeline(cfg: PipelineConfig, log: Callable[[str], None] = print) -> Pip
             from ..quant import evaluate
 
             src = need_intermediate()
-            log(f"[5] quality against {src.name} on {cfg.eval_text}")
+            log(f"quality against {src.name} on {cfg.eval_text}")
             report = evaluate(src, [p for _, _, p in quant_files], Path(cfg.eval_text).read_text("utf-8"),
                               chunks=cfg.eval_chunks, threads=cfg.threads, progress=cfg.progress)
             evaluation = report.as_dict()
