@@ -186,3 +186,19 @@ def test_template_we_cannot_reproduce_stops_the_run_before_any_work(tmp_path):
             "--template", str(bad), "--no-progress")
     assert_user_error(r, "chat template", "cannot reproduce")
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.slow
+def test_publish_accepts_the_pipeline_folder(demo_run):
+    """`quantize publish` plans exactly the folder's listed files, the manifest and the card (no token needed)."""
+    result, _, _ = demo_run
+    before = snapshot(result.outdir)
+    r = run("publish", str(result.outdir), "--repo", "someone/Xiaoduan-GGUF", "--dry-run", "--json", "--no-progress",
+            env={"HF_TOKEN": ""})
+    assert r.returncode == 0, r.stderr
+    plan = json.loads(r.stdout)
+    manifest = json.loads((result.outdir / "manifest.json").read_text())
+    planned = {f["path_in_repo"] for f in plan["files"]}
+    assert planned == {o["file"] for o in manifest["outputs"]} | {"manifest.json"}
+    assert snapshot(result.outdir) == before  # nothing was written
+    assert not (result.outdir / ".publish-split").exists()
