@@ -38,11 +38,20 @@ def load_template(spec: str) -> str:
 
 
 def render(template: str, messages: list[dict[str, Any]], *, add_generation_prompt: bool = True,
-           bos_token: str = "", eos_token: str = "") -> str:
-    """Render ``template`` for ``messages`` with transformers' own chat-template machinery (sandboxed Jinja)."""
-    from transformers.utils.chat_template_utils import render_jinja_template
+           bos_token: str = "", eos_token: str = "", today: Any = None) -> str:
+    """Render ``template`` for ``messages`` with transformers' own chat-template machinery (sandboxed Jinja).
 
-    rendered, _ = render_jinja_template(conversations=[messages], chat_template=template,
-                                        add_generation_prompt=add_generation_prompt,
-                                        bos_token=bos_token, eos_token=eos_token)
+    ``today`` (a ``datetime``) is what the template's ``strftime_now`` sees instead of the current time.
+    """
+    from transformers.utils import chat_template_utils as ctu
+
+    real = ctu.datetime
+    if today is not None:
+        ctu.datetime = type("_Clock", (), {"now": staticmethod(lambda *a, **k: today)})
+    try:
+        rendered, _ = ctu.render_jinja_template(conversations=[messages], chat_template=template,
+                                                add_generation_prompt=add_generation_prompt,
+                                                bos_token=bos_token, eos_token=eos_token)
+    finally:
+        ctu.datetime = real
     return rendered[0]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from ..errors import ForgeError
@@ -23,7 +24,9 @@ _S, _U1, _A1, _U2 = "Zq7sysTEXT", "Zq7userONE", "Zq7replyONE", "Zq7userTWO"
 class TurnFormat:
     """How a template lays out a conversation (after the leading BOS, which Ollama adds itself)."""
 
-    system_mode: str  # "block" (own block), "fold_first" / "fold_last" (inside the first / last user turn)
+    # "block" (own block), "fold_first" / "fold_last" (inside the first / last user turn), "drop" (system messages
+    # render nothing), "raise" (the template refuses system messages: so does the Go template, with ``sys_error``)
+    system_mode: str
     sys_pre: str
     sys_suf: str
     user_pre: str
@@ -34,6 +37,9 @@ class TurnFormat:
     bos: str = ""
     bos_repeat: bool = False  # user_pre starts with BOS, left out when the user turn opens the prompt
     default_system: str | None = None  # what the template renders when the conversation has no system message
+    no_sys_head: str | None = None  # fixed text (not a system block) rendered first when there is no system message
+    lead: str = ""  # fixed text that opens every conversation (after BOS), e.g. GLM-4's [gMASK]<sop>
+    sys_error: str = ""  # the template's own error for a system message (system_mode "raise")
 
 
 @dataclass
@@ -46,6 +52,7 @@ class Translation:
     system: str | None
     trims: bool = False
     warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # comments for the Modelfile (documented exceptions)
 
     @property
     def manual(self) -> dict[str, str] | None:
@@ -103,15 +110,23 @@ def with_system(messages: list[dict[str, str]], system: str | None) -> list[dict
 # -- the Go template and its semantics --------------------------------------------------------------------------------
 def render_like_go(fmt: TurnFormat, messages: list[dict[str, str]]) -> str:
     """What :func:`go_template` renders for an Ollama message list (kept in step with it; tests run the real Go)."""
-    out: list[str] = []
+    out: list[str] = [fmt.lead]
     first, has_sys, sys_text = True, False, ""
     n = len(messages)
     for i, m in enumerate(messages):
         role, content = m["role"], m["content"]
-        if fmt.system_mode == "block" and fmt.default_system is not None and i == 0 and role != "system":
-            out.append(fmt.sys_pre + fmt.default_system + fmt.sys_suf)
-            first = False
+        if fmt.system_mode == "block" and i == 0 and role != "system":
+            if fmt.no_sys_head is not None:
+                out.append(fmt.no_sys_head)
+                first = False
+            elif fmt.default_system is not None:
+                out.append(fmt.sys_pre + fmt.default_system + fmt.sys_suf)
+                first = False
         if role == "system":
+            if fmt.system_mode == "raise":
+                raise ValueError(fmt.sys_error)
+            if fmt.system_mode == "drop":
+                continue
             if fmt.system_mode == "block":
                 out.append(fmt.sys_pre + content + fmt.sys_suf)
                 first = False
@@ -188,14 +203,21 @@ def lit(text: str) -> str:
 def go_template(fmt: TurnFormat) -> str:
     """The Ollama TEMPLATE (Go text/template over ``.Messages``) for ``fmt``; no BOS, Ollama adds it."""
     block = fmt.system_mode == "block"
-    lines = ["{{- $first := true }}"]
-    if not block:
+    lines = ["{{- $first := true }}" + lit(fmt.lead) + ('{{ "" }}' if fmt.lead[-1:].isspace() else "")]
+    if fmt.system_mode in ("fold_first", "fold_last"):
         lines.append("{{- $hasSys := false }}{{- $sys := \"\" }}")
     lines.append("{{- range $i, $m := .Messages }}")
-    if block and fmt.default_system is not None:
-        lines.append('{{- if and (eq $i 0) (ne .Role "system") }}'
-                     + lit(fmt.sys_pre + fmt.default_system + fmt.sys_suf) + "{{ $first = false }}{{ end }}")
-    if block:
+    head = fmt.no_sys_head if fmt.no_sys_head is not None else (
+        None if fmt.default_system is None else fmt.sys_pre + fmt.default_system + fmt.sys_suf)
+    if block and head is not None:
+        lines.append('{{- if and (eq $i 0) (ne .Role "system") }}' + lit(head) + "{{ $first = false }}{{ end }}")
+    if fmt.system_mode == "raise":
+        # text/template cannot raise; slicing past the end is an execution error that carries the message
+        lines.append('{{- if eq .Role "system" }}{{ slice ' + go_string(fmt.sys_error or "system messages are not supported")
+                     + " 0 100000 }}")
+    elif fmt.system_mode == "drop":
+        lines.append('{{- if eq .Role "system" }}')
+    elif block:
         lines.append('{{- if eq .Role "system" }}' + lit(fmt.sys_pre) + "{{ .Content }}" + lit(fmt.sys_suf)
                      + "{{ $first = false }}")
     else:
@@ -224,7 +246,8 @@ def go_template(fmt: TurnFormat) -> str:
 
 def manual_form(fmt: TurnFormat) -> dict[str, str] | None:
     """LM Studio's manual template (before/after each role), or None when prefixes/suffixes cannot express it."""
-    if fmt.system_mode != "block" or fmt.gen != fmt.asst_pre or fmt.bos_repeat or fmt.default_system == "":
+    if (fmt.system_mode != "block" or fmt.gen != fmt.asst_pre or fmt.bos_repeat or fmt.default_system == ""
+            or fmt.lead or fmt.no_sys_head is not None):
         return None
     return {"beforeSystem": fmt.sys_pre, "afterSystem": fmt.sys_suf, "beforeUser": fmt.user_pre,
             "afterUser": fmt.user_suf, "beforeAssistant": fmt.asst_pre, "afterAssistant": fmt.asst_suf}
@@ -241,20 +264,26 @@ def render_manual(manual: dict[str, str], messages: list[dict[str, str]]) -> str
 class _Renderer:
     """Renders the Jinja template; a leading BOS is cut off when Ollama adds it itself (``strip_bos``)."""
 
-    def __init__(self, template: str, bos: str, eos: str, strip_bos: bool = True):
-        self.template, self.bos, self.eos, self.strip_bos = template, bos, eos, strip_bos
+    def __init__(self, template: str, bos: str, eos: str, strip_bos: bool = True, lead: str = ""):
+        self.template, self.bos, self.eos, self.strip_bos, self.lead = template, bos, eos, strip_bos, lead
         self.starts_with_bos = False
+        self.error = ""  # the template's own message when it last failed
 
     def __call__(self, msgs: list[dict[str, str]], gen: bool = True, what: str = "") -> str:
         try:
             out = render(self.template, msgs, add_generation_prompt=gen, bos_token=self.bos, eos_token=self.eos)
         except Exception as e:  # jinja2 errors, raise_exception(), bad attribute access...
             msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+            self.error = msg
             raise ForgeError(f"the chat template fails on {what or 'a conversation'}: {msg}") from None
         if self.bos and out.startswith(self.bos):
             self.starts_with_bos = True
             if self.strip_bos:
                 out = out[len(self.bos):]
+        if self.lead:
+            if not out.startswith(self.lead):
+                raise ForgeError(f"the chat template does not always open with {self.lead!r}")
+            out = out[len(self.lead):]
         return out
 
 
@@ -296,9 +325,31 @@ def infer_format(template: str, bos: str = "", eos: str = "", strip_bos: bool = 
     """Find the parts of ``template``'s layout by rendering it with sentinel messages.
 
     With ``strip_bos`` false (a GGUF whose ``add_bos_token`` is false: Ollama adds no BOS) a leading BOS text
-    stays part of the layout, so the Go template writes it.
+    stays part of the layout, so the Go template writes it. Fixed text that opens every conversation (GLM-4's
+    ``[gMASK]<sop>``) is found as the longest common opening of conversations with and without a system message
+    for which the rest of the layout can be inferred.
     """
-    r = _Renderer(template, bos, eos, strip_bos)
+    try:
+        return _infer(template, bos, eos, strip_bos, "")
+    except ForgeError as error:
+        r = _Renderer(template, bos, eos, strip_bos)
+        try:
+            common = _lcp(r([_m("user", _U1)], False, "one user message"),
+                          r([_m("system", _S), _m("user", _U1)], False, "a system message"))
+        except ForgeError:
+            raise error from None
+        for k in range(len(common), 0, -1):
+            try:
+                fmt = _infer(template, bos, eos, strip_bos, common[:k])
+            except ForgeError:
+                continue
+            fmt.lead = common[:k] + fmt.lead
+            return fmt
+        raise error from None
+
+
+def _infer(template: str, bos: str, eos: str, strip_bos: bool, lead: str) -> TurnFormat:
+    r = _Renderer(template, bos, eos, strip_bos, lead)
     if not strip_bos:
         bos = ""  # the layout keeps whatever the template writes first
     u_nogen = _cut(r([_m("user", _U1)], False, "one user message"), [_U1], "one user message")
@@ -321,8 +372,29 @@ def infer_format(template: str, bos: str = "", eos: str = "", strip_bos: bool = 
     user_pre = x2[len(asst_suf):]
     firsts = [user_pre] + ([user_pre[len(bos):]] if bos and user_pre.startswith(bos) else [])
 
-    s_all = r([_m("system", _S), _m("user", _U1), _m("assistant", _A1), _m("user", _U2)], True,
-              "a system message and three turns")
+    sys_conv = [_m("system", _S), _m("user", _U1), _m("assistant", _A1), _m("user", _U2)]
+    try:
+        s_all = r(sys_conv, True, "a system message and three turns")
+    except ForgeError:
+        # a template that refuses system messages (raise_exception): the Go template refuses them too
+        error = r.error
+        r([_m("user", _U1), _m("assistant", _A1), _m("user", _U2)], True, "three turns")  # fails if not the system
+        if h in firsts:
+            return TurnFormat("raise", "", "", user_pre, user_suf, asst_pre, asst_suf, gen, bos,
+                              bos_repeat=h != user_pre, sys_error=error)
+        if user_pre and h.endswith(user_pre):
+            return TurnFormat("raise", "", "", user_pre, user_suf, asst_pre, asst_suf, gen, bos,
+                              lead=h[: len(h) - len(user_pre)], sys_error=error)
+        raise ForgeError("the chat template adds text before the first user turn that we cannot reproduce "
+                         f"({h!r})") from None
+    if _S not in s_all and s_all == h + _U1 + x1 + _A1 + x2 + _U2 + t:
+        # system messages render nothing; text before the first turn, if any, is fixed
+        if h in firsts:
+            return TurnFormat("drop", "", "", user_pre, user_suf, asst_pre, asst_suf, gen, bos, bos_repeat=h != user_pre)
+        if user_pre and h.endswith(user_pre):
+            return TurnFormat("drop", "", "", user_pre, user_suf, asst_pre, asst_suf, gen, bos,
+                              lead=h[: len(h) - len(user_pre)])
+        raise ForgeError(f"the chat template adds text before the first user turn that we cannot reproduce ({h!r})")
     if s_all.count(_S) != 1:
         raise ForgeError("the chat template drops or repeats the system message; a Go template would not match it")
     pos = {k: s_all.find(k) for k in (_S, _U1, _A1, _U2)}
@@ -372,6 +444,10 @@ def infer_format(template: str, bos: str = "", eos: str = "", strip_bos: bool = 
         else:
             tail = fmt.sys_suf + user_pre
             if not (h.startswith(fmt.sys_pre) and h.endswith(tail) and len(h) >= len(fmt.sys_pre) + len(tail)):
+                if user_pre and h.endswith(user_pre):
+                    # fixed text in place of a system block (not a system prompt a SYSTEM line could carry)
+                    fmt.no_sys_head = h[: len(h) - len(user_pre)]
+                    return fmt
                 raise ForgeError("the chat template adds text before the first user turn that is neither the user "
                                  f"prefix nor a default system block ({h!r}); a Go template cannot reproduce that")
             fmt.default_system = h[len(fmt.sys_pre): len(h) - len(tail)]
@@ -426,13 +502,30 @@ def translate(template: str, *, bos: str = "", eos: str = "", system: str | None
     ``tokenizer.ggml.add_bos_token`` is true) and kept otherwise. Raises :class:`ForgeError` naming the
     construct when the Go template would render anything differently.
     """
+    _check_date(template, bos, eos)
     fmt = infer_format(template, bos, eos, strip_bos)
+    if fmt.system_mode in ("drop", "raise") and system:
+        raise ForgeError("--system: the chat template " + ("ignores system messages" if fmt.system_mode == "drop" else
+                         f"refuses system messages ({fmt.sys_error})") + "; leave --system out or give a template "
+                         "that takes a system prompt with --template")
     sys_line = system if system is not None else (fmt.default_system or None)
     r = _Renderer(template, bos, eos, strip_bos)
     warnings: list[str] = []
+    notes: list[str] = []
+    if fmt.system_mode == "drop":
+        warnings.append("the chat template ignores system messages; so does the Modelfile's template")
+    elif fmt.system_mode == "raise":
+        warnings.append(f"the chat template refuses system messages ({fmt.sys_error}); so does the Modelfile's "
+                        "template: Ollama answers a request with a system message with an error")
 
     def check(convs: list[tuple[str, list[dict[str, str]]]]) -> str | None:
         for name, msgs in convs:
+            if fmt.system_mode == "raise" and any(m["role"] == "system" for m in msgs):
+                try:
+                    r(msgs, True, name)
+                except ForgeError:
+                    continue  # both refuse it
+                return f"'{name}': the chat template renders a system message here but not in the probe"
             want = r(with_system(msgs, sys_line), True, f"the conversation '{name}'")
             got = render_like_go(fmt, ollama_messages(msgs, sys_line))
             if want != got:
@@ -440,9 +533,10 @@ def translate(template: str, *, bos: str = "", eos: str = "", system: str | None
         return None
 
     trims = False
-    problem = check([("whitespace around contents", _WHITESPACE_PROBE)])
+    probe = [m for m in _WHITESPACE_PROBE if fmt.system_mode != "raise" or m["role"] != "system"]
+    problem = check([("whitespace around contents", probe)])
     if problem:
-        stripped = [{**m, "content": m["content"].strip()} for m in _WHITESPACE_PROBE]
+        stripped = [{**m, "content": m["content"].strip()} for m in probe]
         if check([("whitespace around contents, stripped", stripped)]) is None:
             trims = True
             warnings.append("the chat template trims whitespace around message contents (| trim / .strip()); Go "
@@ -453,6 +547,12 @@ def translate(template: str, *, bos: str = "", eos: str = "", system: str | None
     problem = check(suite(strip=trims))
     if problem:
         raise ForgeError(f"the chat template cannot be reproduced exactly by an Ollama template: {problem}")
+    if _drops_reasoning(check, r, fmt, sys_line):
+        warnings.append("the chat template drops the <think>...</think> part of earlier replies; Go templates cannot "
+                        "cut text, so the Modelfile renders earlier replies as sent (identical when the reasoning is "
+                        "not sent back in the reply's content, as Ollama keeps it apart when it parses thinking)")
+        notes.append("the original chat template drops <think>...</think> from earlier replies; the TEMPLATE "
+                     "renders replies as sent: send them back without their reasoning")
     stops = stop_strings(fmt, list(extra_stop_tokens))
     if not stops:
         raise ForgeError("the chat template has no end-of-turn marker after a reply (no stop string can be "
@@ -461,7 +561,43 @@ def translate(template: str, *, bos: str = "", eos: str = "", system: str | None
     bad = [s for s in stops if any(s in reply for reply in replies)]
     stops = [s for s in stops if s not in bad]
     return Translation(fmt=fmt, go_template=go_template(fmt), stops=stops, system=sys_line, trims=trims,
-                       warnings=warnings)
+                       warnings=warnings, notes=notes)
+
+
+_THINK = "<think>\nZq7thinkTEXT\n</think>\n\n"
+
+
+def _drops_reasoning(check: Any, r: _Renderer, fmt: TurnFormat, sys_line: str | None) -> bool:
+    """Whether the template cuts ``<think>...</think>`` from earlier replies (Qwen3, DeepSeek-R1); False when it
+    keeps replies verbatim. Any other handling of such a reply is an error naming it."""
+    reply = _THINK + "Zq7replyONE."
+    conv = [_m("user", "Hi"), _m("assistant", reply), _m("user", "Bye")]
+    if check([("an earlier reply with a <think> part", conv)]) is None:
+        return False
+    want = r(with_system(conv, sys_line), True, "an earlier reply with a <think> part")
+    answer = reply.split("</think>")[-1]
+    for cut in (answer, answer.lstrip("\n"), answer.strip()):
+        conv_cut = [conv[0], _m("assistant", cut), conv[2]]
+        if want == render_like_go(fmt, ollama_messages(conv_cut, sys_line)):
+            return True
+    raise ForgeError("the chat template changes earlier replies that contain <think>...</think> in a way a Go "
+                     "template cannot reproduce: "
+                     + _diff(want, render_like_go(fmt, ollama_messages(conv, sys_line))))
+
+
+def _check_date(template: str, bos: str, eos: str) -> None:
+    """Refuse a template whose output depends on today's date (``strftime_now``): a Go template cannot write it."""
+    msgs = [_m("system", "Be brief."), _m("user", "Hi")]
+    outs = []
+    for day in ("2001-02-03T04:05:06", "2002-12-30T20:30:40"):
+        try:
+            outs.append(render(template, msgs, bos_token=bos, eos_token=eos, today=datetime.fromisoformat(day)))
+        except Exception:  # noqa: BLE001 - the layout probes report template errors with their context
+            return
+    if outs[0] != outs[1]:
+        raise ForgeError("the chat template writes today's date (strftime_now), so its output changes every day; "
+                         "an Ollama template cannot format the date that way. Give a copy of the template with the "
+                         "date fixed (e.g. date_string set to a constant) with --template FILE.jinja")
 
 
 def describe(fmt: TurnFormat) -> dict[str, Any]:

@@ -158,7 +158,7 @@ def write_modelfile(model: Path, outdir: Path, *, gguf: Path | None = None, sour
         raise ForgeError(f"-o {outdir}: not a writable folder")
     rel = os.path.relpath(gguf.resolve(), outdir.resolve())
     from_path = rel if rel.startswith("..") or os.path.isabs(rel) else f"./{rel}"
-    notes = []
+    notes = list(tr.notes)
     if tr.trims:
         notes.append("the original chat template trims whitespace around message contents; Go templates cannot, "
                      "so contents are used as sent")

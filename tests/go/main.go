@@ -2,7 +2,8 @@
 // .Messages template, for the gguf-forge tests.
 //
 // stdin: {"template": "...", "system": "Modelfile SYSTEM or empty", "conversations": [[{"role","content"}...]...]}
-// stdout: a JSON array with one rendered string per conversation (or {"error": "..."} and exit 1).
+// stdout: a JSON array with one rendered string per conversation (a conversation the template fails on gives
+// "\x00template error: ..."), or {"error": "..."} and exit 1 when the template does not parse.
 //
 // As Ollama's server does before rendering a chat: when the request's first message is not a system message
 // and the Modelfile has SYSTEM, a system message with that text goes first; consecutive messages of the same
@@ -106,7 +107,9 @@ func main() {
 			"Think":    false,
 		}
 		if err := tmpl.Execute(&sb, data); err != nil {
-			fail(err)
+			// an execution error is that conversation's result (Ollama answers the request with it)
+			results = append(results, "\x00template error: "+err.Error())
+			continue
 		}
 		results = append(results, sb.String())
 	}
