@@ -479,6 +479,9 @@ def stop_strings(fmt: TurnFormat, extra_tokens: list[str] = ()) -> list[str]:
     for tok in extra_tokens:
         add(tok)
     nxt = fmt.user_pre[len(fmt.bos):] if fmt.bos_repeat else fmt.user_pre
+    if not end and nxt.strip():
+        # no marker after a reply (only whitespace): the next user header ("### Instruction", "User:") ends it
+        add(nxt.strip().splitlines()[0].strip())
     for part in (nxt, fmt.gen):
         for tag in _TAG.findall(part):
             if tag != fmt.bos:

@@ -308,6 +308,93 @@ def _stub_hf(folder: Path, template_name: str) -> Path:
     return folder
 
 
+# -- constructs of real-world templates (our own templates in each family's style) ----------------------------------
+_CHATML_GEN = "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+REAL_WORLD = {
+    # Phi-3 mini style: system messages are silently left out
+    "system ignored": ("{{ bos_token }}{% for m in messages %}{% if m.role == 'user' %}<|user|>\n{{ m.content }}<|end|>\n"
+                       "<|assistant|>\n{% elif m.role == 'assistant' %}{{ m.content }}<|end|>\n{% endif %}{% endfor %}",
+                       "<s>", "<|endoftext|>"),
+    # Gemma 1 / Mistral v0.1 style: a system message is an error (raise_exception), roles must alternate
+    "system refused": ("{{ bos_token }}{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not "
+                       "supported') }}{% endif %}{% for m in messages %}{% if (m.role == 'user') != (loop.index0 % 2 "
+                       "== 0) %}{{ raise_exception('roles must alternate') }}{% endif %}<turn>{{ 'model' if m.role == "
+                       "'assistant' else m.role }}\n{{ m.content }}</turn>\n{% endfor %}"
+                       "{% if add_generation_prompt %}<turn>model\n{% endif %}", "<bos>", "<eos>"),
+    # ChatQA / Magicoder style: a fixed preamble before the first turn, system messages refused
+    "fixed preamble, system refused": ("{% if messages[0].role == 'system' %}{{ raise_exception('No system "
+                                       "messages.') }}{% endif %}Helper session.\n\n{% for m in messages %}"
+                                       "{{ '### Q\n' if m.role == 'user' else '### A\n' }}{{ m.content }}\n\n"
+                                       "{% endfor %}### A\n", "", "<|endoftext|>"),
+    # GLM-4 style: fixed opening tokens before everything, system or not, and the next role tag ends a reply
+    "fixed opening": ("[gX]<sop>{% for m in messages %}<|{{ m.role }}|>\n{{ m.content }}{% endfor %}"
+                      "{% if add_generation_prompt %}<|assistant|>{% endif %}", "", "<|user|>"),
+    # Qwen3.5 style: without a system message a fixed system block that is no system prompt (an effort line)
+    "fixed text in place of a system block": (
+        "{% set effort = 'Effort: high.' %}{% if messages[0].role == 'system' %}<|im_start|>system\n{{ effort }}\n\n"
+        "{{ messages[0].content }}<|im_end|>\n{% else %}<|im_start|>system\n{{ effort }}<|im_end|>\n{% endif %}"
+        "{% for m in messages %}{% if m.role != 'system' %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n"
+        "{% endif %}{% endfor %}" + _CHATML_GEN, "", "<|im_end|>"),
+    # Qwen3 / DeepSeek-R1 style: earlier replies lose their <think> part; a namespace finds the last user turn
+    "think cut from earlier replies": (
+        "{% set ns = namespace(last=-1) %}{% for m in messages %}{% if m.role == 'user' %}{% set ns.last = loop.index0 "
+        "%}{% endif %}{% endfor %}{% for m in messages %}{% set c = m.content %}{% if m.role == 'assistant' and "
+        "'</think>' in c and loop.index0 < ns.last %}{% set c = c.split('</think>')[-1].lstrip('\n') %}{% endif %}"
+        "<|im_start|>{{ m.role }}\n{{ c }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant"
+        "\n<think>\n{% endif %}", "", "<|im_end|>"),
+    # Llama 3.1 style: the system block carries fixed extra text (a fixed date) and is written without a system too
+    "fixed date in the system block": (
+        "{{ bos_token }}{% if messages[0].role == 'system' %}{% set sys = messages[0].content %}{% set rest = "
+        "messages[1:] %}{% else %}{% set sys = '' %}{% set rest = messages %}{% endif %}{% set date_string = "
+        "date_string | default('26 Jul 2024') %}<|sh|>system<|eh|>\n\nKnowledge: 2023\nToday: {{ date_string }}\n\n"
+        "{{ sys }}<|eot|>{% for m in rest %}<|sh|>{{ m.role }}<|eh|>\n\n{{ m.content }}<|eot|>{% endfor %}"
+        "{% if add_generation_prompt %}<|sh|>assistant<|eh|>\n\n{% endif %}", "<|bot|>", "<|eot|>"),
+}
+THINK_CONV = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "<think>\nHm.\n</think>\n\nHello."},
+              {"role": "user", "content": "Bye"}]
+
+
+@pytest.mark.parametrize("case", sorted(REAL_WORLD))
+def test_real_world_constructs_render_identically_in_go(go_render, case, tmp_path):
+    template, bos, eos = REAL_WORLD[case]
+    tr = translate(template, bos=bos, eos=eos, extra_stop_tokens=[eos])
+    mf = parse_modelfile(modelfile_text(name="m", from_path="./m.gguf", template=tr.go_template, system=tr.system,
+                                        stops=tr.stops, parameters={"num_ctx": 4096}, license=None, notes=tr.notes))
+    convs = conversations(tr.trims)
+    outs = go_render(mf["template"], mf.get("system"), list(convs.values()))
+    refused = 0
+    for (name, msgs), go_out in zip(convs.items(), outs):
+        if "refused" in case and msgs[0]["role"] == "system":
+            # the template raises on a system message; Ollama answers that request with the template's error
+            with pytest.raises(Exception, match="System role not supported|No system messages"):
+                jinja_render(template, msgs, bos, eos)
+            assert go_out.startswith("\x00template error") and ("System role" in go_out or "No system" in go_out)
+            refused += 1
+            continue
+        assert go_out == expected(template, msgs, mf.get("system"), bos, eos), name
+    assert refused == (sum(m[0]["role"] == "system" for m in convs.values()) if "refused" in case else 0)
+    check_stops(template, mf["stop"], bos, eos, tr.trims)
+    if case == "system ignored":
+        assert mf.get("system") is None and any("ignores system" in w for w in tr.warnings)
+    if case == "think cut from earlier replies":
+        # the documented exception: replies sent back without their <think> part render exactly
+        cut = [dict(m, content=m["content"].split("</think>")[-1].lstrip("\n")) for m in THINK_CONV]
+        assert go_render(mf["template"], None, [cut]) == [jinja_render(template, THINK_CONV, bos, eos)]
+        assert any("<think>" in c for c in mf["comments"]) and any("<think>" in w for w in tr.warnings)
+    else:
+        assert go_render(mf["template"], mf.get("system"), [THINK_CONV]) == [
+            expected(template, THINK_CONV, mf.get("system"), bos, eos)]
+
+
+def test_system_for_a_template_without_one_is_an_error(tmp_path):
+    hf = _stub_hf(tmp_path / "hf", "chatml")
+    (tmp_path / "t.jinja").write_text(REAL_WORLD["system ignored"][0])
+    (tmp_path / "m.gguf").write_bytes(b"GGUF")
+    r = run("modelfile", str(hf), "--gguf", str(tmp_path / "m.gguf"), "--template", str(tmp_path / "t.jinja"),
+            "--system", "Be brief.", "-o", str(tmp_path / "o"))
+    assert_user_error(r, "--system", "ignores system messages")
+
+
 # -- templates we cannot reproduce, bad input ------------------------------------------------------------------------
 UNREPRODUCIBLE = {
     "upper": ("{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content | upper }}<|im_end|>\n{% endfor %}"
@@ -315,6 +402,14 @@ UNREPRODUCIBLE = {
     "second user turn": ("{% for m in messages %}<|im_start|>{{ m.role }}\n{% if m.role == 'user' and loop.index0 > 1 %}"
                          "Again: {% endif %}{{ m.content }}<|im_end|>\n{% endfor %}"
                          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}", "reproduce"),
+    # Llama 3.2 style: today's date from strftime_now; an Ollama template cannot write it that way
+    "today's date": ("{% set d = strftime_now('%d %b %Y') %}<|im_start|>system\nToday: {{ d }}<|im_end|>\n"
+                     "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+                     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}", "date"),
+    # earlier replies' <think> part rewritten rather than cut
+    "think rewritten": ("{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content.replace('<think>', '<r>') }}"
+                        "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}",
+                        "<think>"),
 }
 
 
