@@ -213,8 +213,8 @@ def go_template(fmt: TurnFormat) -> str:
         lines.append('{{- if and (eq $i 0) (ne .Role "system") }}' + lit(head) + "{{ $first = false }}{{ end }}")
     if fmt.system_mode == "raise":
         # text/template cannot raise; slicing past the end is an execution error that carries the message
-        lines.append('{{- if eq .Role "system" }}{{ slice ' + go_string(fmt.sys_error or "system messages are not supported")
-                     + " 0 100000 }}")
+        message = go_string(fmt.sys_error or "system messages are not supported")
+        lines.append('{{- if eq .Role "system" }}{{ slice ' + message + " 0 100000 }}")
     elif fmt.system_mode == "drop":
         lines.append('{{- if eq .Role "system" }}')
     elif block:
@@ -390,7 +390,8 @@ def _infer(template: str, bos: str, eos: str, strip_bos: bool, lead: str) -> Tur
     if _S not in s_all and s_all == h + _U1 + x1 + _A1 + x2 + _U2 + t:
         # system messages render nothing; text before the first turn, if any, is fixed
         if h in firsts:
-            return TurnFormat("drop", "", "", user_pre, user_suf, asst_pre, asst_suf, gen, bos, bos_repeat=h != user_pre)
+            return TurnFormat("drop", "", "", user_pre, user_suf, asst_pre, asst_suf, gen, bos,
+                              bos_repeat=h != user_pre)
         if user_pre and h.endswith(user_pre):
             return TurnFormat("drop", "", "", user_pre, user_suf, asst_pre, asst_suf, gen, bos,
                               lead=h[: len(h) - len(user_pre)])

@@ -312,8 +312,8 @@ def _stub_hf(folder: Path, template_name: str) -> Path:
 _CHATML_GEN = "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 REAL_WORLD = {
     # Phi-3 mini style: system messages are silently left out
-    "system ignored": ("{{ bos_token }}{% for m in messages %}{% if m.role == 'user' %}<|user|>\n{{ m.content }}<|end|>\n"
-                       "<|assistant|>\n{% elif m.role == 'assistant' %}{{ m.content }}<|end|>\n{% endif %}{% endfor %}",
+    "system ignored": ("{{ bos_token }}{% for m in messages %}{% if m.role == 'user' %}<|user|>\n{{ m.content }}"
+                       "<|end|>\n<|assistant|>\n{% elif m.role == 'assistant' %}{{ m.content }}<|end|>\n{% endif %}{% endfor %}",
                        "<s>", "<|endoftext|>"),
     # Gemma 1 / Mistral v0.1 style: a system message is an error (raise_exception), roles must alternate
     "system refused": ("{{ bos_token }}{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not "
