@@ -258,3 +258,98 @@ def test_modelscope_client_is_pointed_at_the_endpoint_and_errors_stay_one_line(t
                  env={**env, "MODELSCOPE_API_TOKEN": ""})
         assert_user_error(r2, "no ModelScope token", "MODELSCOPE_API_TOKEN")
     assert_no_token(r.stdout, r.stderr, r2.stdout, r2.stderr)
+
+
+# -- ModelScope: the real modelscope-hub client against a local ModelScope (tests/msserver.py) --------------------
+
+def ms_env(tmp_path: Path, server, token: str | None = TOKEN, **client: str) -> dict:
+    """Point the ModelScope client at ``server``; HOME in tmp_path so no login cache from the machine is used."""
+    return {"MODELSCOPE_ENDPOINT": server.url, "MODELSCOPE_API_TOKEN": token or "", "HOME": str(tmp_path),
+            "MODELSCOPE_CACHE": str(tmp_path / "ms-cache"), **client}
+
+
+# the client's own retries cut to one extra attempt (its minimum), so that a connection that keeps dropping fails
+# the run quickly and the re-run is what completes it
+MS_FEW_RETRIES = {"MODELSCOPE_UPLOAD_BLOB_MAX_ATTEMPTS": "1", "MODELSCOPE_UPLOAD_RECOVERY_ENABLED": "0",
+                  "MODELSCOPE_UPLOAD_FAILED_FILE_MAX_RETRY_ROUNDS": "1"}
+
+
+def test_modelscope_upload_is_byte_identical_and_resumes_after_a_dropped_connection(tmp_path):
+    pytest.importorskip("modelscope_hub")
+    from msserver import MsServer
+
+    from gguf_forge.tools.gguf_split import split_gguf
+
+    outdir = make_outdir(tmp_path / "out")
+    expected_shards = split_gguf(outdir / "Tiny-Q4_K_M.gguf", tmp_path / "expected", 1_500_000, progress=False)
+    shard_oid = [hashlib.sha256(p.read_bytes()).hexdigest() for p in expected_shards]
+    q8_oid = hashlib.sha256((outdir / "Tiny-Q8_0.gguf").read_bytes()).hexdigest()
+    args = ["publish", str(outdir), "--repo", REPO, "--hub", "modelscope", "--private", "--max-file-size", "1.5M",
+            "--no-progress"]
+    with MsServer(TOKEN) as ms:
+        env = ms_env(tmp_path, ms, **MS_FEW_RETRIES)
+        # 1. the connection dies half-way through every attempt at the second shard's blob: the run fails
+        ms.drop_put[shard_oid[1]] = 1000
+        r1 = run(*args, env=env)
+        assert ms.dropped.is_set()
+        dropped_puts = len(ms.calls("PUT", shard_oid[1]))
+        assert_user_error(r1, "uploading to", REPO, "re-run the same command")
+        assert ms.repos[REPO]["visibility"] == 1  # ModelScope's "private"
+        assert "Tiny-Q4_K_M-00002-of-00003.gguf" not in ms.files(REPO) and "manifest.json" not in ms.files(REPO)
+
+        # 2. the network is back; re-run: completes, prints clean JSON, sends again only what did not arrive
+        ms.drop_put.clear()
+        r2 = run(*args, "--json", env=env)
+        assert r2.returncode == 0, r2.stderr
+        plan = json.loads(r2.stdout)  # nothing of the client's own report mixed into stdout
+        assert {f["status"] for f in plan["files"]} == {"uploaded"}
+        stored = ms.files(REPO)
+        expected = {e["file"]: (outdir / e["file"]).read_bytes()
+                    for e in json.loads((outdir / "manifest.json").read_text())["outputs"]
+                    if e["file"] != "Tiny-Q4_K_M.gguf"}
+        expected["manifest.json"] = (outdir / "manifest.json").read_bytes()
+        expected.update({p.name: p.read_bytes() for p in expected_shards})
+        assert stored == expected  # byte-identical, the split GGUF only as its shards
+        assert len(ms.calls("PUT", shard_oid[1])) == dropped_puts + 1
+        assert len(ms.calls("PUT", shard_oid[0])) == 1 and len(ms.calls("PUT", q8_oid)) == 1
+        assert not (outdir / ".publish-split").exists()
+
+        # 3. once more: no data is sent again, the repo is unchanged
+        puts = len(ms.calls("PUT", "."))
+        r3 = run(*args, env=env)
+        assert r3.returncode == 0, r3.stderr
+        assert len(ms.calls("PUT", ".")) == puts and ms.files(REPO) == expected
+
+        # 4. with the client's default retries, one dropped attempt is healed inside the same run
+        other = "forge-user/Other-GGUF"
+        ms.drop_put[q8_oid] = 1
+        del ms.blobs[q8_oid]  # as if blobs were stored per repo: this upload must send it
+        r4 = run("publish", str(outdir), "--repo", other, "--hub", "modelscope", "--no-progress",
+                 env=ms_env(tmp_path, ms))
+        assert r4.returncode == 0, r4.stderr
+        assert ms.files(other)["Tiny-Q8_0.gguf"] == expected["Tiny-Q8_0.gguf"]
+        assert len(ms.calls("PUT", q8_oid)) == 3  # run 2's, the dropped one, the retry
+    assert_no_token(r1.stdout, r1.stderr, r2.stdout, r2.stderr, r3.stdout, r3.stderr, r4.stdout, r4.stderr)
+    for f in outdir.rglob("*"):
+        assert not f.is_file() or TOKEN.encode() not in f.read_bytes()
+    for data in expected.values():
+        assert TOKEN.encode() not in data
+
+
+def test_modelscope_token_never_printed_even_when_the_server_echoes_it(tmp_path):
+    pytest.importorskip("modelscope_hub")
+    from msserver import MsServer
+
+    outdir = make_outdir(tmp_path / "out")
+    with MsServer(TOKEN) as ms:
+        ms.fail["commit"] = 400  # the error message repeats the Authorization header
+        # with progress on, the client's own log lines are shown too: they are scrubbed as well
+        r = run("publish", str(outdir), "--repo", REPO, "--hub", "modelscope", env=ms_env(tmp_path, ms))
+        assert r.returncode == 2 and "Traceback" not in r.stderr
+        last = r.stderr.strip().splitlines()[-1]
+        assert last.startswith("error: uploading to") and "re-run" in last
+        assert "Authorization: Bearer ***" in r.stderr  # the server's message reached the user, scrubbed
+        r2 = run("publish", str(outdir), "--repo", REPO, "--hub", "modelscope", "--no-progress",
+                 env=ms_env(tmp_path, ms, token="ms-wrong-token"))
+        assert_user_error(r2, "refused the token")
+    assert_no_token(r.stdout, r.stderr, r2.stdout, r2.stderr)

@@ -18,10 +18,13 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
+import logging
 import os
 import re
 import shutil
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -338,6 +341,37 @@ def _modelscope_api() -> Any:
     return HubApi
 
 
+class _ScrubToken(logging.Filter):
+    def __init__(self, token: str):
+        super().__init__()
+        self.token = token
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg, record.args = _scrub(record.getMessage(), self.token), None
+        return True
+
+
+@contextlib.contextmanager
+def _modelscope_output(token: str, progress: bool) -> Iterator[None]:
+    """While the ModelScope client runs: its "Upload Report" (printed to stdout, where it would corrupt
+    ``--json``) is dropped, and its log lines go to stderr with the token scrubbed: warnings and errors only,
+    and none with ``--no-progress`` (our own one-line error says what failed)."""
+    from modelscope_hub.utils.logger import get_logger
+
+    log = get_logger()  # the client's root logger, configured now so that it does not add its handler later
+    saved = (log.handlers[:], log.level, log.propagate)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(_ScrubToken(token))
+    handler.setFormatter(logging.Formatter("modelscope: %(levelname)s %(message)s"))
+    log.handlers, log.propagate = ([handler] if progress else []), False
+    log.setLevel(logging.WARNING if progress else logging.CRITICAL + 1)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        log.handlers, log.level, log.propagate = saved
+
+
 def _modelscope_upload(plan: PublishPlan, outdir: Path, token: str, progress: bool) -> None:
     """Upload through ModelScope's own client (modelscope-hub), which hashes, skips what the hub already holds
     and resumes by itself. Endpoint: MODELSCOPE_ENDPOINT (default https://www.modelscope.cn)."""
@@ -353,7 +387,7 @@ def _modelscope_upload(plan: PublishPlan, outdir: Path, token: str, progress: bo
         root = outdir / STAGING if f.split_from else outdir
         by_root.setdefault(root, []).append(f)
     for root, files in by_root.items():
-        with _hub_errors(token, repo, "uploading to"):
+        with _hub_errors(token, repo, "uploading to"), _modelscope_output(token, progress):
             api.upload_folder(repo, "model", root,
                               allow_patterns=[f.path_in_repo for f in files],
                               commit_message=f"Upload {Path(plan.outdir).name} (gguf-forge)",
