@@ -25,10 +25,11 @@ import hashlib
 import json
 import re
 import socket
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import unquote, urlsplit
+
+from localserver import JsonHandler, LocalServer
 
 import yaml
 
@@ -41,74 +42,21 @@ def lfs_pointer(oid: str, size: int) -> bytes:
     return f"version https://git-lfs.github.com/spec/v1\noid sha256:{oid}\nsize {size}\n".encode()
 
 
-class HubServer:
+class HubServer(LocalServer):
     """The mock hub on 127.0.0.1 (a free port), run in a daemon thread; use as a context manager."""
 
     def __init__(self, token: str):
-        self.token = token
-        self.repos: dict[str, dict[str, Any]] = {}
         self.lfs: dict[str, bytes] = {}
-        self.log: list[tuple[str, str]] = []
         self.drop_put: set[str] = set()
-        self.dropped = threading.Event()
-        self.fail: dict[str, int] = {}
-        self._lock = threading.Lock()
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(self))
-        self._httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}"
-        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+        super().__init__(token)
 
-    def __enter__(self) -> "HubServer":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
-
-    def files(self, repo: str) -> dict[str, bytes]:
-        """The files of the repo's main branch, as committed."""
-        return {p: f["data"] for p, f in self.repos[repo]["files"].items()}
-
-    def calls(self, method: str, pattern: str) -> list[str]:
-        """Logged request paths for ``method`` matching the regex ``pattern``."""
-        return [p for m, p in self.log if m == method and re.search(pattern, p)]
+    def handler_class(self) -> type[BaseHTTPRequestHandler]:
+        return _make_handler(self)
 
 
 def _make_handler(hub: HubServer) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, *args: Any) -> None:  # keep test output quiet
-            pass
-
+    class Handler(JsonHandler):
         # -- plumbing -------------------------------------------------------------------------------------
-        def _body(self, limit: int | None = None) -> bytes:
-            if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-                out = bytearray()
-                while True:
-                    size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
-                    if size == 0:
-                        self.rfile.readline()
-                        return bytes(out)
-                    if limit is not None and len(out) + size > limit:
-                        out += self.rfile.read(max(limit - len(out), 0))
-                        return bytes(out)
-                    out += self.rfile.read(size)
-                    self.rfile.readline()
-            n = int(self.headers.get("Content-Length", "0"))
-            return self.rfile.read(n if limit is None else min(n, limit))
-
-        def _send(self, status: int, payload: Any = None, headers: dict[str, str] | None = None) -> None:
-            data = b"" if payload is None else json.dumps(payload).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            for k, v in (headers or {}).items():
-                self.send_header(k, v)
-            self.end_headers()
-            self.wfile.write(data)
-
         def _authorized(self, endpoint: str) -> bool:
             auth = self.headers.get("Authorization", "")
             if endpoint in hub.fail:
