@@ -24,7 +24,6 @@ import base64
 import hashlib
 import json
 import re
-import socket
 from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -115,14 +114,7 @@ def _make_handler(hub: HubServer) -> type[BaseHTTPRequestHandler]:
                 return
             oid = m.group(1)
             if oid in hub.drop_put:
-                size = int(self.headers.get("Content-Length", "0") or 0)
-                self._body(limit=max(size // 2, 1))  # half the file arrives, then the connection dies
-                hub.dropped.set()
-                self.close_connection = True
-                try:
-                    self.connection.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
+                self._drop_half_way(hub)  # half the file arrives, then the connection dies
                 return
             data = self._body()
             if hashlib.sha256(data).hexdigest() != oid:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -82,3 +83,13 @@ class JsonHandler(BaseHTTPRequestHandler):
             self.send_header(k, v)
         self.end_headers()
         self.wfile.write(data)
+
+    def _drop_half_way(self, server: LocalServer) -> None:
+        """Read half the request body, then kill the connection (a network failure mid-upload)."""
+        self._body(limit=max(int(self.headers.get("Content-Length", "0") or 0) // 2, 1))
+        server.dropped.set()
+        self.close_connection = True
+        try:
+            self.connection.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass

@@ -26,7 +26,6 @@ import base64
 import hashlib
 import json
 import re
-import socket
 from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -109,14 +108,8 @@ def _make_handler(ms: MsServer) -> type[BaseHTTPRequestHandler]:
                 return
             oid = m.group(1)
             if ms.drop_put.get(oid, 0) > 0:
-                ms.drop_put[oid] -= 1  # half the blob arrives, then the connection dies
-                self._body(limit=max(int(self.headers.get("Content-Length", "0") or 0) // 2, 1))
-                ms.dropped.set()
-                self.close_connection = True
-                try:
-                    self.connection.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
+                ms.drop_put[oid] -= 1
+                self._drop_half_way(ms)  # half the blob arrives, then the connection dies
                 return
             data = self._body()
             if hashlib.sha256(data).hexdigest() != oid:
