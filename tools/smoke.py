@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from ..errors import ForgeError
+from .chat import ChatStats
 
 #: check name -> key in ``as_dict()``; the order of the table's columns
 CHECKS = {"not empty": "not_empty", "stopped": "stopped", "no leak": "no_leak", "expect": "expect"}
@@ -61,10 +62,7 @@ class SmokeReport:
     threads: int
     max_tokens: int
     results: list[PromptResult]
-    prompt_tokens: int
-    prompt_seconds: float
-    gen_tokens: int
-    gen_seconds: float
+    stats: ChatStats  # prompt/generation tokens and seconds over the whole suite
     peak_rss_bytes: int
     min_gen_tps: float | None = None  # --min-speed: generation slower than this fails the file
 
@@ -80,11 +78,11 @@ class SmokeReport:
 
     @property
     def prompt_tps(self) -> float:
-        return self.prompt_tokens / self.prompt_seconds if self.prompt_seconds > 0 else 0.0
+        return self.stats.prompt_tps
 
     @property
     def gen_tps(self) -> float:
-        return self.gen_tokens / self.gen_seconds if self.gen_seconds > 0 else 0.0
+        return self.stats.gen_tps
 
     def counts(self) -> dict[str, tuple[int, int]]:
         """check name -> (prompts that passed it, prompts it applied to)."""
@@ -103,8 +101,8 @@ class SmokeReport:
         return {
             "file": str(self.path), "type": self.file_type, "size_bytes": self.size_bytes, "passed": self.passed,
             "checks": {CHECKS[k]: {"passed": p, "of": n} for k, (p, n) in self.counts().items()},
-            "prompt_tokens": self.prompt_tokens, "prompt_tokens_per_s": round(self.prompt_tps, 2),
-            "gen_tokens": self.gen_tokens, "gen_tokens_per_s": round(self.gen_tps, 2),
+            "prompt_tokens": self.stats.prompt_tokens, "prompt_tokens_per_s": round(self.prompt_tps, 2),
+            "gen_tokens": self.stats.gen_tokens, "gen_tokens_per_s": round(self.gen_tps, 2),
             "min_gen_tokens_per_s": self.min_gen_tps, "fast_enough": self.fast_enough,
             "peak_rss_bytes": self.peak_rss_bytes, "threads": self.threads, "max_tokens": self.max_tokens,
             "prompts": [r.as_dict() for r in self.results],
@@ -272,8 +270,7 @@ def run_smoke(paths: list[Path], prompts: list[SmokePrompt] | None = None, *, ex
             reports.append(SmokeReport(
                 path=path, file_type=_file_type(session.llm), size_bytes=path.stat().st_size,
                 threads=session.threads, max_tokens=max_tokens, results=results,
-                prompt_tokens=session.stats.prompt_tokens, prompt_seconds=session.stats.prompt_seconds,
-                gen_tokens=session.stats.gen_tokens, gen_seconds=session.stats.gen_seconds,
+                stats=replace(session.stats),  # a copy: the session goes on counting
                 peak_rss_bytes=rss.read(), min_gen_tps=min_gen_tps))
         finally:
             session.close()
