@@ -228,12 +228,12 @@ def run_pipeline(cfg: PipelineConfig, log: Callable[[str], None] = print) -> Pip
 
     outtype = cfg.outtype.lower()
     k_convert = _key("convert", __version__, inputs["base"], inputs["loras"], outtype, name, cfg.ctx, template_src)
-    inter_type = {"auto": "BF16"}.get(outtype, outtype.upper())
+    from ..convert.converter import resolve_outtype
+
+    inter_type = resolve_outtype(outtype, Checkpoint(base_dir)).upper()  # auto: BF16 for bf16 checkpoints, else F16
     intermediate = outdir / f"{name}-{inter_type}.gguf"
-    n_params: list[int] = [state.steps.get("convert", {}).get("n_params", 0)]
 
     def need_intermediate() -> Path:
-        nonlocal intermediate
         if state.done("convert", k_convert, [intermediate]):
             return intermediate
         from ..convert import convert, parse_override
@@ -247,12 +247,9 @@ def run_pipeline(cfg: PipelineConfig, log: Callable[[str], None] = print) -> Pip
             overrides.append(parse_override(f"{arch}.context_length=int:{cfg.ctx}"))
         res = convert(base_dir, intermediate, outtype=outtype, overrides=overrides, progress=cfg.progress,
                       name=name, loras=specs)
-        if res.path != intermediate:  # pragma: no cover - convert writes where it is told
-            intermediate = res.path
         warnings.extend(res.warnings)
         for w in res.warnings:
             log(f"warning: {w}")
-        n_params[0] = res.n_params
         state.record("convert", k_convert, [intermediate], n_params=res.n_params, pre_tokenizer=res.pre_tokenizer)
         ran.append("convert")
         return intermediate
@@ -361,8 +358,7 @@ def run_pipeline(cfg: PipelineConfig, log: Callable[[str], None] = print) -> Pip
     # ---- model card + manifest
     from .model_card import model_card
 
-    n_params_total = n_params[0] or state.steps.get("params", {}).get("n", 0) or _gguf_params(default_quant)
-    state.steps["params"] = {"n": n_params_total}
+    n_params_total = _gguf_params(default_quant)  # from the file's tensor shapes: the same on every re-run
     outputs: list[dict] = []
     files: list[tuple[Path, str, dict]] = []
     for t, with_im, out in quant_files:
