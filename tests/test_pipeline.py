@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -50,7 +51,8 @@ def demo_run(tmp_path_factory):
     adapters.identity_lora()  # trained once and cached (the demo reuses the cached adapter)
     t0 = time.perf_counter()
     result = run_demo(out, log=lines.append, progress=False)
-    return result, "\n".join(lines), time.perf_counter() - t0
+    yield result, "\n".join(lines), time.perf_counter() - t0
+    shutil.rmtree(out.parent, ignore_errors=True)
 
 
 @pytest.mark.slow

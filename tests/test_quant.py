@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import struct
 from pathlib import Path
 
@@ -13,12 +14,11 @@ import fixtures
 from helpers import assert_user_error, run
 
 
-
-
-
 @pytest.fixture(scope="module")
 def work(tmp_path_factory):
-    return tmp_path_factory.mktemp("quant")
+    folder = tmp_path_factory.mktemp("quant")
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)  # GBs of quants: freed when the module ends
 
 
 @pytest.fixture(scope="module")
