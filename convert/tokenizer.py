@@ -238,6 +238,7 @@ def render_chat_template(template: str, messages: list[dict[str, Any]], **kwargs
     from datetime import datetime
 
     import jinja2
+    import jinja2.ext  # not imported by ``import jinja2`` itself
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
     def raise_exception(message: str) -> None:
