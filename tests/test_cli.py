@@ -41,6 +41,7 @@ def test_metadata_and_overrides(tmp_path):
     assert info["rope"]["freq_base"] == 2000000.0
     assert info["license"] == "apache-2.0"
     assert info["file_type"] == "Q8_0"
+    assert info["tokenizer"]["eot"]["text"] == "<|im_end|>"  # found by rendering the template in a fresh process
     from gguf_forge.tools.chat import load_model  # the overridden keys keep the types llama.cpp checks
 
     llm = load_model(out, n_ctx=64)
