@@ -24,8 +24,12 @@ $(VENV)/.installed: pyproject.toml Makefile
 demo: setup
 	$(VENV)/bin/quantize demo -o demo-output
 
+# two test processes, one test file each at a time, the longest files first: much of the suite is single-threaded
+# (llama.cpp's quantizer, Python), so two processes keep both cores busy
+PYTEST_WORKERS ?= 2
 test: setup test-tools
-	$(PY) -m pytest -q -rs --durations=15 tests
+	$(PY) -m pytest -q -rs --durations=15 -n $(PYTEST_WORKERS) --dist loadfile \
+		tests/test_quant.py tests/test_pipeline.py tests/test_lora.py tests
 
 # what the modelfile tests render with: Go's text/template (Ollama's engine) and LM Studio's schemas from npm
 test-tools:

@@ -74,17 +74,30 @@ def _cached(name: str, build: Callable[[Path], None], *key_parts: object) -> Pat
     dest = cache_dir() / "fixtures" / f"{name}-{_key(name, *key_parts)}"
     if (dest / ".complete").is_file():
         return dest
+    from gguf_forge.tools.default_model import build_lock
+
+    with build_lock(dest):  # the test processes of `pytest -n 2` build each fixture once
+        if (dest / ".complete").is_file():
+            return dest
+        return _build_fixture(dest, build)
+
+
+def _build_fixture(dest: Path, build: Callable[[Path], None]) -> Path:
     tmp = dest.with_name(dest.name + f".{os.getpid()}.partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
         build(tmp)
         (tmp / ".complete").write_text("ok\n")
-        shutil.rmtree(dest, ignore_errors=True)
-        os.replace(tmp, dest)
-    except BaseException:
+        if dest.exists() and not (dest / ".complete").is_file():
+            shutil.rmtree(dest, ignore_errors=True)  # an incomplete folder of an older layout
+        try:
+            os.replace(tmp, dest)
+        except OSError:
+            if not (dest / ".complete").is_file():  # another test process built it first: keep theirs
+                raise
+    finally:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return dest
 
 

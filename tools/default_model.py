@@ -13,8 +13,9 @@ import hashlib
 import json
 import os
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from ..errors import ForgeError
 
@@ -70,13 +71,42 @@ def build_cached(dest: Path, build: Callable[[Path], None]) -> Path:
     """
     if dest.is_dir():
         return dest
+    with build_lock(dest):
+        if dest.is_dir():  # built by another process while this one waited
+            return dest
+        return _build_into(dest, build)
+
+
+@contextmanager
+def build_lock(dest: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``dest``'s build (so parallel test processes build a fixture once, not twice).
+
+    A lock file beside ``dest``; where ``fcntl`` is missing (Windows) builders simply race, which is still safe."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    with open(dest.parent / f".{dest.name}.lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _build_into(dest: Path, build: Callable[[Path], None]) -> Path:
     tmp = dest.parent / f".{dest.name}.{os.getpid()}.partial"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
         build(tmp)
-        if not dest.exists():
+        try:
             os.replace(tmp, dest)
+        except OSError:
+            if not dest.is_dir():  # another builder's folder arrived first: keep it
+                raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return dest
