@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import sys
 from pathlib import Path
@@ -71,34 +70,10 @@ def _key(*parts: object) -> str:
 
 
 def _cached(name: str, build: Callable[[Path], None], *key_parts: object) -> Path:
-    dest = cache_dir() / "fixtures" / f"{name}-{_key(name, *key_parts)}"
-    if (dest / ".complete").is_file():
-        return dest
-    from gguf_forge.tools.default_model import build_lock
+    """The fixture folder for these inputs, built once (under a lock shared by `pytest -n 2`'s processes)."""
+    from gguf_forge.tools.default_model import build_cached
 
-    with build_lock(dest):  # the test processes of `pytest -n 2` build each fixture once
-        if (dest / ".complete").is_file():
-            return dest
-        return _build_fixture(dest, build)
-
-
-def _build_fixture(dest: Path, build: Callable[[Path], None]) -> Path:
-    tmp = dest.with_name(dest.name + f".{os.getpid()}.partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
-        build(tmp)
-        (tmp / ".complete").write_text("ok\n")
-        if dest.exists() and not (dest / ".complete").is_file():
-            shutil.rmtree(dest, ignore_errors=True)  # an incomplete folder of an older layout
-        try:
-            os.replace(tmp, dest)
-        except OSError:
-            if not (dest / ".complete").is_file():  # another test process built it first: keep theirs
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return dest
+    return build_cached(cache_dir() / "fixtures" / f"{name}-{_key(name, *key_parts)}", build)
 
 
 def _save_model(model, out: Path, dtype, **kwargs) -> None:

@@ -66,8 +66,9 @@ def _sha256(path: Path) -> str:
 def build_cached(dest: Path, build: Callable[[Path], None]) -> Path:
     """Return the folder ``dest``, made once by ``build(tmp)`` in a hidden folder beside it and renamed.
 
-    An interrupted build leaves only the hidden folder (removed by the next try); concurrent builders each
-    build their own and the first rename wins.
+    An interrupted build leaves only the hidden folder (removed by the next try). Concurrent builders (the
+    processes of a parallel test run, two `quantize demo`s) wait for each other's lock, so the folder is built
+    once; without ``fcntl`` they each build and the first rename wins.
     """
     if dest.is_dir():
         return dest
