@@ -1,9 +1,23 @@
 """The one exception type for user-facing errors."""
 
+from __future__ import annotations
+
 
 class ForgeError(Exception):
     """A problem with the user's input or environment, described in one line.
 
-    The message names the file, tensor or option at fault and, where possible, what to do
-    next. The CLI prints it without a traceback and exits with status 2.
+    The message names the file, tensor or value at fault in the library's own terms and, where possible, what to
+    do next. The CLI prints it without a traceback and exits with status 2; where the value came from a command-line
+    option, the CLI names the option (:meth:`from_option`).
     """
+
+    def __init__(self, message: str, *, option: str | None = None) -> None:
+        super().__init__(message)
+        self.option = option
+
+    def from_option(self, option: str) -> "ForgeError":
+        """The same error, its message led by the command-line option the bad value came from."""
+        text = str(self)
+        if self.option is not None or text.startswith(option):
+            return self
+        return ForgeError(f"{option} {text}", option=option)

@@ -1,26 +1,10 @@
-"""The ``quantize`` command line and the tools around it.
+"""The jobs built on the library: one subpackage each.
 
-Public surface:
+- :mod:`gguf_forge.tools.cli`       the ``quantize`` command line: every command, shared options, one error boundary
+- :mod:`gguf_forge.tools.pipeline`  the main job (``merge-convert``) as steps, the model card, the demo
+- :mod:`gguf_forge.tools.publish`   uploading a pipeline folder to a model hub, llama.cpp's gguf-split shards
+- :mod:`gguf_forge.tools.chat`      chatting with a GGUF on the CPU and smoke-testing its replies
 
-- :func:`gguf_forge.tools.cli.main`: the ``quantize`` click group (``convert``, ``inspect``, ``demo``).
-- :func:`inspect_gguf` / :func:`format_inspection`: what a GGUF file holds.
-- :func:`default_model_dir`: the embedded default model (SmolLM2-135M-Instruct) as a HF directory.
-- :func:`load_model`, :func:`chat_handler_for`, :func:`one_turn`: CPU chat through llama-cpp-python
-  with the GGUF's own chat template.
-- :class:`ChatSession`: multi-turn CPU chat (streaming, history kept within the context, stats) behind
-  ``quantize chat``; :func:`run_smoke` -> :class:`SmokeReport` (:func:`load_prompts`, :func:`format_table`)
-  behind ``quantize smoke``.
-- :func:`gguf_forge.tools.publish.publish` -> :class:`~gguf_forge.tools.publish.PublishPlan`: upload a
-  ``merge-convert`` folder to Hugging Face / ModelScope (``quantize publish``).
-- :func:`gguf_forge.tools.gguf_split.split_gguf` / ``plan_split``: llama.cpp ``gguf-split`` shards.
+Imports run one way: ``cli`` -> ``pipeline`` / ``publish`` -> ``chat`` -> ``quant`` / ``modelfiles`` / ``convert``
+-> ``gguf_forge.runtime`` -> the core (``gguf_forge.errors``, ``files``, ``keys``, ``chat_template``).
 """
-
-from .chat import ChatSession, chat_handler_for, load_model, one_turn
-from .default_model import cache_dir, default_model_dir
-from .inspect_gguf import format_inspection, inspect_gguf
-from .smoke import SmokePrompt, SmokeReport, format_table, load_prompts, run_smoke
-
-__all__ = [
-    "cache_dir", "chat_handler_for", "default_model_dir", "format_inspection", "inspect_gguf", "load_model",
-    "one_turn", "ChatSession", "SmokePrompt", "SmokeReport", "format_table", "load_prompts", "run_smoke",
-]

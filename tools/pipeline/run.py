@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from .. import __version__
-from ..errors import ForgeError
+from ... import __version__
+from ...errors import ForgeError
 
 STATE_DIR = ".gguf-forge"
 NO_IMATRIX_BENEFIT = {"F32", "F16", "BF16", "Q8_0"}
@@ -162,8 +162,8 @@ def default_name(base_dir: Path, lora_dirs: list[Path]) -> str:
 
 def run_pipeline(cfg: PipelineConfig, log: Callable[[str], None] = print) -> PipelineResult:
     """Run every step of the pipeline for ``cfg``, resuming where an earlier run stopped."""
-    from ..convert import parse_lora_spec, resolve_model
-    from ..quant import NEEDS_IMATRIX, parse_types
+    from ...convert import parse_lora_spec, resolve_model
+    from ...quant import NEEDS_IMATRIX, parse_types
 
     quants = parse_types(",".join(cfg.quants))
     im_quants = parse_types(",".join(cfg.imatrix_quants)) if cfg.imatrix_quants else []
@@ -186,11 +186,11 @@ def run_pipeline(cfg: PipelineConfig, log: Callable[[str], None] = print) -> Pip
     lora_dirs = [resolve_model(s.path, what="--lora") for s in specs]
     template_src = None  # --template: written into the GGUF, the Modelfile and the preset
     if cfg.template:
-        from ..modelfiles import load_template
+        from ...modelfiles import load_template
 
         template_src = load_template(cfg.template)
-    from ..convert import Checkpoint
-    from ..convert.arch import for_config
+    from ...convert import Checkpoint
+    from ...convert.arch import for_config
 
     for_config(Checkpoint(base_dir).config)  # a base we cannot convert fails before anything is written
     _check_template_early(base_dir, lora_dirs, cfg)
@@ -217,7 +217,7 @@ def run_pipeline(cfg: PipelineConfig, log: Callable[[str], None] = print) -> Pip
     }
     calib_text = None
     if cfg.imatrix:
-        from ..quant import default_calibration_text
+        from ...quant import default_calibration_text
 
         calib_text = default_calibration_text() if cfg.imatrix == "default" else Path(cfg.imatrix).read_text("utf-8")
         inputs["calibration"] = {"file": cfg.imatrix,
@@ -228,7 +228,7 @@ def run_pipeline(cfg: PipelineConfig, log: Callable[[str], None] = print) -> Pip
 
     outtype = cfg.outtype.lower()
     k_convert = _key("convert", __version__, inputs["base"], inputs["loras"], outtype, name, cfg.ctx, template_src)
-    from ..convert.converter import resolve_outtype
+    from ...convert.converter import resolve_outtype
 
     inter_type = resolve_outtype(outtype, Checkpoint(base_dir)).upper()  # auto: BF16 for bf16 checkpoints, else F16
     intermediate = outdir / f"{name}-{inter_type}.gguf"
@@ -236,7 +236,7 @@ def run_pipeline(cfg: PipelineConfig, log: Callable[[str], None] = print) -> Pip
     def need_intermediate() -> Path:
         if state.done("convert", k_convert, [intermediate]):
             return intermediate
-        from ..convert import convert, parse_override
+        from ...convert import convert, parse_override
 
         log(f"merge + convert -> {intermediate.name}")
         overrides = []
@@ -262,7 +262,7 @@ def run_pipeline(cfg: PipelineConfig, log: Callable[[str], None] = print) -> Pip
         if state.done("imatrix", k_imatrix, [imatrix_path]):
             skipped.append("imatrix")
         else:
-            from ..quant import compute_imatrix, write_gguf
+            from ...quant import compute_imatrix, write_gguf
 
             log(f"importance matrix on the merged model ({cfg.imatrix} calibration) -> {imatrix_path.name}")
             calib_arg = cfg.imatrix
@@ -274,7 +274,7 @@ def run_pipeline(cfg: PipelineConfig, log: Callable[[str], None] = print) -> Pip
             ran.append("imatrix")
 
     # ---- quantize
-    from ..quant import quantize
+    from ...quant import quantize
 
     jobs = [(t, False) for t in quants] + [(t, True) for t in im_quants]
     quant_files: list[tuple[str, bool, Path]] = []
@@ -295,7 +295,7 @@ def run_pipeline(cfg: PipelineConfig, log: Callable[[str], None] = print) -> Pip
     default_quant = quant_files[0][2]
 
     # ---- Modelfile + LM Studio preset (cheap and deterministic: always regenerated, rewritten only on change)
-    from ..modelfiles import write_modelfile
+    from ...modelfiles import write_modelfile
 
     mf = write_modelfile(default_quant, outdir, gguf=default_quant, source_dir=base_dir, template=cfg.template,
                          system=cfg.system, ctx=cfg.ctx, name=name)
@@ -306,7 +306,7 @@ def run_pipeline(cfg: PipelineConfig, log: Callable[[str], None] = print) -> Pip
     # ---- smoke
     smoke: dict[str, dict] = {}
     if cfg.smoke:
-        from .smoke import load_prompts, run_smoke
+        from ..chat import load_prompts, run_smoke
 
         prompts_key = state.sha256(Path(cfg.smoke_prompts)) if cfg.smoke_prompts else "default"
         for t, with_im, out in quant_files:
@@ -336,7 +336,7 @@ def run_pipeline(cfg: PipelineConfig, log: Callable[[str], None] = print) -> Pip
             evaluation = rec["result"]
             skipped.append("eval")
         else:
-            from ..quant import evaluate
+            from ...quant import evaluate
 
             src = need_intermediate()
             log(f"quality against {src.name} on {cfg.eval_text}")
@@ -356,7 +356,7 @@ def run_pipeline(cfg: PipelineConfig, log: Callable[[str], None] = print) -> Pip
         state.save()
 
     # ---- model card + manifest
-    from .model_card import model_card
+    from .card import model_card
 
     n_params_total = _gguf_params(default_quant)  # from the file's tensor shapes: the same on every re-run
     outputs: list[dict] = []
@@ -405,7 +405,7 @@ def _check_template_early(base_dir: Path, lora_dirs: list[Path], cfg: PipelineCo
     """Translate the chat template once before the long steps: one we cannot reproduce stops the run now."""
     import tempfile
 
-    from ..modelfiles import write_modelfile
+    from ...modelfiles import write_modelfile
 
     tok_dir = next((d for d in reversed(lora_dirs) if (d / "tokenizer_config.json").is_file()), base_dir)
     with tempfile.TemporaryDirectory(prefix="gguf-forge-check-") as tmp:

@@ -29,12 +29,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from ..errors import ForgeError
-from .gguf_split import Shard, plan_split, split_gguf
+from ...errors import ForgeError
+from .split import Shard, plan_split, split_gguf
 
 #: per-file size limits of the hubs, in bytes (decimal units, as the hubs and llama.cpp's gguf-split use them)
 HUB_LIMITS = {"hf": 50 * 1000**3, "modelscope": 50 * 1000**3}
 HUB_NAMES = {"hf": "Hugging Face", "modelscope": "ModelScope"}
+HUBS = {"hf": type("HF", (), {"description": "Hugging Face (huggingface_hub)"}),
+        "modelscope": type("MS", (), {"description": "ModelScope (optional extra: gguf-forge[modelscope])"})}  # TODO
 STAGING = ".publish-split"  # hidden folder inside OUTDIR holding the shards of split GGUFs until uploaded
 
 _NAME = r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?"

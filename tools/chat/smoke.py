@@ -16,8 +16,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from ..errors import ForgeError
-from .chat import ChatStats
+from ...errors import ForgeError
+from .session import ChatStats
 
 #: check name -> key in ``as_dict()``; the order of the table's columns
 CHECKS = {"not empty": "not_empty", "stopped": "stopped", "no leak": "no_leak", "expect": "expect"}
@@ -118,7 +118,7 @@ def load_prompts(path: str | Path | None = None) -> list[SmokePrompt]:
     if path is None:
         from importlib.resources import files
 
-        text = (files("gguf_forge.tools") / "data" / "smoke_prompts.jsonl").read_text(encoding="utf-8")
+        text = (files("gguf_forge.tools.chat") / "data" / "smoke_prompts.jsonl").read_text(encoding="utf-8")
         return _parse(text, "default suite", jsonl=True)
     path = Path(path)
     try:
@@ -235,7 +235,8 @@ def run_smoke(paths: list[Path], prompts: list[SmokePrompt] | None = None, *, ex
     """
     from tqdm import tqdm
 
-    from .chat import ChatSession, special_texts
+    from .session import ChatSession
+    from ...runtime import special_texts
 
     prompts = load_prompts() if prompts is None else list(prompts)
     if not prompts:

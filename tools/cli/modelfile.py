@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-import json
+import shutil
 from pathlib import Path
 
 import click
 
-from .cli import _user_errors, main
+from ...errors import ForgeError
+from ...modelfiles import ollama_create, write_modelfile
+from . import options as opt
 
 
-@main.command()
+@click.command()
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("-o", "--outdir", type=click.Path(file_okay=False, path_type=Path),
               help="Output folder (default: the GGUF's folder, so FROM is ./<file>.gguf).")
@@ -18,16 +20,13 @@ from .cli import _user_errors, main
               help="The GGUF that FROM points at, when MODEL is a Hugging Face directory.")
 @click.option("--source", "source_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Hugging Face folder for generation_config.json and LICENSE, when MODEL is a GGUF.")
-@click.option("--template", metavar="NAME|FILE.jinja",
-              help="Use this chat template instead of the model's (llama3, chatml, gemma, mistral, llama2, phi3, "
-                   "zephyr, firefly-llama3, or a .jinja file).")
-@click.option("--system", help="System prompt (SYSTEM line, LM Studio system prompt); default: the template's own.")
-@click.option("--ctx", type=click.IntRange(min=1), help="num_ctx / context length (default: the model's, at most 8192).")
+@opt.template("Use this chat template instead of the model's")
+@opt.system("System prompt (SYSTEM line, LM Studio system prompt); default: the template's own.")
+@opt.ctx("num_ctx / context length (default: the model's, at most 8192).")
 @click.option("--name", help="Model name for the preset file and the messages (default: general.name).")
 @click.option("--lmstudio-legacy", is_flag=True, help="Also write the legacy LM Studio config format.")
 @click.option("--ollama-create", "ollama_name", metavar="NAME", help="Then run: ollama create NAME -f Modelfile.")
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-@_user_errors
+@opt.as_json()
 def modelfile(model: Path, outdir: Path | None, gguf: Path | None, source_dir: Path | None, template: str | None,
               system: str | None, ctx: int | None, name: str | None, lmstudio_legacy: bool, ollama_name: str | None,
               as_json: bool) -> None:
@@ -43,13 +42,7 @@ def modelfile(model: Path, outdir: Path | None, gguf: Path | None, source_dir: P
       quantize modelfile ./My-Chat --gguf out/My-Chat-Q4_K_M.gguf -o out --ctx 8192
       quantize modelfile model.gguf --template firefly-llama3 --system "你是一个乐于助人的助手。"
     """
-    from ..modelfiles import ollama_create, write_modelfile
-
     if ollama_name:
-        import shutil
-
-        from ..errors import ForgeError
-
         if shutil.which("ollama") is None:
             raise ForgeError("--ollama-create: the ollama binary is not on PATH (install Ollama from ollama.com); "
                              "nothing written. Run without --ollama-create to write the Modelfile only")
@@ -57,16 +50,15 @@ def modelfile(model: Path, outdir: Path | None, gguf: Path | None, source_dir: P
         outdir = (gguf or model).parent if (gguf or not model.is_dir()) else Path(".")
     result = write_modelfile(model, outdir, gguf=gguf, source_dir=source_dir, template=template, system=system,
                              ctx=ctx, name=name, lmstudio_legacy=lmstudio_legacy)
-    for w in result.warnings:
-        click.echo(f"warning: {w}", err=True)
+    opt.warn(result.warnings)
     created = ollama_create(ollama_name, result.modelfile) if ollama_name else None
     if as_json:
-        click.echo(json.dumps({
+        opt.echo_json({
             "modelfile": str(result.modelfile), "preset": str(result.preset),
             "legacy_preset": str(result.legacy_preset) if result.legacy_preset else None, "stops": result.stops,
             "system": result.system, "num_ctx": result.num_ctx, "lmstudio_manual": result.manual,
             "warnings": result.warnings, "ollama_created": ollama_name if created is not None else None,
-        }, indent=2, ensure_ascii=False))
+        })
         return
     click.echo(f"wrote {result.modelfile} (stops: {', '.join(result.stops)}; num_ctx {result.num_ctx})")
     click.echo(f"wrote {result.preset} (LM Studio preset{', with manual prefix/suffix form' if result.manual else ''})")
