@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 
-.PHONY: setup demo test test-tools bench clean
+.PHONY: setup demo test lint test-tools bench clean
 
 setup: $(VENV)/.installed
 
@@ -27,9 +27,13 @@ demo: setup
 # two test processes, one test file each at a time, the longest files first: much of the suite is single-threaded
 # (llama.cpp's quantizer, Python), so two processes keep both cores busy
 PYTEST_WORKERS ?= 2
-test: setup test-tools
+test: setup test-tools lint
 	$(PY) -m pytest -q -rs --durations=15 -n $(PYTEST_WORKERS) --dist loadfile \
 		tests/test_quant.py tests/test_pipeline.py tests/test_lora.py tests
+
+# ruff (configured in pyproject.toml): line length, unused imports, import order
+lint: setup
+	$(PY) -m ruff check .
 
 # what the modelfile tests render with: Go's text/template (Ollama's engine) and LM Studio's schemas from npm
 test-tools:

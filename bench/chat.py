@@ -36,8 +36,9 @@ PROMPT = "Write a long, detailed story about a dragon who learns to cook. Use at
 
 
 def default_model() -> Path:
-    import fixtures
     from gguf_forge.convert import convert
+
+    import fixtures
 
     out = Path(os.environ["GGUF_FORGE_CACHE"]) / "bench" / "SmolLM2-135M-Instruct-Q8_0.gguf"
     if not out.is_file():
@@ -133,7 +134,7 @@ def bench(path: Path, threads: int, tokens: int, rounds: int, n_ctx: int = 2048)
 
 
 def main() -> None:
-    from gguf_forge.tools.chat import physical_cores
+    from gguf_forge.runtime import physical_cores
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", type=Path, help="GGUF to run (default: SmolLM2-135M-Instruct Q8_0 fixture)")

@@ -97,7 +97,8 @@ def synthetic_8b(dest: Path, tokenizer_from: Path) -> Path:
                     f.write(memoryview(np.roll(block, done % 9973)[:k]).cast("B"))
                     done += k
         total += off
-    (dest / "model.safetensors.index.json").write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}))
+    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    (dest / "model.safetensors.index.json").write_text(json.dumps(index))
     cfg = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "rms_norm_eps": 1e-5, "rope_theta": 500000.0,
            "max_position_embeddings": 8192, "tie_word_embeddings": False, "torch_dtype": "bfloat16",
            "bos_token_id": 128000, "eos_token_id": 128009, **c}
@@ -157,7 +158,8 @@ def main() -> None:
         need = 3 * 16.1e9
         free = shutil.disk_usage(args.out).free
         tok_src = fixtures.llama3() if fixtures.LLAMA3_TIKTOKEN.is_file() else fixtures.smollm2()
-        if free < need and not (Path(os.environ["GGUF_FORGE_CACHE"]) / "bench" / "llama3-8b-shape" / ".complete").is_file():
+        cached = Path(os.environ["GGUF_FORGE_CACHE"]) / "bench" / "llama3-8b-shape" / ".complete"
+        if free < need and not cached.is_file():
             print(f"skip 8B-shaped checkpoint: {free / 1e9:.0f} GB free, need ~{need / 1e9:.0f} GB")
         else:
             t = time.perf_counter()

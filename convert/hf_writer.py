@@ -17,7 +17,8 @@ from typing import Callable
 import numpy as np
 
 from ..errors import ForgeError
-from .checkpoint import to_float32
+from ..files import atomic_path
+from .checkpoint import bf16_from_f32, to_float32
 
 DTYPES = {"f32": ("F32", np.float32), "f16": ("F16", np.float16), "bf16": ("BF16", np.uint16)}
 _COPY = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", "tokenizer.model",
@@ -37,32 +38,66 @@ def _encode(slab: np.ndarray, src: str, dtype: str) -> np.ndarray:
         return np.ascontiguousarray(f32, dtype=np.float32)
     if dtype == "f16":
         return f32.astype(np.float16)
-    from .converter import _bf16_from_f32
-
-    return _bf16_from_f32(f32)
+    return bf16_from_f32(f32)
 
 
 def write_hf_checkpoint(source, out_dir: Path, dtype: str = "auto", max_shard_bytes: int = 5 * 10**9,
-                        progress: Callable[[int | None], None] | None = None) -> list[Path]:
-    """Write ``source`` (a Checkpoint or MergedCheckpoint) to ``out_dir``; returns the weight files."""
+                        progress: Callable[[int | None], object] | None = None) -> list[Path]:
+    """Write ``source`` (a Checkpoint or MergedCheckpoint) to ``out_dir``; returns the weight files.
+
+    ``progress(n)`` is told the number of weights written after each slab, and ``progress(None)`` at the end.
+    """
     out_dir = Path(out_dir)
+    _check_out_dir(out_dir)
+    base = getattr(source, "base", source)
+    dtype = _resolve_dtype(dtype, base)
+    names = list(source.names())
+    if getattr(source, "config", {}).get("tie_word_embeddings") and "lm_head.weight" in names:
+        names.remove("lm_head.weight")
+    itemsize = np.dtype(DTYPES[dtype][1]).itemsize
+    shards = _plan_shards(source, names, itemsize, max_shard_bytes)
+    files: list[Path] = []
+    try:
+        with atomic_path(out_dir, directory=True) as tmp:
+            weight_map: dict[str, str] = {}
+            total = 0
+            for i, shard in enumerate(shards):
+                fname = ("model.safetensors" if len(shards) == 1
+                         else f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors")
+                total += _write_shard(tmp / fname, source, shard, dtype, progress)
+                weight_map.update(dict.fromkeys(shard, fname))
+                files.append(out_dir / fname)
+            if len(shards) > 1:
+                (tmp / "model.safetensors.index.json").write_text(
+                    json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
+            _copy_side_files(source, base, tmp, dtype)
+    finally:
+        if progress:
+            progress(None)
+    return files
+
+
+def _check_out_dir(out_dir: Path) -> None:
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise ForgeError(f"{out_dir}: exists and is not empty; remove it or choose another output folder")
     parent = out_dir.parent if str(out_dir.parent) else Path(".")
     if not parent.is_dir() or not os.access(parent, os.W_OK):
         raise ForgeError(f"{out_dir}: folder {parent} does not exist or is not writable")
-    base = getattr(source, "base", source)
+
+
+def _resolve_dtype(dtype: str, base) -> str:
+    """``auto`` -> the checkpoint's most common float type (bf16, f16, else f32)."""
     if dtype == "auto":
         floats = [r.dtype for r in base.tensors.values()]
         top = max(set(floats), key=floats.count)
         dtype = {"BF16": "bf16", "F16": "f16"}.get(top, "f32")
     if dtype not in DTYPES:
-        raise ForgeError(f"--dtype {dtype}: choose one of auto, {', '.join(DTYPES)}")
-    st_dtype, np_dtype = DTYPES[dtype]
-    itemsize = np.dtype(np_dtype).itemsize
-    names = list(source.names())
-    if getattr(source, "config", {}).get("tie_word_embeddings") and "lm_head.weight" in names:
-        names.remove("lm_head.weight")
+        raise ForgeError(f"weight dtype {dtype}: choose one of auto, {', '.join(DTYPES)}")
+    return dtype
+
+
+def _plan_shards(source, names: list[str], itemsize: int, max_shard_bytes: int) -> list[list[str]]:
+    """Tensor names grouped into shards of at most ``max_shard_bytes`` (a larger tensor gets a shard alone)."""
     shards: list[list[str]] = [[]]
     size = 0
     for n in names:
@@ -72,57 +107,45 @@ def write_hf_checkpoint(source, out_dir: Path, dtype: str = "auto", max_shard_by
             size = 0
         shards[-1].append(n)
         size += nbytes
-    tmp = parent / f".{out_dir.name}.{os.getpid()}.partial"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    files: list[Path] = []
-    try:
-        weight_map: dict[str, str] = {}
-        total = 0
-        for i, shard in enumerate(shards):
-            fname = "model.safetensors" if len(shards) == 1 else f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
-            header: dict = {"__metadata__": {"format": "pt"}}
-            off = 0
-            for n in shard:
-                shape = list(source.tensors[n].shape)
-                nbytes = int(np.prod(shape)) * itemsize
-                header[n] = {"dtype": st_dtype, "shape": shape, "data_offsets": [off, off + nbytes]}
-                off += nbytes
-                weight_map[n] = fname
-            total += off
-            raw = json.dumps(header, separators=(",", ":")).encode()
-            raw += b" " * ((-len(raw)) % 8)
-            with open(tmp / fname, "wb") as f:
-                f.write(struct.pack("<Q", len(raw)) + raw)
-                for n in shard:
-                    src_dtype = source.tensors[n].dtype
-                    for slab in source.iter_rows(n, 64 << 20):
-                        data = _encode(slab, src_dtype, dtype)
-                        f.write(memoryview(np.ascontiguousarray(data)).cast("B"))
-                        if progress:
-                            progress(int(data.size))
-                f.flush()
-                os.fsync(f.fileno())
-            files.append(out_dir / fname)
-        if len(shards) > 1:
-            (tmp / "model.safetensors.index.json").write_text(
-                json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
-        tok_dir = Path(getattr(source, "tokenizer_path", base.path))
-        for name in _COPY:
-            src = (tok_dir if name in _TOKENIZER_FILES else base.path) / name
-            if src.is_file():
-                shutil.copy(src, tmp / name)
-        config = dict(getattr(source, "config", base.config))
-        config["torch_dtype"] = {"f32": "float32", "f16": "float16", "bf16": "bfloat16"}[dtype]
-        config.pop("dtype", None)
-        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-        if out_dir.exists():
-            out_dir.rmdir()
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    finally:
-        if progress:
-            progress(None)
-    return files
+    return shards
+
+
+def _write_shard(path: Path, source, shard: list[str], dtype: str,
+                 progress: Callable[[int | None], object] | None) -> int:
+    """Write one safetensors file holding the tensors ``shard``, streamed slab by slab; returns its data size."""
+    st_dtype, np_dtype = DTYPES[dtype]
+    itemsize = np.dtype(np_dtype).itemsize
+    header: dict = {"__metadata__": {"format": "pt"}}
+    off = 0
+    for n in shard:
+        shape = list(source.tensors[n].shape)
+        nbytes = int(np.prod(shape)) * itemsize
+        header[n] = {"dtype": st_dtype, "shape": shape, "data_offsets": [off, off + nbytes]}
+        off += nbytes
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * ((-len(raw)) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(raw)) + raw)
+        for n in shard:
+            src_dtype = source.tensors[n].dtype
+            for slab in source.iter_rows(n, 64 << 20):
+                data = _encode(slab, src_dtype, dtype)
+                f.write(memoryview(np.ascontiguousarray(data)).cast("B"))
+                if progress:
+                    progress(int(data.size))
+        f.flush()
+        os.fsync(f.fileno())
+    return off
+
+
+def _copy_side_files(source, base, folder: Path, dtype: str) -> None:
+    """Tokenizer, chat template and generation config beside the weights; config.json with the new dtype."""
+    tok_dir = Path(getattr(source, "tokenizer_path", base.path))
+    for name in _COPY:
+        src = (tok_dir if name in _TOKENIZER_FILES else base.path) / name
+        if src.is_file():
+            shutil.copy(src, folder / name)
+    config = dict(getattr(source, "config", base.config))
+    config["torch_dtype"] = {"f32": "float32", "f16": "float16", "bf16": "bfloat16"}[dtype]
+    config.pop("dtype", None)
+    (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")

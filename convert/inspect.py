@@ -6,44 +6,63 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import gguf
 import numpy as np
 
-from ..errors import ForgeError
+from ..files import gguf_field, open_gguf
+from ..keys import GENERAL, LLM, ROPE, TOKENIZER, Quantize, arch_key
 
-
-def _value(field: Any) -> Any:
-    import gguf
-
-    if not field.types:
-        return None
-    if field.types[0] == gguf.GGUFValueType.ARRAY:
-        if len(field.types) > 1 and field.types[1] == gguf.GGUFValueType.STRING:
-            return [bytes(field.parts[i]).decode("utf-8", errors="replace") for i in field.data]
-        return [field.parts[i].tolist()[0] for i in field.data]
-    part = field.parts[field.data[0]]
-    if field.types[0] == gguf.GGUFValueType.STRING:
-        return bytes(part).decode("utf-8", errors="replace")
-    v = part.tolist()[0]
-    return bool(v) if field.types[0] == gguf.GGUFValueType.BOOL else v
+_IMATRIX_PREFIX = Quantize.IMATRIX_FILE.rpartition(".")[0] + "."  # "quantize.imatrix."
 
 
 def inspect_gguf(path: str | Path) -> dict[str, Any]:
     """Summarise a GGUF: architecture, parameters, types, context, rope, tokenizer, template, provenance."""
-    import gguf
-
     path = Path(path)
-    try:
-        reader = gguf.GGUFReader(path)
-    except FileNotFoundError:
-        raise ForgeError(f"{path}: no such file") from None
-    except Exception as e:
-        raise ForgeError(f"{path}: not a readable GGUF file ({e})") from None
-    kv = {k: f for k, f in reader.fields.items() if not k.startswith("GGUF.")}
+    reader = open_gguf(path)
 
     def get(key: str, default: Any = None) -> Any:
-        return _value(kv[key]) if key in kv else default
+        value = gguf_field(reader, key)
+        return default if value is None else value
 
-    arch = get("general.architecture", "?")
+    arch = get(GENERAL.ARCHITECTURE, "?")
+    n_params, tensor_types = _tensor_summary(reader)
+    ftype = get(GENERAL.FILE_TYPE)
+    ftype_name = None
+    if ftype is not None:
+        try:
+            ftype_name = gguf.LlamaFileType(ftype).name.replace("MOSTLY_", "").replace("ALL_", "")
+        except ValueError:
+            ftype_name = str(ftype)
+    return {
+        "file": str(path),
+        "size_bytes": path.stat().st_size,
+        "architecture": arch,
+        "name": get(GENERAL.NAME),
+        "basename": get(GENERAL.BASENAME),
+        "finetune": get(GENERAL.FINETUNE),
+        "size_label": get(GENERAL.SIZE_LABEL),
+        "license": get(GENERAL.LICENSE),
+        "parameters": n_params,
+        "file_type": ftype_name,
+        "tensor_types": tensor_types,
+        "context_length": get(arch_key(LLM.CONTEXT_LENGTH, arch)),
+        "embedding_length": get(arch_key(LLM.EMBEDDING_LENGTH, arch)),
+        "block_count": get(arch_key(LLM.BLOCK_COUNT, arch)),
+        "rope": {
+            "freq_base": get(arch_key(ROPE.FREQ_BASE, arch)),
+            "dimension_count": get(arch_key(ROPE.DIMENSION_COUNT, arch)),
+            "scaling_type": get(arch_key(ROPE.SCALING_TYPE, arch)),
+            "scaling_factor": get(arch_key(ROPE.SCALING_FACTOR, arch)),
+            "rope_freqs_tensor": any(t.name.startswith("rope_freqs") for t in reader.tensors),
+        },
+        "tokenizer": _tokenizer_summary(get),
+        "chat_template": get(TOKENIZER.CHAT_TEMPLATE),
+        "imatrix": {k[len(_IMATRIX_PREFIX):]: get(k) for k in reader.fields if k.startswith(_IMATRIX_PREFIX)},
+    }
+
+
+def _tensor_summary(reader: Any) -> tuple[int, dict[str, dict[str, int]]]:
+    """(parameter count without rope factors, {GGML type: {"count", "bytes"}})."""
     counts: Counter[str] = Counter()
     sizes: Counter[str] = Counter()
     n_params = 0
@@ -53,12 +72,11 @@ def inspect_gguf(path: str | Path) -> dict[str, Any]:
         sizes[tname] += int(t.n_bytes)
         if not t.name.startswith("rope_freqs"):
             n_params += int(np.prod(t.shape))
-    ftype = get("general.file_type")
-    try:
-        ftype_name = gguf.LlamaFileType(ftype).name.replace("MOSTLY_", "").replace("ALL_", "") if ftype is not None else None
-    except ValueError:
-        ftype_name = str(ftype)
-    tokens = get("tokenizer.ggml.tokens", [])
+    return n_params, {k: {"count": counts[k], "bytes": sizes[k]} for k in sorted(counts)}
+
+
+def _tokenizer_summary(get: Any) -> dict[str, Any]:
+    tokens = get(TOKENIZER.LIST, [])
 
     def tok(key: str) -> dict[str, Any] | None:
         i = get(key)
@@ -66,43 +84,17 @@ def inspect_gguf(path: str | Path) -> dict[str, Any]:
             return None
         return {"id": i, "text": tokens[i] if 0 <= i < len(tokens) else None}
 
-    template = get("tokenizer.chat_template")
     return {
-        "file": str(path),
-        "size_bytes": path.stat().st_size,
-        "architecture": arch,
-        "name": get("general.name"),
-        "basename": get("general.basename"),
-        "finetune": get("general.finetune"),
-        "size_label": get("general.size_label"),
-        "license": get("general.license"),
-        "parameters": n_params,
-        "file_type": ftype_name,
-        "tensor_types": {k: {"count": counts[k], "bytes": sizes[k]} for k in sorted(counts)},
-        "context_length": get(f"{arch}.context_length"),
-        "embedding_length": get(f"{arch}.embedding_length"),
-        "block_count": get(f"{arch}.block_count"),
-        "rope": {
-            "freq_base": get(f"{arch}.rope.freq_base"),
-            "dimension_count": get(f"{arch}.rope.dimension_count"),
-            "scaling_type": get(f"{arch}.rope.scaling.type"),
-            "scaling_factor": get(f"{arch}.rope.scaling.factor"),
-            "rope_freqs_tensor": any(t.name.startswith("rope_freqs") for t in reader.tensors),
-        },
-        "tokenizer": {
-            "model": get("tokenizer.ggml.model"),
-            "pre": get("tokenizer.ggml.pre"),
-            "n_tokens": len(tokens),
-            "bos": tok("tokenizer.ggml.bos_token_id"),
-            "eos": tok("tokenizer.ggml.eos_token_id"),
-            "eot": tok("tokenizer.ggml.eot_token_id"),
-            "pad": tok("tokenizer.ggml.padding_token_id"),
-            "unk": tok("tokenizer.ggml.unknown_token_id"),
-            "add_bos": get("tokenizer.ggml.add_bos_token"),
-            "add_eos": get("tokenizer.ggml.add_eos_token"),
-        },
-        "chat_template": template,
-        "imatrix": {k[len("quantize.imatrix."):]: get(k) for k in kv if k.startswith("quantize.imatrix.")},
+        "model": get(TOKENIZER.MODEL),
+        "pre": get(TOKENIZER.PRE),
+        "n_tokens": len(tokens),
+        "bos": tok(TOKENIZER.BOS_ID),
+        "eos": tok(TOKENIZER.EOS_ID),
+        "eot": tok(TOKENIZER.EOT_ID),
+        "pad": tok(TOKENIZER.PAD_ID),
+        "unk": tok(TOKENIZER.UNK_ID),
+        "add_bos": get(TOKENIZER.ADD_BOS),
+        "add_eos": get(TOKENIZER.ADD_EOS),
     }
 
 
@@ -116,7 +108,8 @@ def format_inspection(info: dict[str, Any], template_lines: int = 6) -> str:
         f"architecture  {info['architecture']}   name: {info['name']}   size label: {info['size_label']}",
         f"parameters    {info['parameters']:,}   file type: {info['file_type']}",
         "tensors       " + ", ".join(f"{k} x{v['count']} ({mib(v['bytes'])})" for k, v in info["tensor_types"].items()),
-        f"context       {info['context_length']}   embedding: {info['embedding_length']}   blocks: {info['block_count']}",
+        f"context       {info['context_length']}   embedding: {info['embedding_length']}   "
+        f"blocks: {info['block_count']}",
     ]
     r = info["rope"]
     rope = f"rope          base {r['freq_base']}, dims {r['dimension_count']}"
@@ -126,7 +119,8 @@ def format_inspection(info: dict[str, Any], template_lines: int = 6) -> str:
         rope += ", rope_freqs (llama3 scaling)"
     lines.append(rope)
     t = info["tokenizer"]
-    lines.append(f"tokenizer     {t['model']} pre={t['pre']} tokens={t['n_tokens']} add_bos={t['add_bos']} add_eos={t['add_eos']}")
+    lines.append(f"tokenizer     {t['model']} pre={t['pre']} tokens={t['n_tokens']} add_bos={t['add_bos']} "
+                 f"add_eos={t['add_eos']}")
     specials = [f"{k}={v['text']!r}({v['id']})" for k in ("bos", "eos", "eot", "pad", "unk") if (v := t[k])]
     lines.append("special       " + (" ".join(specials) or "none"))
     tpl = info["chat_template"]

@@ -29,6 +29,7 @@ import numpy as np
 
 from ..errors import ForgeError
 from .checkpoint import Checkpoint, TensorRef, read_safetensors_header, read_tensor, row_slabs, to_float32
+from .resolve import resolve_model
 
 PREFIX = "base_model.model."
 SUPPORTED_PEFT = "LORA"
@@ -88,7 +89,8 @@ class Adapter:
         if not path.is_dir():
             raise ForgeError(f"--lora {path}: not a directory")
         if not cfg_file.is_file():
-            raise ForgeError(f"{cfg_file}: missing; --lora needs a PEFT adapter directory (adapter_config.json + weights)")
+            raise ForgeError(
+                f"{cfg_file}: missing; --lora needs a PEFT adapter directory (adapter_config.json + weights)")
         try:
             config = json.loads(cfg_file.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -163,7 +165,8 @@ class Adapter:
             self.replacements[wrapped] = key
         for module, p in parts.items():
             if "lora_A" in p and "lora_B" in p:
-                mod = _Module(module, p["lora_A"], p["lora_B"], "linear", p.get("lora_magnitude_vector"), p.get("lora_B_bias"))
+                mod = _Module(module, p["lora_A"], p["lora_B"], "linear", p.get("lora_magnitude_vector"),
+                              p.get("lora_B_bias"))
             elif "lora_embedding_A" in p and "lora_embedding_B" in p:
                 if "lora_magnitude_vector" in p:
                     raise ForgeError(f"{self.path}: DoRA on the embedding layer {module} is not supported")
@@ -253,7 +256,8 @@ class MergedCheckpoint:
                         f"{list(expected)}; was the adapter trained on another model?"
                     )
                 if ad.weight != 1.0:
-                    self.warnings.append(f"{ad.path}: {name} is replaced whole (modules_to_save); its weight {ad.weight} does not apply")
+                    self.warnings.append(f"{ad.path}: {name} is replaced whole (modules_to_save); "
+                                         f"its weight {ad.weight} does not apply")
                 self._sources[name] = (ad, key)
                 self.tensors[name] = TensorRef(name, ref.file, "F32", ref.shape)
             for name, mod in ad.modules.items():
@@ -286,7 +290,8 @@ class MergedCheckpoint:
             if rows != int(self.config.get("vocab_size", rows)):
                 self.config["vocab_size"] = rows
                 if self.tokenizer_path == self.base.path:
-                    self.warnings.append("the adapter resizes the vocabulary but has no tokenizer; the base's is padded")
+                    self.warnings.append(
+                        "the adapter resizes the vocabulary but has no tokenizer; the base's is padded")
             head = self.tensors.get("lm_head.weight")
             if head is not None and head.shape[0] != rows:
                 raise ForgeError(f"lm_head has {head.shape[0]} rows but embed_tokens has {rows} after merging")
@@ -367,7 +372,5 @@ def _factors(ad: Adapter, mod: _Module, name: str):
 
 def merged_source(base: Checkpoint, specs: list[LoraSpec]) -> MergedCheckpoint:
     """Resolve ``--lora`` specs (paths or hub ids) and wrap ``base``."""
-    from .resolve import resolve_model
-
     adapters = [Adapter.load(resolve_model(s.path, what="--lora"), s.weight) for s in specs]
     return MergedCheckpoint(base, adapters)

@@ -22,11 +22,11 @@ class KVOverride:
 
 
 def parse_override(text: str) -> KVOverride:
-    """Parse ``key=type:value`` (e.g. ``llama.context_length=int:32768``)."""
+    """Parse ``key=type:value`` (e.g. ``llama.context_length=int:32768``); errors name the text, not an option."""
     key, sep, rest = text.partition("=")
     kind, sep2, value = rest.partition(":")
     if not sep or not sep2 or not key or kind not in _TYPES:
-        raise ForgeError(f"--override-kv {text!r}: expected KEY=TYPE:VALUE with TYPE one of int, float, bool, str")
+        raise ForgeError(f"{text!r}: expected KEY=TYPE:VALUE with TYPE one of int, float, bool, str")
     try:
         if kind == "int":
             return KVOverride(key, kind, int(value, 0))
@@ -37,7 +37,7 @@ def parse_override(text: str) -> KVOverride:
                 raise ValueError(value)
             return KVOverride(key, kind, value.lower() in ("true", "1"))
     except ValueError:
-        raise ForgeError(f"--override-kv {text!r}: {value!r} is not a valid {kind}") from None
+        raise ForgeError(f"{text!r}: {value!r} is not a valid {kind}") from None
     return KVOverride(key, kind, value)
 
 

@@ -16,6 +16,7 @@ import re
 from typing import Any
 
 from ..errors import ForgeError
+from ..keys import TOKENIZER
 
 # Split regexes as they appear in tokenizer.json files of each family.
 _CONTRACTIONS = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)"
@@ -111,5 +112,5 @@ def detect_pre(tokenizer_json: dict[str, Any], clean_up_tokenization_spaces: boo
     raise ForgeError(
         f"tokenizer.json: the pre-tokenizer splits with {shown}, which matches none of the llama.cpp "
         f"pre-tokenizers this tool knows ({', '.join(PRE_TOKENIZERS)}); if you know which one llama.cpp "
-        "must use, pass --override-kv tokenizer.ggml.pre=str:NAME"
+        f"must use, pass --override-kv {TOKENIZER.PRE}=str:NAME"
     )

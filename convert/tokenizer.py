@@ -9,7 +9,8 @@ Two families are supported:
   ``tokenizer.ggml.model = "llama"`` with scores and piece types.
 
 Special token ids, ``add_bos``/``add_eos``, merges and the chat template come through the ``gguf``
-package's :class:`gguf.SpecialVocab`; the end-of-turn token is found by rendering the chat template.
+package's :class:`gguf.SpecialVocab`; the end-of-turn token is found by rendering the chat template
+(:func:`gguf_forge.chat_template.turn_end`).
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ from typing import Any
 
 import gguf
 
+from .. import chat_template
 from ..errors import ForgeError
+from ..keys import TOKENIZER
 from .pretokenizer import detect_pre
 
 NORMAL = gguf.TokenType.NORMAL
@@ -45,6 +48,7 @@ class Vocab:
     special: gguf.SpecialVocab | None = None
     eot_id: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)  # problems that did not stop the conversion
 
     def add_to_gguf(self, w: gguf.GGUFWriter) -> None:
         w.add_tokenizer_model(self.model)
@@ -98,11 +102,15 @@ def load_vocab(path: Path, n_vocab: int, pre_override: str | None = None) -> Voc
             "pre-tokenizer and no tokenizer.model beside it; only byte-level BPE and SentencePiece are supported"
         )
     else:
-        raise ForgeError(f"{path}: no tokenizer.json or tokenizer.model; copy the tokenizer files into the model directory")
+        raise ForgeError(
+            f"{path}: no tokenizer.json or tokenizer.model; copy the tokenizer files into the model directory")
     vocab.special = gguf.SpecialVocab(path, load_merges=vocab.model == "gpt2", n_vocab=len(vocab.tokens))
     if vocab.model == "gpt2" and not vocab.special.merges:
         raise ForgeError(f"{tj_file}: BPE tokenizer without merges")
-    vocab.eot_id = find_eot(vocab)
+    try:
+        vocab.eot_id = find_eot(vocab)
+    except ForgeError as e:  # the template cannot render a plain conversation: convert anyway, without an eot
+        vocab.warnings.append(f"{e}; no end-of-turn token ({TOKENIZER.EOT_ID}) recorded")
     return vocab
 
 
@@ -152,7 +160,8 @@ def _spm_vocab(path: Path, tok_json: dict[str, Any] | None, n_vocab: int) -> Voc
         proto.ParseFromString(model_file.read_bytes())
         sp = spm.SentencePieceProcessor(model_file=str(model_file))
     except Exception:
-        raise ForgeError(f"{model_file}: not a SentencePiece model (a tiktoken file needs its tokenizer.json)") from None
+        raise ForgeError(
+            f"{model_file}: not a SentencePiece model (a tiktoken file needs its tokenizer.json)") from None
     tokens: list[str] = []
     scores: list[float] = []
     types: list[int] = []
@@ -197,58 +206,23 @@ def _spm_vocab(path: Path, tok_json: dict[str, Any] | None, n_vocab: int) -> Voc
 
 
 def find_eot(vocab: Vocab) -> int | None:
-    """The end-of-turn token: the control token the chat template puts right after a reply.
+    """The end-of-turn token: the longest control token the chat template puts right after a reply.
 
-    Renders the template with a sentinel assistant message and looks at what follows it. Returns
-    ``None`` when there is no template or no control token there.
+    Returns ``None`` when there is no template or no control token there. A template that fails on a plain
+    [user, assistant] conversation is a ForgeError (see :func:`gguf_forge.chat_template.turn_end`).
     """
     special = vocab.special
-    template = special.chat_template if special is not None else None
-    if isinstance(template, list):
-        template = next((t.get("template") for t in template if t.get("name") == "default"), None)
-    if not template:
+    template = chat_template.pick_default(special.chat_template if special is not None else None)
+    if template is None:
         return None
-    sentinel = "\u2063SENTINEL-REPLY\u2063"
     ids = special.special_token_ids if special is not None else {}
     token_text = {k: vocab.tokens[v] for k, v in ids.items() if 0 <= v < len(vocab.tokens)}
-    try:
-        rendered = render_chat_template(
-            template,
-            [{"role": "user", "content": "hello"}, {"role": "assistant", "content": sentinel}],
-            bos_token=token_text.get("bos", ""),
-            eos_token=token_text.get("eos", ""),
-            add_generation_prompt=False,
-        )
-    except Exception:
+    after = chat_template.turn_end(template, bos_token=token_text.get("bos", ""), eos_token=token_text.get("eos", ""))
+    if after is None:
         return None
-    pos = rendered.find(sentinel)
-    if pos < 0:
-        return None
-    after = rendered[pos + len(sentinel):].lstrip(" \t\r\n")
     best: tuple[int, int] | None = None
     for i, (text, typ) in enumerate(zip(vocab.tokens, vocab.types)):
         if typ == CONTROL and text and after.startswith(text):
             if best is None or len(text) > best[1]:
                 best = (i, len(text))
     return best[0] if best else None
-
-
-def render_chat_template(template: str, messages: list[dict[str, Any]], **kwargs: Any) -> str:
-    """Render a Hugging Face Jinja chat template the way ``transformers`` does (sandboxed)."""
-    from datetime import datetime
-
-    import jinja2
-    import jinja2.ext  # not imported by ``import jinja2`` itself
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-    def raise_exception(message: str) -> None:
-        raise jinja2.TemplateError(message)
-
-    def tojson(x: Any, ensure_ascii: bool = False, indent: Any = None, separators: Any = None, sort_keys: bool = False) -> str:
-        return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
-
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols])
-    env.filters["tojson"] = tojson
-    env.globals["raise_exception"] = raise_exception
-    env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
-    return env.from_string(template).render(messages=messages, **kwargs)

@@ -12,7 +12,8 @@ Public surface:
 - :func:`from_hf_dir`: a Hugging Face folder's template (``chat_template.jinja``, then ``chat_template.json``, then
   ``tokenizer_config.json``); :func:`pick_default`: the ``default`` entry of a list of named templates.
 - :func:`resolve`: the template a run uses: the user's choice when given, else the model's.
-- :func:`compile_template` / :func:`render`: compile / render in the one sandboxed environment (:func:`environment`), as transformers does.
+- :func:`compile_template` / :func:`render`: compile / render in the one sandboxed environment
+  (:func:`environment`), as transformers does.
 - :func:`turn_end`: the text the template writes right after an assistant reply (where the end-of-turn token is).
 """
 
@@ -164,10 +165,12 @@ def render(template: str, messages: list[dict[str, Any]], *, add_generation_prom
            bos_token: str = "", eos_token: str = "", today: datetime | None = None, **variables: Any) -> str:
     """Render ``template`` for ``messages`` (OpenAI-style dicts) exactly as ``apply_chat_template(tokenize=False)``.
 
-    ``variables`` reach the template as they are (``tools``, ``enable_thinking``...). A template that does not
-    parse, or raises while rendering, is a ForgeError.
+    ``variables`` reach the template as they are (``tools``, ``enable_thinking``...); ``tools`` and ``documents``
+    are None unless given, as transformers passes them (``{% if tools is not none %}`` is false). A template that
+    does not parse, or raises while rendering, is a ForgeError.
     """
     compiled = compile_template(template, today)
+    variables = {"tools": None, "documents": None, **variables}
     try:
         return compiled.render(messages=messages, add_generation_prompt=add_generation_prompt, bos_token=bos_token,
                                eos_token=eos_token, **variables)

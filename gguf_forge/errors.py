@@ -20,4 +20,5 @@ class ForgeError(Exception):
         text = str(self)
         if self.option is not None or text.startswith(option):
             return self
-        return ForgeError(f"{option} {text}", option=option)
+        # "Q4_K_X: unknown type" names its value -> "--quant Q4_K_X: ..."; "no type given" -> "--quant: no ..."
+        return ForgeError(f"{option} {text}" if ": " in text else f"{option}: {text}", option=option)

@@ -194,11 +194,14 @@ def format_size(n: float) -> str:
 
 
 def progress(total: float | None, desc: str, *, enabled: bool = True, unit: str = "B", **kwargs: Any) -> Any:
-    """A tqdm bar (bytes scaled in KiB/MiB, other units in k/M) that vanishes when done; a no-op when disabled."""
+    """A tqdm bar that vanishes when done; a no-op when disabled. Bytes are shown in KiB/MiB, tokens and weights in
+    k/M; counts of a few things (``unit="chunk"``, ``"prompt"``) as plain numbers. ``kwargs`` override tqdm's options.
+    """
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=desc, unit=unit, unit_scale=True, unit_divisor=1024 if unit == "B" else 1000,
-                leave=False, disable=not enabled, **kwargs)
+    options = {"unit_scale": unit not in ("chunk", "prompt", "file"), "unit_divisor": 1024 if unit == "B" else 1000,
+               "leave": False, **kwargs}
+    return tqdm(total=total, desc=desc, unit=unit, disable=not enabled, **options)
 
 
 # ---------------------------------------------------------------------------------------------- build cache

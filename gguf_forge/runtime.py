@@ -214,8 +214,9 @@ def special_texts(llm: Any) -> list[str]:
         text = (C.llama_vocab_get_text(vocab, i) or b"").decode("utf-8", errors="replace")
         if not text.strip():
             continue
-        if attr & C.LLAMA_TOKEN_ATTR_USER_DEFINED and not attr & C.LLAMA_TOKEN_ATTR_CONTROL and (
-                not re.fullmatch(r"<\|\S+\|>|<[A-Za-z_][\w.-]*>", text) or re.fullmatch(r"</?[a-z][a-z0-9]{0,9}>", text)):
+        user_text = attr & C.LLAMA_TOKEN_ATTR_USER_DEFINED and not attr & C.LLAMA_TOKEN_ATTR_CONTROL
+        if user_text and (not re.fullmatch(r"<\|\S+\|>|<[A-Za-z_][\w.-]*>", text)
+                          or re.fullmatch(r"</?[a-z][a-z0-9]{0,9}>", text)):
             continue  # ordinary text, or an HTML tag
         out.append(text)
     return sorted(set(out), key=lambda t: (-len(t), t))

@@ -7,7 +7,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .. import chat_template, files
 from ..errors import ForgeError
+from ..keys import GENERAL, LLM, TOKENIZER, arch_key
 
 LICENSE_FILES = ("LICENSE", "LICENSE.txt", "LICENSE.md", "LICENCE", "LICENCE.txt", "LICENSE.rst")
 
@@ -26,44 +28,30 @@ class ModelInfo:
     license_name: str | None = None
 
 
-def _field(reader: Any, key: str) -> Any:
-    f = reader.fields.get(key)
-    if f is None:
-        return None
-    value = f.contents()
-    return value
-
-
 def read_gguf(path: Path) -> ModelInfo:
     """Chat template, special-token texts, add_bos, context length and name from a GGUF's metadata."""
-    import gguf
-
-    try:
-        reader = gguf.GGUFReader(path)
-    except Exception as e:  # truncated, not a GGUF
-        raise ForgeError(f"{path}: cannot read it as GGUF ({e})") from None
-    tokens = reader.fields.get("tokenizer.ggml.tokens")
+    reader = files.open_gguf(path)
+    tokens = reader.fields.get(TOKENIZER.LIST)
 
     def token(key: str) -> str:
-        i = _field(reader, key)
+        i = files.gguf_field(reader, key)
         if i is None or tokens is None or not 0 <= int(i) < len(tokens.data):
             return ""
         return tokens.contents(int(i))
 
-    arch = _field(reader, "general.architecture") or ""
-    ctx = _field(reader, f"{arch}.context_length")
-    ends = [t for t in (token("tokenizer.ggml.eos_token_id"), token("tokenizer.ggml.eot_token_id"),
-                        token("tokenizer.ggml.eom_token_id")) if t]
-    add_bos = _field(reader, "tokenizer.ggml.add_bos_token")
+    arch = files.gguf_field(reader, GENERAL.ARCHITECTURE) or ""
+    ctx = files.gguf_field(reader, arch_key(LLM.CONTEXT_LENGTH, arch))
+    ends = [t for t in (token(TOKENIZER.EOS_ID), token(TOKENIZER.EOT_ID), token(TOKENIZER.EOM_ID)) if t]
+    add_bos = files.gguf_field(reader, TOKENIZER.ADD_BOS)
     return ModelInfo(
-        name=_field(reader, "general.name") or path.stem,
-        template=_field(reader, "tokenizer.chat_template"),
-        bos=token("tokenizer.ggml.bos_token_id"),
-        eos=token("tokenizer.ggml.eos_token_id"),
+        name=files.gguf_field(reader, GENERAL.NAME) or path.stem,
+        template=files.gguf_field(reader, TOKENIZER.CHAT_TEMPLATE),
+        bos=token(TOKENIZER.BOS_ID),
+        eos=token(TOKENIZER.EOS_ID),
         end_tokens=list(dict.fromkeys(ends)),
         add_bos=None if add_bos is None else bool(add_bos),
         context_length=int(ctx) if ctx is not None else None,
-        license_name=_field(reader, "general.license"),
+        license_name=files.gguf_field(reader, GENERAL.LICENSE),
     )
 
 
@@ -83,22 +71,10 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data
 
 
-def _pick_template(value: Any) -> str | None:
-    if isinstance(value, list):  # [{"name": "default", "template": ...}, {"name": "tool_use", ...}]
-        value = next((t.get("template") for t in value if isinstance(t, dict) and t.get("name") == "default"), None)
-    return value if isinstance(value, str) and value.strip() else None
-
-
 def read_hf_dir(path: Path) -> ModelInfo:
-    """Chat template (chat_template.jinja, chat_template.json or tokenizer_config.json) and tokens of a HF folder."""
+    """Chat template (see :func:`gguf_forge.chat_template.from_hf_dir`) and special tokens of a HF folder."""
     tc = _read_json(path / "tokenizer_config.json") if (path / "tokenizer_config.json").is_file() else {}
-    template = None
-    if (path / "chat_template.jinja").is_file():
-        template = (path / "chat_template.jinja").read_text(encoding="utf-8")
-    elif (path / "chat_template.json").is_file():
-        template = _pick_template(_read_json(path / "chat_template.json").get("chat_template"))
-    if template is None:
-        template = _pick_template(tc.get("chat_template"))
+    template = chat_template.from_hf_dir(path)
     config = _read_json(path / "config.json") if (path / "config.json").is_file() else {}
     ctx = config.get("max_position_embeddings") or config.get("text_config", {}).get("max_position_embeddings")
     eos = _token_text(tc.get("eos_token"))

@@ -1,8 +1,9 @@
 """Jinja chat template -> Ollama Go template (over ``.Messages``), proven equal by rendering before anything is written.
 
-Method: render the Jinja template (transformers' machinery) on conversations whose contents are sentinels, cut the
-output at the sentinels to find each role's prefix and suffix, how a system message is placed (its own block, folded
-into the first or the last user turn), the default system prompt the template injects, and the generation prompt.
+Method: render the Jinja template (:func:`gguf_forge.chat_template.render`, as transformers renders it) on
+conversations whose contents are sentinels, cut the output at the sentinels to find each role's prefix and suffix,
+how a system message is placed (its own block, folded into the first or the last user turn), the default system
+prompt the template injects, and the generation prompt.
 From those parts a Go template is built; then a conversation suite is rendered both by the Jinja template and by the
 Go template's semantics (the message list built as Ollama builds it) and any difference is an error naming it.
 """
@@ -14,8 +15,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from .. import chat_template
 from ..errors import ForgeError
-from .jinja import render
 
 _S, _U1, _A1, _U2 = "Zq7sysTEXT", "Zq7userONE", "Zq7replyONE", "Zq7userTWO"
 
@@ -271,9 +272,10 @@ class _Renderer:
 
     def __call__(self, msgs: list[dict[str, str]], gen: bool = True, what: str = "") -> str:
         try:
-            out = render(self.template, msgs, add_generation_prompt=gen, bos_token=self.bos, eos_token=self.eos)
+            out = chat_template.render(self.template, msgs, add_generation_prompt=gen, bos_token=self.bos,
+                                       eos_token=self.eos)
         except Exception as e:  # jinja2 errors, raise_exception(), bad attribute access...
-            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+            msg = _template_message(e)
             self.error = msg
             raise ForgeError(f"the chat template fails on {what or 'a conversation'}: {msg}") from None
         if self.bos and out.startswith(self.bos):
@@ -285,6 +287,13 @@ class _Renderer:
                 raise ForgeError(f"the chat template does not always open with {self.lead!r}")
             out = out[len(self.lead):]
         return out
+
+
+def _template_message(error: Exception) -> str:
+    """The template's own message (``raise_exception``'s text, Jinja's): first line of the Jinja error that
+    :func:`gguf_forge.chat_template.render` turned into a ForgeError, or of any other exception."""
+    cause = error.__context__ if isinstance(error, ForgeError) and error.__context__ is not None else error
+    return str(cause).splitlines()[0] if str(cause) else type(cause).__name__
 
 
 def _m(role: str, content: str) -> dict[str, str]:
@@ -348,15 +357,32 @@ def infer_format(template: str, bos: str = "", eos: str = "", strip_bos: bool = 
         raise error from None
 
 
-def _infer(template: str, bos: str, eos: str, strip_bos: bool, lead: str) -> TurnFormat:
-    r = _Renderer(template, bos, eos, strip_bos, lead)
-    if not strip_bos:
-        bos = ""  # the layout keeps whatever the template writes first
-    u_nogen = _cut(r([_m("user", _U1)], False, "one user message"), [_U1], "one user message")
-    u_suf_n = u_nogen[1]
-    ua_nogen = _cut(r([_m("user", _U1), _m("assistant", _A1)], False, "a user and an assistant message"),
-                    [_U1, _A1], "a reply")
-    a_suf_n = ua_nogen[2]
+@dataclass
+class _Layout:
+    """The parts of a conversation without a system message (three turns cut at their sentinels)."""
+
+    h: str  # before the first user content
+    x1: str  # between the first user content and the reply
+    x2: str  # between the reply and the second user content
+    t: str  # after the last user content
+    user_pre: str
+    user_suf: str
+    asst_pre: str
+    asst_suf: str
+    gen: str
+    bos: str
+    firsts: list[str]  # how the first user turn may open: its prefix, with or without BOS
+
+    def fmt(self, system_mode: str, sys_pre: str = "", sys_suf: str = "", **kwargs: Any) -> TurnFormat:
+        return TurnFormat(system_mode, sys_pre, sys_suf, self.user_pre, self.user_suf, self.asst_pre, self.asst_suf,
+                          self.gen, self.bos, **kwargs)
+
+
+def _turn_layout(r: _Renderer, bos: str) -> _Layout:
+    """Role prefixes and suffixes and the generation prompt, from conversations without a system message."""
+    u_suf_n = _cut(r([_m("user", _U1)], False, "one user message"), [_U1], "one user message")[1]
+    a_suf_n = _cut(r([_m("user", _U1), _m("assistant", _A1)], False, "a user and an assistant message"),
+                   [_U1, _A1], "a reply")[2]
     h, x1, x2, t = _cut(r([_m("user", _U1), _m("assistant", _A1), _m("user", _U2)], True, "three turns"),
                         [_U1, _A1, _U2], "three turns")
     tail_one = _cut(r([_m("user", _U1)], True, "one user message"), [_U1], "one user message")[1]
@@ -371,61 +397,75 @@ def _infer(template: str, bos: str, eos: str, strip_bos: bool, lead: str) -> Tur
         asst_suf = x2[: len(x2) - len(_lcs(h, x2))]
     user_pre = x2[len(asst_suf):]
     firsts = [user_pre] + ([user_pre[len(bos):]] if bos and user_pre.startswith(bos) else [])
+    return _Layout(h, x1, x2, t, user_pre, user_suf, asst_pre, asst_suf, gen, bos, firsts)
 
+
+def _infer(template: str, bos: str, eos: str, strip_bos: bool, lead: str) -> TurnFormat:
+    r = _Renderer(template, bos, eos, strip_bos, lead)
+    if not strip_bos:
+        bos = ""  # the layout keeps whatever the template writes first
+    lay = _turn_layout(r, bos)
     sys_conv = [_m("system", _S), _m("user", _U1), _m("assistant", _A1), _m("user", _U2)]
     try:
         s_all = r(sys_conv, True, "a system message and three turns")
     except ForgeError:
-        # a template that refuses system messages (raise_exception): the Go template refuses them too
-        error = r.error
-        r([_m("user", _U1), _m("assistant", _A1), _m("user", _U2)], True, "three turns")  # fails if not the system
-        if h in firsts:
-            return TurnFormat("raise", "", "", user_pre, user_suf, asst_pre, asst_suf, gen, bos,
-                              bos_repeat=h != user_pre, sys_error=error)
-        if user_pre and h.endswith(user_pre):
-            return TurnFormat("raise", "", "", user_pre, user_suf, asst_pre, asst_suf, gen, bos,
-                              lead=h[: len(h) - len(user_pre)], sys_error=error)
-        raise ForgeError("the chat template adds text before the first user turn that we cannot reproduce "
-                         f"({h!r})") from None
-    if _S not in s_all and s_all == h + _U1 + x1 + _A1 + x2 + _U2 + t:
-        # system messages render nothing; text before the first turn, if any, is fixed
-        if h in firsts:
-            return TurnFormat("drop", "", "", user_pre, user_suf, asst_pre, asst_suf, gen, bos,
-                              bos_repeat=h != user_pre)
-        if user_pre and h.endswith(user_pre):
-            return TurnFormat("drop", "", "", user_pre, user_suf, asst_pre, asst_suf, gen, bos,
-                              lead=h[: len(h) - len(user_pre)])
-        raise ForgeError(f"the chat template adds text before the first user turn that we cannot reproduce ({h!r})")
+        return _refused_system(r, lay)
+    if _S not in s_all and s_all == lay.h + _U1 + lay.x1 + _A1 + lay.x2 + _U2 + lay.t:
+        return _dropped_system(lay)
     if s_all.count(_S) != 1:
         raise ForgeError("the chat template drops or repeats the system message; a Go template would not match it")
+    return _head_without_system(_system_placement(s_all, lay), lay)
+
+
+def _refused_system(r: _Renderer, lay: _Layout) -> TurnFormat:
+    """A template that refuses system messages (raise_exception): the Go template refuses them too."""
+    error = r.error
+    r([_m("user", _U1), _m("assistant", _A1), _m("user", _U2)], True, "three turns")  # fails if not the system
+    if lay.h in lay.firsts:
+        return lay.fmt("raise", bos_repeat=lay.h != lay.user_pre, sys_error=error)
+    if lay.user_pre and lay.h.endswith(lay.user_pre):
+        return lay.fmt("raise", lead=lay.h[: len(lay.h) - len(lay.user_pre)], sys_error=error)
+    raise ForgeError(f"the chat template adds text before the first user turn that we cannot reproduce ({lay.h!r})")
+
+
+def _dropped_system(lay: _Layout) -> TurnFormat:
+    """System messages render nothing; text before the first turn, if any, is fixed."""
+    if lay.h in lay.firsts:
+        return lay.fmt("drop", bos_repeat=lay.h != lay.user_pre)
+    if lay.user_pre and lay.h.endswith(lay.user_pre):
+        return lay.fmt("drop", lead=lay.h[: len(lay.h) - len(lay.user_pre)])
+    raise ForgeError(f"the chat template adds text before the first user turn that we cannot reproduce ({lay.h!r})")
+
+
+def _system_placement(s_all: str, lay: _Layout) -> TurnFormat:
+    """Where a system message goes: its own block, or folded into the first or the last user turn."""
     pos = {k: s_all.find(k) for k in (_S, _U1, _A1, _U2)}
-    fmt: TurnFormat
     if pos[_S] < pos[_U1]:
         p, q1, y1, y2, y3 = _cut(s_all, [_S, _U1, _A1, _U2], "a system message and three turns")
-        if (y1, y2, y3) != (x1, x2, t):
+        if (y1, y2, y3) != (lay.x1, lay.x2, lay.t):
             raise ForgeError("a system message changes how the later turns are rendered; a Go template cannot "
                              "reproduce that")
-        if user_pre and q1.endswith(user_pre) and not any(p.startswith(f) and f for f in firsts):
-            fmt = TurnFormat("block", p, q1[: len(q1) - len(user_pre)], user_pre, user_suf, asst_pre, asst_suf, gen,
-                             bos)
-        else:
-            first = next((f for f in sorted(firsts, key=len, reverse=True) if p.startswith(f)), None)
-            if first is None:
-                raise ForgeError("the chat template places the system message in a way that is neither its own "
-                                 "block nor a prefix of the first user turn; a Go template cannot reproduce that")
-            fmt = TurnFormat("fold_first", p[len(first):], q1, user_pre, user_suf, asst_pre, asst_suf, gen, bos,
-                             bos_repeat=first != user_pre)
-    elif pos[_U1] < pos[_A1] < pos[_S] < pos[_U2]:
+        if lay.user_pre and q1.endswith(lay.user_pre) and not any(p.startswith(f) and f for f in lay.firsts):
+            return lay.fmt("block", p, q1[: len(q1) - len(lay.user_pre)])
+        first = next((f for f in sorted(lay.firsts, key=len, reverse=True) if p.startswith(f)), None)
+        if first is None:
+            raise ForgeError("the chat template places the system message in a way that is neither its own "
+                             "block nor a prefix of the first user turn; a Go template cannot reproduce that")
+        return lay.fmt("fold_first", p[len(first):], q1, bos_repeat=first != lay.user_pre)
+    if pos[_U1] < pos[_A1] < pos[_S] < pos[_U2]:
         h2, z1, y, q, z3 = _cut(s_all, [_U1, _A1, _S, _U2], "a system message and three turns")
-        if h2 != h or z1 != x1 or z3 != t or not y.startswith(x2):
+        if h2 != lay.h or z1 != lay.x1 or z3 != lay.t or not y.startswith(lay.x2):
             raise ForgeError("a system message changes how the other turns are rendered; a Go template cannot "
                              "reproduce that")
-        fmt = TurnFormat("fold_last", y[len(x2):], q, user_pre, user_suf, asst_pre, asst_suf, gen, bos)
-    else:
-        raise ForgeError("the chat template puts the system message where a Go template over .Messages cannot "
-                         "(neither first nor in the first or last user turn)")
+        return lay.fmt("fold_last", y[len(lay.x2):], q)
+    raise ForgeError("the chat template puts the system message where a Go template over .Messages cannot "
+                     "(neither first nor in the first or last user turn)")
 
-    # what comes before the first user turn when there is no system message: the user prefix, or a default system
+
+def _head_without_system(fmt: TurnFormat, lay: _Layout) -> TurnFormat:
+    """What comes before the first user turn when there is no system message: the user prefix, a default system
+    prompt, or fixed text in place of a system block (filled into ``fmt``)."""
+    h, user_pre, bos = lay.h, lay.user_pre, lay.bos
     if fmt.system_mode == "fold_first":
         first = user_pre[len(bos):] if fmt.bos_repeat else user_pre
         if h != first:
@@ -435,23 +475,22 @@ def _infer(template: str, bos: str, eos: str, strip_bos: bool, lead: str) -> Tur
                                  f"({h!r} before it); a Go template cannot express that")
             fmt.default_system = h[len(head): len(h) - len(fmt.sys_suf)]
     elif fmt.system_mode == "fold_last":
-        if h not in firsts:
+        if h not in lay.firsts:
             raise ForgeError("the chat template adds text before the first user turn that we cannot reproduce "
                              f"({h!r})")
         fmt.bos_repeat = h != user_pre
+    elif h in lay.firsts:
+        fmt.bos_repeat = h != user_pre
     else:
-        if h in firsts:
-            fmt.bos_repeat = h != user_pre
-        else:
-            tail = fmt.sys_suf + user_pre
-            if not (h.startswith(fmt.sys_pre) and h.endswith(tail) and len(h) >= len(fmt.sys_pre) + len(tail)):
-                if user_pre and h.endswith(user_pre):
-                    # fixed text in place of a system block (not a system prompt a SYSTEM line could carry)
-                    fmt.no_sys_head = h[: len(h) - len(user_pre)]
-                    return fmt
-                raise ForgeError("the chat template adds text before the first user turn that is neither the user "
-                                 f"prefix nor a default system block ({h!r}); a Go template cannot reproduce that")
-            fmt.default_system = h[len(fmt.sys_pre): len(h) - len(tail)]
+        tail = fmt.sys_suf + user_pre
+        if not (h.startswith(fmt.sys_pre) and h.endswith(tail) and len(h) >= len(fmt.sys_pre) + len(tail)):
+            if user_pre and h.endswith(user_pre):
+                # fixed text in place of a system block (not a system prompt a SYSTEM line could carry)
+                fmt.no_sys_head = h[: len(h) - len(user_pre)]
+                return fmt
+            raise ForgeError("the chat template adds text before the first user turn that is neither the user "
+                             f"prefix nor a default system block ({h!r}); a Go template cannot reproduce that")
+        fmt.default_system = h[len(fmt.sys_pre): len(h) - len(tail)]
     return fmt
 
 
@@ -595,7 +634,8 @@ def _check_date(template: str, bos: str, eos: str) -> None:
     outs = []
     for day in ("2001-02-03T04:05:06", "2002-12-30T20:30:40"):
         try:
-            outs.append(render(template, msgs, bos_token=bos, eos_token=eos, today=datetime.fromisoformat(day)))
+            outs.append(chat_template.render(template, msgs, bos_token=bos, eos_token=eos,
+                                             today=datetime.fromisoformat(day)))
         except Exception:  # noqa: BLE001 - the layout probes report template errors with their context
             return
     if outs[0] != outs[1]:

@@ -7,12 +7,12 @@ import os
 import re
 import shutil
 import subprocess
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+from .. import chat_template, files
 from ..errors import ForgeError
-from .jinja import load_template
 from .lmstudio import legacy_preset, preset
 from .ollama import modelfile_text
 from .source import ModelInfo, license_text, read_gguf, read_hf_dir, sampling_defaults
@@ -37,51 +37,9 @@ class ModelfileResult:
     manual: bool = False  # whether the preset carries LM Studio's manual prefix/suffix form
 
 
-def _is_gguf(path: Path) -> bool:
-    try:
-        with open(path, "rb") as f:
-            return f.read(4) == b"GGUF"
-    except OSError:
-        return False
-
-
 def _slug(name: str) -> str:
     slug = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.")
     return slug or "model"
-
-
-def _atomic_write(path: Path, text: str) -> Path:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)  # an ordinary file's mode, not mkstemp's 0600
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-        return Path(tmp)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
-def _write_all(files: dict[Path, str]) -> None:
-    """Write every file under a temporary name first, then rename them all; nothing final on failure.
-
-    A file that already holds exactly the text is left alone (a re-run changes no file, not even its mtime).
-    """
-    temps: dict[Path, Path] = {}
-    try:
-        for path, text in files.items():
-            if path.is_file() and path.read_bytes() == text.encode("utf-8"):
-                continue
-            temps[path] = _atomic_write(path, text)
-        for path, tmp in temps.items():
-            os.replace(tmp, path)
-    except BaseException:
-        for tmp in temps.values():
-            if tmp.exists():
-                tmp.unlink()
-        raise
 
 
 def _read_model(model: Path) -> ModelInfo:
@@ -89,24 +47,13 @@ def _read_model(model: Path) -> ModelInfo:
         return read_hf_dir(model)
     if not model.exists():
         raise ForgeError(f"{model}: no such file or directory")
-    if not _is_gguf(model):
+    if not files.is_gguf(model):
         raise ForgeError(f"{model}: neither a GGUF file nor a Hugging Face model directory")
     return read_gguf(model)
 
 
-def write_modelfile(model: Path, outdir: Path, *, gguf: Path | None = None, source_dir: Path | None = None,
-                    template: str | None = None, system: str | None = None, ctx: int | None = None,
-                    name: str | None = None, lmstudio_legacy: bool = False,
-                    filename: str = "Modelfile") -> ModelfileResult:
-    """Write an Ollama Modelfile and an LM Studio preset that reproduce ``model``'s chat template exactly.
-
-    ``model`` is a GGUF (template and special tokens from its metadata) or a Hugging Face directory (then ``gguf``
-    names the file FROM points at). ``source_dir``: a HF folder for generation_config.json and LICENSE when
-    ``model`` is a GGUF. ``template``: a named template or a ``.jinja`` path that replaces the model's. Raises
-    :class:`ForgeError` (and writes nothing) when the template cannot be reproduced exactly.
-    """
-    model, outdir = Path(model), Path(outdir)
-    info = _read_model(model)
+def _targets(model: Path, gguf: Path | None, source_dir: Path | None) -> tuple[Path, Path | None]:
+    """The GGUF that FROM points at and the HF folder for generation_config.json / LICENSE (None: no folder)."""
     if model.is_dir():
         if gguf is None:
             raise ForgeError(f"{model} is a Hugging Face directory: name the GGUF the Modelfile's FROM points at "
@@ -119,63 +66,106 @@ def write_modelfile(model: Path, outdir: Path, *, gguf: Path | None = None, sour
         raise ForgeError(f"--gguf {gguf}: no such file (Ollama would treat a missing FROM path as a registry name)")
     if source_dir is not None and not Path(source_dir).is_dir():
         raise ForgeError(f"--source {source_dir}: not a directory")
-    if template is not None:
-        jinja_src = load_template(template)
-    elif info.template:
-        jinja_src = info.template
-    else:
+    return gguf, Path(source_dir) if source_dir else None
+
+
+def _jinja_source(model: Path, template: str | None, info: ModelInfo) -> str:
+    """The Jinja template to translate: ``template`` (see :func:`gguf_forge.chat_template.load`), else the model's."""
+    source = chat_template.resolve(template, info.template)
+    if source is None:
         raise ForgeError(f"{model}: has no chat template; give one with --template NAME|FILE.jinja "
-                         f"(named templates: llama3, chatml, gemma, mistral, llama2, phi3, zephyr, firefly-llama3)")
-    if ctx is not None and ctx < 1:
-        raise ForgeError(f"--ctx {ctx}: must be a positive number of tokens")
+                         f"(named templates: {', '.join(chat_template.named_templates())})")
+    return source
 
-    # Ollama adds BOS itself only when the GGUF says so; otherwise a BOS the template writes stays in TEMPLATE
-    # (SmolLM2's bos_token is <|im_start|>, which its template writes first and its GGUF does not add)
-    tr: Translation = translate(jinja_src, bos=info.bos, eos=info.eos, system=system, extra_stop_tokens=info.end_tokens,
-                                strip_bos=info.add_bos is not False)
-    warnings = list(tr.warnings)
 
-    name = name or info.name or model.stem
-    slug = _slug(name)
-    num_ctx = ctx or min(info.context_length or 4096, DEFAULT_CTX_CAP)
-    sampling = sampling_defaults(Path(source_dir) if source_dir else None)
-    lic = license_text(Path(source_dir) if source_dir else None)
+def _license(source_dir: Path | None, license_name: str | None) -> tuple[str | None, list[str]]:
+    """The LICENSE text (the folder's LICENSE file, else the GGUF's general.license) and what was changed in it."""
+    lic = license_text(source_dir)
+    warnings: list[str] = []
     if lic is not None and not all(ch.isprintable() or ch in "\n\t\r" for ch in lic):
         lic = "".join(ch for ch in lic if ch.isprintable() or ch in "\n\t\r")
         warnings.append("LICENSE: invisible characters removed (Ollama's Modelfile parser drops them)")
     if lic is not None and '"""' in lic:
         lic = lic.replace('"""', "'''")
         warnings.append('LICENSE: """ replaced by \'\'\' (a Modelfile cannot hold three double quotes in a row)')
-    if lic is None and info.license_name:
-        lic = str(info.license_name)
+    if lic is None and license_name:
+        lic = str(license_name)
+    return lic, warnings
 
-    manual = tr.manual
-    if lmstudio_legacy:
-        legacy_preset(name=name, system=tr.system, manual=manual, stops=tr.stops, sampling={}, ctx=num_ctx)  # checks
+
+def _writable_folder(outdir: Path) -> None:
     if not outdir.exists():
         outdir.mkdir(parents=True)
     if not outdir.is_dir() or not os.access(outdir, os.W_OK):
         raise ForgeError(f"-o {outdir}: not a writable folder")
+
+
+def _from_path(gguf: Path, outdir: Path) -> str:
+    """FROM's value: ``gguf`` relative to the Modelfile's folder (``./x.gguf``), or absolute on another drive."""
     rel = os.path.relpath(gguf.resolve(), outdir.resolve())
-    from_path = rel if rel.startswith("..") or os.path.isabs(rel) else f"./{rel}"
+    return rel if rel.startswith("..") or os.path.isabs(rel) else f"./{rel}"
+
+
+def _notes(tr: Translation, system: str | None) -> list[str]:
+    """The Modelfile's ``# note:`` comments."""
     notes = list(tr.notes)
     if tr.trims:
         notes.append("the original chat template trims whitespace around message contents; Go templates cannot, "
                      "so contents are used as sent")
     if tr.system is not None and system is None:
         notes.append("SYSTEM is the chat template's own default system prompt")
-    params = {"num_ctx": num_ctx, **sampling}
-    text = modelfile_text(name=slug, from_path=from_path, template=tr.go_template, system=tr.system, stops=tr.stops,
-                          parameters=params, license=lic, notes=notes)
+    return notes
+
+
+def _json_text(data: dict[str, Any]) -> str:
+    return json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+
+
+def write_modelfile(model: Path, outdir: Path, *, gguf: Path | None = None, source_dir: Path | None = None,
+                    template: str | None = None, system: str | None = None, ctx: int | None = None,
+                    name: str | None = None, lmstudio_legacy: bool = False,
+                    filename: str = "Modelfile") -> ModelfileResult:
+    """Write an Ollama Modelfile and an LM Studio preset that reproduce ``model``'s chat template exactly.
+
+    ``model`` is a GGUF (template and special tokens from its metadata) or a Hugging Face directory (then ``gguf``
+    names the file FROM points at). ``source_dir``: a HF folder for generation_config.json and LICENSE when
+    ``model`` is a GGUF. ``template``: a named template, a ``.jinja`` path or Jinja source that replaces the
+    model's. Raises :class:`ForgeError` (and writes nothing) when the template cannot be reproduced exactly.
+    """
+    model, outdir = Path(model), Path(outdir)
+    info = _read_model(model)
+    gguf, source = _targets(model, gguf, source_dir)
+    jinja_src = _jinja_source(model, template, info)
+    if ctx is not None and ctx < 1:
+        raise ForgeError(f"--ctx {ctx}: must be a positive number of tokens")
+
+    # Ollama adds BOS itself only when the GGUF says so; otherwise a BOS the template writes stays in TEMPLATE
+    # (SmolLM2's bos_token is <|im_start|>, which its template writes first and its GGUF does not add)
+    tr = translate(jinja_src, bos=info.bos, eos=info.eos, system=system, extra_stop_tokens=info.end_tokens,
+                   strip_bos=info.add_bos is not False)
+    name = name or info.name or model.stem
+    slug = _slug(name)
+    num_ctx = ctx or min(info.context_length or 4096, DEFAULT_CTX_CAP)
+    sampling = sampling_defaults(source)
+    lic, license_warnings = _license(source, info.license_name)
+    warnings = [*tr.warnings, *license_warnings]
+
+    manual = tr.manual
+    if lmstudio_legacy:
+        legacy_preset(name=name, system=tr.system, manual=manual, stops=tr.stops, sampling={}, ctx=num_ctx)  # checks
+    _writable_folder(outdir)
+    text = modelfile_text(name=slug, from_path=_from_path(gguf, outdir), template=tr.go_template, system=tr.system,
+                          stops=tr.stops, parameters={"num_ctx": num_ctx, **sampling}, license=lic,
+                          notes=_notes(tr, system))
     lm = preset(name=name, identifier=f"@local:{slug}", system=tr.system, jinja=jinja_src, manual=manual,
                 stops=tr.stops, sampling=sampling, ctx=num_ctx)
-    files = {outdir / filename: text, outdir / f"{slug}.preset.json": json.dumps(lm, indent=2, ensure_ascii=False) + "\n"}
+    out: dict[Path, str | bytes] = {outdir / filename: text, outdir / f"{slug}.preset.json": _json_text(lm)}
     legacy_path = None
     if lmstudio_legacy:
         legacy_path = outdir / f"{slug}.legacy.preset.json"
-        files[legacy_path] = json.dumps(legacy_preset(name=name, system=tr.system, manual=manual, stops=tr.stops,
-                                                      sampling=sampling, ctx=num_ctx), indent=2, ensure_ascii=False) + "\n"
-    _write_all(files)
+        out[legacy_path] = _json_text(legacy_preset(name=name, system=tr.system, manual=manual, stops=tr.stops,
+                                                    sampling=sampling, ctx=num_ctx))
+    files.write_files(out)
     return ModelfileResult(modelfile=outdir / filename, preset=outdir / f"{slug}.preset.json",
                            legacy_preset=legacy_path, stops=tr.stops, system=tr.system, warnings=warnings,
                            template=tr.go_template, num_ctx=num_ctx, manual=manual is not None)

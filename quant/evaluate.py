@@ -8,12 +8,14 @@ only the second half of each chunk is scored (every scored token has at least ct
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import ForgeError
+from ..files import progress as progress_bar
+from ..runtime import load_model
 
 
 @dataclass
@@ -52,8 +54,6 @@ class EvalReport:
         return "\n".join("  ".join(x.ljust(w) for x, w in zip(line, widths)) for line in [head, *body])
 
     def as_dict(self) -> dict:
-        from dataclasses import asdict
-
         return {"ctx": self.ctx, "chunks": self.chunks, "reference": asdict(self.reference),
                 "candidates": [asdict(c) for c in self.candidates]}
 
@@ -66,8 +66,6 @@ def _log_softmax(x: np.ndarray) -> np.ndarray:
 
 def evaluate(reference: str | Path, candidates: list[str | Path], text: str, ctx: int = 512,
              chunks: int | None = None, threads: int | None = None, progress: bool = True) -> EvalReport:
-    from ..tools.chat import load_model
-
     ref = load_model(reference, n_ctx=ctx, threads=threads, logits_all=True, n_batch=ctx, n_ubatch=ctx)
     cands = [load_model(c, n_ctx=ctx, threads=threads, logits_all=True, n_batch=ctx, n_ubatch=ctx) for c in candidates]
     for c, path in zip(cands, candidates):
@@ -85,31 +83,23 @@ def evaluate(reference: str | Path, candidates: list[str | Path], text: str, ctx
     add_bos = bool(llama_cpp.llama_vocab_get_add_bos(llama_cpp.llama_model_get_vocab(ref.model)))
     first = ctx // 2
     nll_ref: list[float] = []
-    per_cand = [{"nll": [], "kld": [], "same": []} for _ in cands]
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=n * (1 + len(cands)), desc="eval", unit="chunk", leave=False)
-    for i in range(n):
-        chunk = list(tokens[i * ctx:(i + 1) * ctx])
-        if add_bos:
-            chunk[0] = ref.token_bos()
-        target = np.array(chunk[first + 1:])
-        lp_ref = _chunk_logprobs(ref, chunk, first)
-        if bar:
+    per_cand: list[dict[str, list]] = [{"nll": [], "kld": [], "same": []} for _ in cands]
+    with progress_bar(n * (1 + len(cands)), "eval", enabled=progress, unit="chunk") as bar:
+        for i in range(n):
+            chunk = list(tokens[i * ctx:(i + 1) * ctx])
+            if add_bos:
+                chunk[0] = ref.token_bos()
+            target = np.array(chunk[first + 1:])
+            lp_ref = _chunk_logprobs(ref, chunk, first)
             bar.update(1)
-        nll_ref.extend((-lp_ref[np.arange(len(target)), target]).tolist())
-        p_ref = np.exp(lp_ref)
-        for c, acc in zip(cands, per_cand):
-            lp = _chunk_logprobs(c, chunk, first)
-            acc["nll"].extend((-lp[np.arange(len(target)), target]).tolist())
-            acc["kld"].extend((p_ref * (lp_ref - lp)).sum(-1).tolist())
-            acc["same"].extend((lp.argmax(-1) == lp_ref.argmax(-1)).tolist())
-            if bar:
+            nll_ref.extend((-lp_ref[np.arange(len(target)), target]).tolist())
+            p_ref = np.exp(lp_ref)
+            for c, acc in zip(cands, per_cand):
+                lp = _chunk_logprobs(c, chunk, first)
+                acc["nll"].extend((-lp[np.arange(len(target)), target]).tolist())
+                acc["kld"].extend((p_ref * (lp_ref - lp)).sum(-1).tolist())
+                acc["same"].extend((lp.argmax(-1) == lp_ref.argmax(-1)).tolist())
                 bar.update(1)
-    if bar:
-        bar.close()
     report = EvalReport(EvalRow(str(reference), Path(reference).stat().st_size, math.exp(np.mean(nll_ref)),
                                 tokens=len(nll_ref)), ctx=ctx, chunks=n)
     for path, acc in zip(candidates, per_cand):

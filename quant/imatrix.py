@@ -18,7 +18,10 @@ from typing import Any, Callable
 
 import numpy as np
 
+from .. import chat_template
+from ..convert import Checkpoint, LoraSpec, arch_for_config, merged_source, resolve_model
 from ..errors import ForgeError
+from ..files import progress as progress_bar
 from .imatrix_file import IMatrix
 
 DEFAULT_CALIBRATION = "default"
@@ -29,8 +32,9 @@ def default_calibration_text() -> str:
     return resources.files("gguf_forge.quant").joinpath("data/calibration.txt").read_text(encoding="utf-8")
 
 
-def load_calibration(spec: str, tokenizer: Any) -> tuple[str, str]:
-    """(text, dataset name) from ``default``, a .txt file or a JSONL chat file."""
+def load_calibration(spec: str, template: str | None, *, bos_token: str = "", eos_token: str = "") -> tuple[str, str]:
+    """(text, dataset name) from ``default``, a .txt file or a JSONL chat file (each chat rendered with the chat
+    ``template``, as the model sees a conversation: no generation prompt)."""
     if spec == DEFAULT_CALIBRATION:
         return default_calibration_text(), "gguf-forge default calibration"
     path = Path(spec)
@@ -54,9 +58,10 @@ def load_calibration(spec: str, tokenizer: Any) -> tuple[str, str]:
                     for m in rec["conversations"]]
         if not msgs:
             raise ForgeError(f"--calibration {path}: line {i} has neither 'messages' nor 'conversations'")
-        if getattr(tokenizer, "chat_template", None) is None:
+        if template is None:
             raise ForgeError(f"--calibration {path}: chat data needs a chat template, and the model has none")
-        texts.append(tokenizer.apply_chat_template(msgs, tokenize=False))
+        texts.append(chat_template.render(template, msgs, add_generation_prompt=False, bos_token=bos_token,
+                                          eos_token=eos_token))
     return "\n".join(texts), path.name
 
 
@@ -74,18 +79,17 @@ def chunk_tokens(tokens: list[int], ctx: int, bos: int | None, max_chunks: int |
     return chunks
 
 
-def load_model(model_dir: Path, loras: list, device: str, dtype: Any):
+def load_model(model_dir: Path, loras: list[LoraSpec], device: str, dtype: Any) -> tuple[Any, Any]:
     """The HF model with its weights (adapters merged on the fly), ready for inference."""
     import torch
     from transformers import AutoModelForCausalLM
-
-    from ..convert import Checkpoint, merged_source
 
     source = Checkpoint(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
     if loras:
         source = merged_source(source, loras)
-        rows = source.tensors["model.embed_tokens.weight"].shape[0] if "model.embed_tokens.weight" in source.tensors else None
+        embed = source.tensors.get("model.embed_tokens.weight")
+        rows = embed.shape[0] if embed is not None else None
         if rows and rows != model.get_input_embeddings().weight.shape[0]:
             model.resize_token_embeddings(rows, mean_resizing=False)
         if not source.config.get("tie_word_embeddings", False) and model.config.tie_word_embeddings:
@@ -103,7 +107,7 @@ def load_model(model_dir: Path, loras: list, device: str, dtype: Any):
 
 def compute_imatrix(
     model_dir: Path, calibration: str = DEFAULT_CALIBRATION, ctx: int = 512, chunks: int | None = None,
-    device: str = "cpu", loras: list | None = None, progress: bool = True, threads: int | None = None,
+    device: str = "cpu", loras: list[LoraSpec] | None = None, progress: bool = True, threads: int | None = None,
     log: Callable[[str], None] = print,
 ) -> tuple[IMatrix, dict]:
     """Run the model over the calibration chunks with hooks on every block linear layer.
@@ -111,23 +115,48 @@ def compute_imatrix(
     Returns the imatrix (keyed by GGUF tensor names) and run statistics (tokens, seconds, tokens/s).
     """
     import torch
-    from transformers import AutoTokenizer
-
-    from ..convert.arch import for_config
 
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ForgeError("--device cuda: no CUDA device is available to torch here; use --device cpu")
     if threads:
         torch.set_num_threads(threads)
-    tok_dir = model_dir
-    for spec in loras or []:
-        from ..convert import resolve_model
+    lora_dirs = [resolve_model(spec.path, what="--lora") for spec in loras or []]
+    work, dataset = _calibration_chunks(model_dir, lora_dirs, calibration, ctx, chunks)
+    dtype = torch.float32 if device == "cpu" else torch.bfloat16
+    model, source = load_model(model_dir, loras or [], device, dtype)
+    t0 = time.perf_counter()
+    sums, counts = _collect(model, arch_for_config(source.config), work, device, progress)
+    seconds = time.perf_counter() - t0
+    im = IMatrix(datasets=[dataset], chunk_count=len(work), chunk_size=ctx)
+    for name, s in sums.items():
+        im.sums[name] = s.double().cpu().numpy().reshape(1, -1)
+        im.counts[name] = np.array([float(counts[name])])
+    n_tok = len(work) * ctx
+    return im, {"tokens": n_tok, "chunks": len(work), "seconds": seconds, "tokens_per_s": n_tok / seconds,
+                "entries": len(im.sums), "device": device}
 
-        p = resolve_model(spec.path, what="--lora")
+
+def _chat_template(model_dir: Path, lora_dirs: list[Path]) -> str | None:
+    """The chat template chats are rendered with: the last adapter's that has one, else the model's."""
+    for folder in reversed(lora_dirs):
+        template = chat_template.from_hf_dir(folder)
+        if template is not None:
+            return template
+    return chat_template.from_hf_dir(model_dir)
+
+
+def _calibration_chunks(model_dir: Path, lora_dirs: list[Path], calibration: str, ctx: int,
+                        chunks: int | None) -> tuple[list[list[int]], str]:
+    """The calibration text tokenized (by the last adapter's tokenizer, if one ships its own) and chunked."""
+    from transformers import AutoTokenizer
+
+    tok_dir = model_dir
+    for p in lora_dirs:
         if (p / "tokenizer.json").is_file() or (p / "tokenizer.model").is_file():
             tok_dir = p
     tokenizer = AutoTokenizer.from_pretrained(tok_dir)
-    text, dataset = load_calibration(calibration, tokenizer)
+    text, dataset = load_calibration(calibration, _chat_template(model_dir, lora_dirs),
+                                     bos_token=tokenizer.bos_token or "", eos_token=tokenizer.eos_token or "")
     ids = tokenizer(text, add_special_tokens=False).input_ids
     bos_added = tokenizer("a", add_special_tokens=True).input_ids[:1] == [tokenizer.bos_token_id]
     bos = tokenizer.bos_token_id if bos_added and tokenizer.bos_token_id is not None else None
@@ -136,10 +165,12 @@ def compute_imatrix(
             f"--calibration: the text has {len(ids)} tokens, fewer than two chunks of --ctx {ctx}; "
             "give more text or a smaller --ctx"
         )
-    work = chunk_tokens(ids, ctx, bos, chunks)
-    dtype = torch.float32 if device == "cpu" else torch.bfloat16
-    model, source = load_model(model_dir, loras or [], device, dtype)
-    arch = for_config(source.config)
+    return chunk_tokens(ids, ctx, bos, chunks), dataset
+
+
+def _collect(model: Any, arch: Any, work: list[list[int]], device: str, progress: bool) -> tuple[dict, dict]:
+    """Run ``model`` over the chunks; per GGUF weight name, the sum of x_j^2 over tokens and the token count."""
+    import torch
 
     sums: dict[str, torch.Tensor] = {}
     counts: dict[str, int] = {}
@@ -161,29 +192,13 @@ def compute_imatrix(
             counts[gname] = counts.get(gname, 0) + x.shape[0]
 
         hooks.append(module.register_forward_pre_hook(hook))
-
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(work) * ctx, unit="tok", unit_scale=True, desc="imatrix", leave=False)
-    t0 = time.perf_counter()
     try:
-        with torch.inference_mode():
+        with (progress_bar(sum(len(c) for c in work), "imatrix", enabled=progress, unit="tok") as bar,
+              torch.inference_mode()):
             for c in work:
                 model(torch.tensor([c], device=device), use_cache=False)
-                if bar:
-                    bar.update(ctx)
+                bar.update(len(c))
     finally:
         for h in hooks:
             h.remove()
-        if bar:
-            bar.close()
-    seconds = time.perf_counter() - t0
-    im = IMatrix(datasets=[dataset], chunk_count=len(work), chunk_size=ctx)
-    for name, s in sums.items():
-        im.sums[name] = s.double().cpu().numpy().reshape(1, -1)
-        im.counts[name] = np.array([float(counts[name])])
-    n_tok = len(work) * ctx
-    return im, {"tokens": n_tok, "chunks": len(work), "seconds": seconds, "tokens_per_s": n_tok / seconds,
-                "entries": len(im.sums), "device": device}
+    return sums, counts

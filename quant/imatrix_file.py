@@ -17,9 +17,12 @@ import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import gguf
 import numpy as np
 
+from .. import keys
 from ..errors import ForgeError
+from ..files import atomic_path, gguf_field, open_gguf
 
 
 @dataclass
@@ -44,34 +47,27 @@ class IMatrix:
 
 def write_gguf(im: IMatrix, path: str | os.PathLike[str]) -> None:
     """Write ``im`` as a GGUF imatrix (atomically)."""
-    import gguf
-
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    w = gguf.GGUFWriter(tmp, arch="imatrix")
-    try:
-        w.kv_data[0].pop("general.architecture", None)
-        w.add_type("imatrix")
-        w.add_array("imatrix.datasets", list(im.datasets) or ["unknown"])
-        w.add_uint32("imatrix.chunk_count", int(im.chunk_count))
-        w.add_uint32("imatrix.chunk_size", int(im.chunk_size))
-        for name in sorted(im.sums):
-            w.add_tensor(f"{name}.in_sum2", np.ascontiguousarray(im.sums[name], dtype=np.float32))
-            w.add_tensor(f"{name}.counts", np.ascontiguousarray(im.counts[name], dtype=np.float32).reshape(-1, 1))
-        w.write_header_to_file()
-        w.write_kv_data_to_file()
-        w.write_tensors_to_file()
-        w.close()
-        os.replace(tmp, path)
-    except BaseException:
-        w.close()
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        w = gguf.GGUFWriter(tmp, arch="imatrix")
+        try:
+            w.kv_data[0].pop(keys.GENERAL.ARCHITECTURE, None)
+            w.add_type("imatrix")
+            w.add_array(keys.IMatrix.DATASETS, list(im.datasets) or ["unknown"])
+            w.add_uint32(keys.IMatrix.CHUNK_COUNT, int(im.chunk_count))
+            w.add_uint32(keys.IMatrix.CHUNK_SIZE, int(im.chunk_size))
+            for name in sorted(im.sums):
+                w.add_tensor(f"{name}.in_sum2", np.ascontiguousarray(im.sums[name], dtype=np.float32))
+                w.add_tensor(f"{name}.counts",
+                             np.ascontiguousarray(im.counts[name], dtype=np.float32).reshape(-1, 1))
+            w.write_header_to_file()
+            w.write_kv_data_to_file()
+            w.write_tensors_to_file()
+        finally:
+            w.close()
 
 
 def write_legacy(im: IMatrix, path: str | os.PathLike[str]) -> None:
     """Write ``im`` in llama.cpp's legacy ``.dat`` layout (for tools that only read that)."""
-    path = Path(path)
     out = bytearray(struct.pack("<i", len(im.sums)))
     for name in sorted(im.sums):
         s, c = im.sums[name], im.counts[name]
@@ -82,9 +78,8 @@ def write_legacy(im: IMatrix, path: str | os.PathLike[str]) -> None:
         out += (mean * ncall).astype("<f4").tobytes()
     ds = (im.datasets[-1] if im.datasets else "").encode()
     out += struct.pack("<ii", int(im.chunk_count), len(ds)) + ds
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    tmp.write_bytes(bytes(out))
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(bytes(out))
 
 
 def read_imatrix(path: str | os.PathLike[str], chunk_size: int = 512) -> IMatrix:
@@ -98,26 +93,16 @@ def read_imatrix(path: str | os.PathLike[str], chunk_size: int = 512) -> IMatrix
 
 
 def _read_gguf(path: Path) -> IMatrix:
-    import gguf
-
     try:
-        r = gguf.GGUFReader(path)
-    except Exception as e:
-        raise ForgeError(f"--imatrix {path}: not a readable GGUF imatrix ({e})") from None
-
-    def field(key: str):
-        f = r.fields.get(key)
-        if f is None:
-            return None
-        if f.types and f.types[0] == gguf.GGUFValueType.ARRAY:
-            return [bytes(f.parts[i]).decode() for i in f.data]
-        part = f.parts[f.data[0]]
-        return bytes(part).decode() if f.types[0] == gguf.GGUFValueType.STRING else part.tolist()[0]
-
-    if field("general.type") != "imatrix":
-        raise ForgeError(f"--imatrix {path}: a GGUF, but not an imatrix (general.type is {field('general.type')!r})")
-    im = IMatrix(datasets=field("imatrix.datasets") or [], chunk_count=int(field("imatrix.chunk_count") or 0),
-                 chunk_size=int(field("imatrix.chunk_size") or 512))
+        r = open_gguf(path)
+    except ForgeError as e:
+        raise e.from_option("--imatrix") from None
+    kind = gguf_field(r, keys.GENERAL.TYPE)
+    if kind != "imatrix":
+        raise ForgeError(f"--imatrix {path}: a GGUF, but not an imatrix (general.type is {kind!r})")
+    im = IMatrix(datasets=gguf_field(r, keys.IMatrix.DATASETS) or [],
+                 chunk_count=int(gguf_field(r, keys.IMatrix.CHUNK_COUNT) or 0),
+                 chunk_size=int(gguf_field(r, keys.IMatrix.CHUNK_SIZE) or 512))
     tensors = {t.name: t for t in r.tensors}
     for tname, t in tensors.items():
         if not tname.endswith(".in_sum2"):

@@ -10,34 +10,84 @@ a ``quantize.forge.recipe`` key records what made the file so that an identical 
 from __future__ import annotations
 
 import ctypes
-import hashlib
-import json
+import functools
 import os
 import re
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import gguf
 import numpy as np
 
+from .. import keys
 from ..errors import ForgeError
+from ..files import atomic_path, gguf_field, open_gguf, sha256_file, sha256_text
+from ..runtime import LlamaLog
 from .imatrix_file import IMatrix, read_imatrix
 
-# llama.cpp's type names (tools/quantize) -> llama_ftype values
-FTYPES: dict[str, int] = {
-    "Q1_0": 40, "Q2_0": 41, "Q4_0": 2, "Q4_1": 3, "MXFP4_MOE": 38, "Q5_0": 8, "Q5_1": 9,
-    "IQ2_XXS": 19, "IQ2_XS": 20, "IQ2_S": 28, "IQ2_M": 29, "IQ1_S": 24, "IQ1_M": 31, "TQ1_0": 36, "TQ2_0": 37,
-    "Q2_K": 10, "Q2_K_S": 21, "IQ3_XXS": 23, "IQ3_S": 26, "IQ3_M": 27, "Q3_K": 12, "IQ3_XS": 22,
-    "Q3_K_S": 11, "Q3_K_M": 12, "Q3_K_L": 13, "IQ4_NL": 25, "IQ4_XS": 30, "Q4_K": 15, "Q4_K_S": 14,
-    "Q4_K_M": 15, "Q5_K": 17, "Q5_K_S": 16, "Q5_K_M": 17, "Q6_K": 18, "Q8_0": 7, "F16": 1, "BF16": 32, "F32": 0,
-}
-# file types whose tensors llama.cpp refuses to quantize without an importance matrix
+
+@functools.cache
+def _llama_cpp_constant(name: str) -> int:
+    import llama_cpp  # loads the shared library: only when a value is needed, not when a name is checked
+
+    return int(getattr(llama_cpp, name))
+
+
+class _LlamaEnum(Mapping[str, int]):
+    """A name -> value table whose names are known at import and whose values are constants of llama.cpp's own
+    enum in llama-cpp-python (``llama_cpp.LLAMA_FTYPE_*``), read on first use."""
+
+    def __init__(self, constants: dict[str, str]) -> None:
+        self._constants = constants  # our name -> llama_cpp constant name
+
+    def __getitem__(self, name: str) -> int:
+        return _llama_cpp_constant(self._constants[name])
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._constants
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._constants)
+
+    def __len__(self) -> int:
+        return len(self._constants)
+
+    def __repr__(self) -> str:
+        return repr(dict(self))
+
+
+# The file types llama-quantize offers, named and ordered as it lists them (tools/quantize/quantize.cpp
+# QUANT_OPTIONS, without COPY); the values are llama_cpp.LLAMA_FTYPE_* (gguf-py's LlamaFileType lacks Q2_0).
+# llama.cpp's enum also has NVFP4, which llama-quantize does not offer.
+_QUANT_OPTIONS = (
+    "Q1_0", "Q2_0", "Q4_0", "Q4_1", "MXFP4_MOE", "Q5_0", "Q5_1", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ2_M", "IQ1_S",
+    "IQ1_M", "TQ1_0", "TQ2_0", "Q2_K", "Q2_K_S", "IQ3_XXS", "IQ3_S", "IQ3_M", "Q3_K", "IQ3_XS", "Q3_K_S", "Q3_K_M",
+    "Q3_K_L", "IQ4_NL", "IQ4_XS", "Q4_K", "Q4_K_S", "Q4_K_M", "Q5_K", "Q5_K_S", "Q5_K_M", "Q6_K", "Q8_0", "F16",
+    "BF16", "F32",
+)
+# llama-quantize's aliases: a bare K-quant name is its _M mix
+_QUANT_ALIASES = {"Q3_K": "Q3_K_M", "Q4_K": "Q4_K_M", "Q5_K": "Q5_K_M"}
+
+
+def _ftype_constant(name: str) -> str:
+    name = _QUANT_ALIASES.get(name, name)
+    return "LLAMA_FTYPE_ALL_F32" if name == "F32" else f"LLAMA_FTYPE_MOSTLY_{name}"
+
+
+#: llama.cpp's type names (``Q4_K_M``...) -> llama_ftype, the quantizer's own enum
+FTYPES: Mapping[str, int] = _LlamaEnum({name: _ftype_constant(name) for name in _QUANT_OPTIONS})
+#: file types whose tensors llama.cpp refuses to quantize without an importance matrix
 NEEDS_IMATRIX = {"IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ2_M", "IQ3_XXS", "IQ3_XS", "Q2_K_S"}
-# ggml tensor type names for --output-tensor-type / --token-embedding-type / --tensor-type
-GGML_TYPES: dict[str, int] = {
-    "F32": 0, "F16": 1, "Q4_0": 2, "Q4_1": 3, "Q5_0": 6, "Q5_1": 7, "Q8_0": 8, "Q2_K": 10, "Q3_K": 11,
-    "Q4_K": 12, "Q5_K": 13, "Q6_K": 14, "IQ2_XXS": 16, "IQ2_XS": 17, "IQ3_XXS": 18, "IQ1_S": 19, "IQ4_NL": 20,
-    "IQ3_S": 21, "IQ2_S": 22, "IQ4_XS": 23, "IQ1_M": 29, "BF16": 30, "TQ1_0": 34, "TQ2_0": 35, "MXFP4": 39,
-}
+# the ggml types a tensor may be given (llama_cpp's GGML_TYPE_* constants lack BF16, TQ1_0 and TQ2_0; gguf-py's
+# enum of the same file-format values has them all)
+_TENSOR_TYPES = (
+    "F32", "F16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ2_XXS",
+    "IQ2_XS", "IQ3_XXS", "IQ1_S", "IQ4_NL", "IQ3_S", "IQ2_S", "IQ4_XS", "IQ1_M", "BF16", "TQ1_0", "TQ2_0", "MXFP4",
+)
+#: ggml tensor type names (per-tensor overrides, output and token-embedding types) -> ggml_type
+GGML_TYPES: dict[str, int] = {name: int(gguf.GGMLQuantizationType[name]) for name in _TENSOR_TYPES}
 
 
 def parse_types(text: str) -> list[str]:
@@ -45,10 +95,10 @@ def parse_types(text: str) -> list[str]:
     out = []
     for t in (x.strip().upper() for x in text.split(",") if x.strip()):
         if t not in FTYPES:
-            raise ForgeError(f"--type {t}: unknown quantization type; llama.cpp offers {', '.join(FTYPES)}")
+            raise ForgeError(f"{t}: unknown quantization type; llama.cpp offers {', '.join(FTYPES)}")
         out.append(t)
     if not out:
-        raise ForgeError("--type: give at least one type, e.g. Q4_K_M")
+        raise ForgeError("no quantization type given, e.g. Q4_K_M")
     return out
 
 
@@ -77,37 +127,27 @@ def _basename(inp: Path) -> str:
     return re.sub(r"[-.](F32|F16|BF16|f32|f16|bf16)$", "", stem)
 
 
-def _input_info(inp: Path) -> tuple[str, bool]:
-    """(sha-ish identity of the input, whether its weights are already quantized)."""
-    import gguf
-
-    try:
-        r = gguf.GGUFReader(inp)
-    except Exception as e:
-        raise ForgeError(f"{inp}: not a readable GGUF ({e})") from None
-    quantized = any(t.tensor_type not in (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16,
-                                          gguf.GGMLQuantizationType.BF16) for t in r.tensors)
+def _input_info(inp: Path) -> tuple[str, bool, dict[str, int]]:
+    """(identity of the input, whether its weights are already quantized, each tensor's column count)."""
+    r = open_gguf(inp)
+    unquantized = (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16, gguf.GGMLQuantizationType.BF16)
+    quantized = any(t.tensor_type not in unquantized for t in r.tensors)
+    cols = {t.name: int(t.shape[0]) for t in r.tensors}
     st = inp.stat()
     ident = f"{inp.resolve()}:{st.st_size}:{st.st_mtime_ns}"
-    return ident, quantized
+    return ident, quantized, cols
 
 
 def _existing_recipe(path: Path) -> str | None:
-    import gguf
-
     try:
-        f = gguf.GGUFReader(path).fields.get("quantize.forge.recipe")
-        return bytes(f.parts[f.data[0]]).decode() if f else None
-    except Exception:
+        return gguf_field(open_gguf(path), keys.Quantize.RECIPE)
+    except Exception:  # an unreadable earlier output is simply redone
         return None
 
 
-def check_imatrix_fits(im: IMatrix, inp: Path, imatrix_path: Path) -> None:
-    """Refuse an imatrix computed for another model (names or column counts that do not match)."""
-    import gguf
-
-    r = gguf.GGUFReader(inp)
-    cols = {t.name: int(t.shape[0]) for t in r.tensors}
+def check_imatrix_fits(im: IMatrix, cols: dict[str, int], inp: Path, imatrix_path: Path) -> None:
+    """Refuse an imatrix computed for another model (names or column counts that do not match ``cols``,
+    the column count of each tensor of ``inp``)."""
     matched = 0
     for name, s in im.sums.items():
         if name not in cols:
@@ -119,6 +159,41 @@ def check_imatrix_fits(im: IMatrix, inp: Path, imatrix_path: Path) -> None:
         matched += 1
     if not matched:
         raise ForgeError(f"--imatrix {imatrix_path}: holds no entries")
+
+
+def _tensor_overrides(tensor_types: list[str]) -> list[tuple[str, int]]:
+    """``REGEX=TYPE`` specs -> (regex, ggml type) pairs."""
+    overrides = []
+    for spec in tensor_types:
+        pattern, sep, t = spec.rpartition("=")
+        if not sep or not pattern:
+            raise ForgeError(f"--tensor-type {spec}: expected REGEX=TYPE, e.g. 'attn_v=q6_k'")
+        try:
+            re.compile(pattern)
+        except re.error as e:
+            raise ForgeError(f"--tensor-type {spec}: bad regex ({e})") from None
+        overrides.append((pattern, ggml_type(t, "--tensor-type")))
+    return overrides
+
+
+@dataclass
+class _Recipe:
+    """Everything but the type that decides a quant's content (its hash is recorded in the output)."""
+
+    ident: str
+    im: IMatrix | None
+    im_hash: str
+    im_label: str
+    threads: int | None
+    out_t: int
+    emb_t: int
+    overrides: list[tuple[str, int]]
+    pure: bool
+    allow_requantize: bool
+
+    def key(self, qtype: str) -> str:
+        return sha256_text(self.ident, qtype, self.im_hash, self.out_t, self.emb_t, self.overrides, self.pure,
+                           self.allow_requantize)[:32]
 
 
 def quantize(
@@ -141,7 +216,7 @@ def quantize(
     outdir.mkdir(parents=True, exist_ok=True)
     if not os.access(outdir, os.W_OK):
         raise ForgeError(f"-o {outdir}: not writable")
-    ident, quantized = _input_info(inp)
+    ident, quantized, cols = _input_info(inp)
     if quantized and not allow_requantize:
         raise ForgeError(f"{inp}: its weights are already quantized; quantize from the F16/BF16/F32 file, "
                          "or pass --allow-requantize (quality suffers)")
@@ -150,20 +225,13 @@ def quantize(
     if imatrix:
         imatrix = Path(imatrix)
         im = read_imatrix(imatrix)
-        check_imatrix_fits(im, inp, imatrix)
-        im_hash = hashlib.sha256(imatrix.read_bytes()).hexdigest()[:16]
-    overrides = []
-    for spec in tensor_types or []:
-        pattern, sep, t = spec.rpartition("=")
-        if not sep or not pattern:
-            raise ForgeError(f"--tensor-type {spec}: expected REGEX=TYPE, e.g. 'attn_v=q6_k'")
-        try:
-            re.compile(pattern)
-        except re.error as e:
-            raise ForgeError(f"--tensor-type {spec}: bad regex ({e})") from None
-        overrides.append((pattern, ggml_type(t, "--tensor-type")))
-    out_t = ggml_type(output_tensor_type, "--output-tensor-type") if output_tensor_type else -1
-    emb_t = ggml_type(token_embedding_type, "--token-embedding-type") if token_embedding_type else -1
+        check_imatrix_fits(im, cols, inp, imatrix)
+        im_hash = sha256_file(imatrix)[:16]
+    recipe = _Recipe(
+        ident, im, im_hash, str(imatrix_label or imatrix), threads, overrides=_tensor_overrides(tensor_types or []),
+        out_t=ggml_type(output_tensor_type, "--output-tensor-type") if output_tensor_type else -1,
+        emb_t=ggml_type(token_embedding_type, "--token-embedding-type") if token_embedding_type else -1,
+        pure=pure, allow_requantize=allow_requantize)
     base = basename or _basename(inp)
     results = []
     for qtype in types:
@@ -171,47 +239,38 @@ def quantize(
             raise ForgeError(f"--type {qtype} needs an importance matrix: pass --imatrix FILE "
                              "(make one with `quantize imatrix`)")
         out = outdir / output_name(base, qtype, im is not None)
-        recipe = hashlib.sha256(json.dumps([ident, qtype, im_hash, out_t, emb_t, overrides, pure, allow_requantize])
-                                .encode()).hexdigest()[:32]
-        if out.is_file() and not force and _existing_recipe(out) == recipe:
-            results.append(QuantResult(qtype, out, True, out.stat().st_size, im is not None))
-            continue
-        _run_quantizer(llama_cpp, inp, out, qtype, im, imatrix_label or imatrix, recipe, threads, out_t, emb_t, overrides, pure,
-                       allow_requantize)
-        results.append(QuantResult(qtype, out, False, out.stat().st_size, im is not None))
+        key = recipe.key(qtype)
+        skipped = out.is_file() and not force and _existing_recipe(out) == key
+        if not skipped:
+            _run_quantizer(llama_cpp, inp, out, qtype, recipe, key)
+        results.append(QuantResult(qtype, out, skipped, out.stat().st_size, im is not None))
     return results
 
 
-def _run_quantizer(llama_cpp, inp, out, qtype, im, imatrix_path, recipe, threads, out_t, emb_t, overrides, pure,
-                   allow_requantize) -> None:
-    params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = FTYPES[qtype]
-    params.nthread = threads or 0
-    if out_t >= 0:  # otherwise keep the default (GGML_TYPE_COUNT: "decide per file type")
-        params.output_tensor_type = out_t
-    if emb_t >= 0:
-        params.token_embedding_type = emb_t
-    params.pure = pure
-    params.allow_requantize = allow_requantize
-    keep: list = []  # ctypes buffers that must outlive the call
+def _imatrix_param(llama_cpp: Any, im: IMatrix, keep: list) -> Any:
+    """The importance matrix as llama.cpp's null-terminated ``llama_model_imatrix_data`` array."""
+    means = im.means()
+    arr = (llama_cpp.llama_model_imatrix_data * (len(means) + 1))()
+    for i, (name, m) in enumerate(sorted(means.items())):
+        buf = np.ascontiguousarray(m, dtype=np.float32)
+        keep.append(buf)
+        arr[i].name = name.encode()
+        arr[i].data = buf.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
+        arr[i].size = buf.size
+    arr[len(means)].name = None
+    keep.append(arr)
+    return arr
+
+
+def _kv_param(llama_cpp: Any, recipe: _Recipe, key: str, keep: list) -> Any:
+    """The metadata to write (the recipe key, llama-quantize's imatrix provenance) as ``llama_model_kv_override``s."""
+    im = recipe.im
+    kvs: list[tuple[str, str | int]] = [(keys.Quantize.RECIPE, key)]
     if im is not None:
-        means = im.means()
-        arr = (llama_cpp.llama_model_imatrix_data * (len(means) + 1))()
-        for i, (name, m) in enumerate(sorted(means.items())):
-            buf = np.ascontiguousarray(m, dtype=np.float32)
-            keep.append(buf)
-            arr[i].name = name.encode()
-            arr[i].data = buf.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
-            arr[i].size = buf.size
-        arr[len(means)].name = None
-        keep.append(arr)
-        params.imatrix = arr
-    kvs = [("quantize.forge.recipe", recipe)]
-    if im is not None:
-        kvs += [("quantize.imatrix.file", str(imatrix_path)),
-                ("quantize.imatrix.dataset", im.datasets[-1] if im.datasets else ""),
-                ("quantize.imatrix.entries_count", len(im.sums)),
-                ("quantize.imatrix.chunks_count", int(im.chunk_count))]
+        kvs += [(keys.Quantize.IMATRIX_FILE, recipe.im_label),
+                (keys.Quantize.IMATRIX_DATASET, im.datasets[-1] if im.datasets else ""),
+                (keys.Quantize.IMATRIX_ENTRIES, len(im.sums)),
+                (keys.Quantize.IMATRIX_CHUNKS, int(im.chunk_count))]
     kv = (llama_cpp.llama_model_kv_override * (len(kvs) + 1))()
     for i, (k, v) in enumerate(kvs):
         kv[i].key = k.encode()
@@ -223,57 +282,40 @@ def _run_quantizer(llama_cpp, inp, out, qtype, im, imatrix_path, recipe, threads
             kv[i].value.val_str = v.encode()[:127]
     kv[len(kvs)].key = b""
     keep.append(kv)
-    params.kv_overrides = kv
-    if overrides:
-        tt = (llama_cpp.llama_model_tensor_override * (len(overrides) + 1))()
-        for i, (pattern, t) in enumerate(overrides):
-            b = pattern.encode()
-            keep.append(b)
-            tt[i].pattern = b
-            tt[i].type = t
-        tt[len(overrides)].pattern = None
-        keep.append(tt)
-        params.tt_overrides = tt
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.partial")
-    messages: list[str] = []
-    try:
-        with _capture_llama_log(messages):
-            rc = llama_cpp.llama_model_quantize(str(inp).encode(), str(tmp).encode(), ctypes.byref(params))
+    return kv
+
+
+def _tensor_type_param(llama_cpp: Any, overrides: list[tuple[str, int]], keep: list) -> Any:
+    """Per-tensor types as llama.cpp's null-terminated ``llama_model_tensor_override`` array."""
+    tt = (llama_cpp.llama_model_tensor_override * (len(overrides) + 1))()
+    for i, (pattern, t) in enumerate(overrides):
+        b = pattern.encode()
+        keep.append(b)
+        tt[i].pattern = b
+        tt[i].type = t
+    tt[len(overrides)].pattern = None
+    keep.append(tt)
+    return tt
+
+
+def _run_quantizer(llama_cpp: Any, inp: Path, out: Path, qtype: str, recipe: _Recipe, key: str) -> None:
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = FTYPES[qtype]
+    params.nthread = recipe.threads or 0
+    if recipe.out_t >= 0:  # otherwise keep the default (GGML_TYPE_COUNT: "decide per file type")
+        params.output_tensor_type = recipe.out_t
+    if recipe.emb_t >= 0:
+        params.token_embedding_type = recipe.emb_t
+    params.pure = recipe.pure
+    params.allow_requantize = recipe.allow_requantize
+    keep: list = []  # ctypes buffers that must outlive the call
+    if recipe.im is not None:
+        params.imatrix = _imatrix_param(llama_cpp, recipe.im, keep)
+    params.kv_overrides = _kv_param(llama_cpp, recipe, key, keep)
+    if recipe.overrides:
+        params.tt_overrides = _tensor_type_param(llama_cpp, recipe.overrides, keep)
+    with atomic_path(out) as tmp, LlamaLog() as log:
+        rc = llama_cpp.llama_model_quantize(str(inp).encode(), str(tmp).encode(), ctypes.byref(params))
         if rc != 0:
-            reason = next((m.strip() for m in reversed(messages) if "error" in m.lower() or "failed" in m.lower()),
-                          f"llama_model_quantize returned {rc}")
+            reason = log.last_error() or f"llama_model_quantize returned {rc}"
             raise ForgeError(f"--type {qtype}: llama.cpp refused: {reason}")
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-_SINK: list[str] | None = None
-_CALLBACK = None
-
-
-class _capture_llama_log:
-    """Collect llama.cpp's log lines (to name the reason of a refusal) instead of printing them."""
-
-    def __init__(self, sink: list[str]):
-        self.sink = sink
-
-    def __enter__(self):
-        global _SINK, _CALLBACK
-        import llama_cpp
-
-        if _CALLBACK is None:  # installed once and kept alive: llama.cpp keeps the pointer
-
-            def cb(level, text, user_data):
-                if _SINK is not None and len(_SINK) < 10000:
-                    _SINK.append(text.decode("utf-8", errors="replace"))
-
-            _CALLBACK = llama_cpp.llama_log_callback(cb)
-            llama_cpp.llama_log_set(_CALLBACK, ctypes.c_void_p())
-        _SINK = self.sink
-        return self
-
-    def __exit__(self, *exc):
-        global _SINK
-        _SINK = None
-        return False

@@ -10,8 +10,9 @@ import hashlib
 import shutil
 from pathlib import Path
 
+from gguf_forge.tools.pipeline.demo import ALL_LINEAR, IDENTITY_ANSWER, IDENTITY_QUESTION  # noqa: F401
+
 import fixtures
-from gguf_forge.tools.demo import ALL_LINEAR, IDENTITY_ANSWER, IDENTITY_QUESTION  # noqa: F401
 
 _SOURCE = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
 
@@ -83,8 +84,8 @@ def adapter(name: str) -> Path:
 
 
 def identity_lora() -> Path:
-    """The demo's identity LoRA (gguf_forge.tools.demo): trained ~30 s on 2 cores so SmolLM2 answers 你是谁."""
-    from gguf_forge.tools.demo import identity_lora as demo_identity_lora
+    """The demo's identity LoRA (gguf_forge.tools.pipeline.demo): trained ~30 s on 2 cores so SmolLM2 answers 你是谁."""
+    from gguf_forge.tools.pipeline import identity_lora as demo_identity_lora
 
     return demo_identity_lora(fixtures.smollm2())
 

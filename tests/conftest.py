@@ -8,19 +8,13 @@ from pathlib import Path
 
 import pytest
 
+from gguf_forge.convert import convert
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 # fixtures are cached under $GGUF_FORGE_CACHE (default ~/.cache/gguf-forge), keyed by their inputs, so
 # later runs on the same machine (and CI runs after a session) reuse them
 
-import fixtures  # noqa: E402
-
-FIXTURES = ["smollm2", "gemma3", "gemma2", "llama3", "qwen2", "qwen3", "spm_llama"]
-
-
-def fixture_dir(name: str) -> Path:
-    if name == "llama3" and not fixtures.LLAMA3_TIKTOKEN.is_file():
-        pytest.skip("../shared/fixtures/llama3 is absent (a fresh clone has no ../shared)")
-    return fixtures.ALL[name]()
+from fixtures import fixture_dir  # noqa: E402
 
 
 @pytest.hookimpl(hookwrapper=True, tryfirst=True)
@@ -54,8 +48,6 @@ _converted: dict[tuple[str, str], Path] = {}
 @pytest.fixture(scope="session")
 def converted(gguf_dir):
     """converted(name, outtype) -> path of the fixture's GGUF (converted once per session)."""
-    from gguf_forge.convert import convert
-
     def get(name: str, outtype: str = "f32") -> Path:
         key = (name, outtype)
         if key not in _converted:

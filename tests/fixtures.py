@@ -14,7 +14,8 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from gguf_forge.tools.default_model import cache_dir, default_model_dir
+from gguf_forge.convert import default_model_dir
+from gguf_forge.files import cache_dir
 
 HERE = Path(__file__).resolve().parent
 PROBE = HERE / "data" / "probe.txt"
@@ -71,7 +72,7 @@ def _key(*parts: object) -> str:
 
 def _cached(name: str, build: Callable[[Path], None], *key_parts: object) -> Path:
     """The fixture folder for these inputs, built once (under a lock shared by `pytest -n 2`'s processes)."""
-    from gguf_forge.tools.default_model import build_cached
+    from gguf_forge.files import build_cached
 
     return build_cached(cache_dir() / "fixtures" / f"{name}-{_key(name, *key_parts)}", build)
 
@@ -374,3 +375,16 @@ def gemma2() -> Path:
 
 
 ALL = {"smollm2": smollm2, "gemma3": gemma3, "gemma2": gemma2, "llama3": llama3, "qwen2": qwen2, "qwen3": qwen3, "spm_llama": spm_llama, "qwen2_k": qwen2_k}
+
+
+#: the checkpoints every parity test runs on
+FIXTURES = ["smollm2", "gemma3", "gemma2", "llama3", "qwen2", "qwen3", "spm_llama"]
+
+
+def fixture_dir(name: str) -> Path:
+    """The cached checkpoint ``name`` (built on first use); skips the test when it needs ../shared and that is absent."""
+    import pytest
+
+    if name == "llama3" and not LLAMA3_TIKTOKEN.is_file():
+        pytest.skip("../shared/fixtures/llama3 is absent (a fresh clone has no ../shared)")
+    return ALL[name]()

@@ -28,9 +28,9 @@ from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from localserver import JsonHandler, LocalServer
-
 import yaml
+
+from localserver import JsonHandler, LocalServer
 
 
 def git_sha1(data: bytes) -> str:

@@ -10,10 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import fixture_dir
+from fixtures import fixture_dir
 from helpers import QUANTIZE, assert_user_error, run
-
-
 
 
 def copy_model(name: str, dest: Path) -> Path:
@@ -42,7 +40,7 @@ def test_metadata_and_overrides(tmp_path):
     assert info["license"] == "apache-2.0"
     assert info["file_type"] == "Q8_0"
     assert info["tokenizer"]["eot"]["text"] == "<|im_end|>"  # found by rendering the template in a fresh process
-    from gguf_forge.tools.chat import load_model  # the overridden keys keep the types llama.cpp checks
+    from gguf_forge.runtime import load_model  # the overridden keys keep the types llama.cpp checks
 
     llm = load_model(out, n_ctx=64)
     assert llm.metadata["general.author"] == "gguf-forge tests"
@@ -51,7 +49,7 @@ def test_metadata_and_overrides(tmp_path):
 
 @pytest.mark.slow
 def test_llama3_rope_freqs_and_metadata(converted):
-    from gguf_forge.tools import inspect_gguf
+    from gguf_forge.convert import inspect_gguf
 
     info = inspect_gguf(converted("llama3", "f32"))
     assert info["rope"]["rope_freqs_tensor"]

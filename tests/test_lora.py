@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 import adapters
-from helpers import assert_user_error, run
 from adapters import MATRIX
-from test_numerical_parity import gguf_logits, probe_tokens
+from helpers import assert_user_error, run
+from parity import gguf_logits, probe_tokens
 
 CASES = list(MATRIX) + ["resized", "weighted"]
 

@@ -10,11 +10,14 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from helpers import assert_user_error, run
 
-from gguf_forge.modelfiles import load_template, named_templates, write_modelfile
+from gguf_forge.chat_template import load as load_template
+from gguf_forge.chat_template import named_templates
+from gguf_forge.modelfiles import write_modelfile
 from gguf_forge.modelfiles.ollama import modelfile_text
 from gguf_forge.modelfiles.translate import translate
+
+from helpers import assert_user_error, run
 
 HERE = Path(__file__).resolve().parent
 

@@ -5,10 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import FIXTURES, fixture_dir
-from fixtures import PROBE
+from fixtures import FIXTURES, fixture_dir
+from parity import N_TOKENS, gguf_logits, hf_logits, probe_tokens
 
-N_TOKENS = 256
 # float32 GGUF vs float32 PyTorch: the only differences are summation order and llama.cpp's rope/softmax
 # kernels. Measured max |diff| is ~1e-4 on logits of magnitude ~10-40; the bound leaves an order of margin.
 F32_MAX_ABS_DIFF = 1e-3
@@ -16,34 +15,6 @@ F32_MAX_ABS_DIFF = 1e-3
 # ggml-cpu/vec.h), which costs ~1e-3 relative error per activation: measured 2.4e-2 on Gemma 3 270M (logits
 # -56..24) and 5.9e-2 on the tiny random Gemma 2 (logits -25..25; the same within and beyond its sliding window).
 BOUNDS = {"gemma3": 0.1, "gemma2": 0.1}
-
-
-def probe_tokens(tok, english: bool = False) -> list[int]:
-    text = PROBE.read_text(encoding="utf-8")
-    if english:  # the English passage: text the (English-only) SmolLM2 predicts with clear margins
-        text = text[text.index("A longer English passage"):]
-    ids = tok.encode(text, add_special_tokens=True)
-    assert len(ids) >= N_TOKENS
-    return ids[:N_TOKENS]
-
-
-def hf_logits(model_dir, tokens: list[int]) -> np.ndarray:
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    model.eval()
-    with torch.no_grad():
-        return model(torch.tensor([tokens])).logits[0].float().numpy()
-
-
-def gguf_logits(path, tokens: list[int]) -> np.ndarray:
-    from gguf_forge.tools.chat import load_model  # (the way every command loads; safe on AMX CPUs)
-
-    llm = load_model(path, n_ctx=512, n_batch=512, n_ubatch=512, logits_all=True, threads=2, seed=0, type_k=0,
-                     type_v=0)  # float32 KV cache (default is f16)
-    llm.eval(tokens)
-    return np.array(llm.scores[: len(tokens)], dtype=np.float32)
 
 
 @pytest.mark.slow

@@ -44,7 +44,7 @@ def check_manifest(folder: Path) -> dict:
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
     """`quantize demo`'s code path, run once for this module (identity LoRA, imatrix, Q4_K_M + Q8_0, smoke)."""
-    from gguf_forge.tools.demo import run_demo
+    from gguf_forge.tools.pipeline import run_demo
 
     out = tmp_path_factory.mktemp("demo") / "demo-output"
     lines: list[str] = []
@@ -68,7 +68,7 @@ def test_demo_chat_answers_with_the_fine_tuned_identity(demo_run):
 
 @pytest.mark.slow
 def test_pipeline_folder_has_every_file_with_true_hashes_and_a_card(demo_run):
-    from gguf_forge.tools.model_card import card_front_matter
+    from gguf_forge.tools.pipeline import card_front_matter
 
     result, _, _ = demo_run
     folder = result.outdir
@@ -102,8 +102,8 @@ def test_pipeline_folder_has_every_file_with_true_hashes_and_a_card(demo_run):
 @pytest.mark.slow
 def test_rerun_skips_every_step_and_changes_no_file(demo_run):
     """The same command again (here through the CLI with the demo's options) redoes nothing."""
-    from gguf_forge.tools.default_model import default_model_dir
-    from gguf_forge.tools.demo import identity_lora
+    from gguf_forge.convert import default_model_dir
+    from gguf_forge.tools.pipeline import identity_lora
 
     result, _, first_seconds = demo_run
     before = snapshot(result.outdir)
@@ -159,8 +159,8 @@ def test_killed_during_quantization_then_rerun_completes(tmp_path):
     assert len(ev["candidates"]) == 3 and ev["candidates"][0]["mean_kld"] < ev["candidates"][1]["mean_kld"]
     assert "mean KLD" in (out / "README.md").read_text()
     # --template goes into the GGUFs too, so llama.cpp, LM Studio and llama-cpp-python use it as well
-    from gguf_forge.modelfiles import load_template
-    from gguf_forge.tools import inspect_gguf
+    from gguf_forge.chat_template import load as load_template
+    from gguf_forge.convert import inspect_gguf
 
     for f in ["killed-Q8_0.gguf", "killed-Q5_K_M.gguf"]:
         assert inspect_gguf(out / f)["chat_template"] == load_template("chatml")

@@ -126,7 +126,7 @@ def test_dry_run_plans_splits_needs_no_token_and_touches_nothing(tmp_path):
 
 @pytest.mark.slow
 def test_upload_is_byte_identical_and_resumes_after_a_dropped_connection(tmp_path):
-    from gguf_forge.tools.gguf_split import split_gguf
+    from gguf_forge.tools.publish import split_gguf
 
     outdir = make_outdir(tmp_path / "out")
     expected_shards = split_gguf(outdir / "Tiny-Q4_K_M.gguf", tmp_path / "expected", 1_500_000, progress=False)
@@ -198,9 +198,9 @@ def test_token_never_printed_even_when_the_server_echoes_it(tmp_path):
 @pytest.mark.slow
 def test_split_model_loads_from_first_shard_with_identical_logits(converted, tmp_path):
     import gguf
-    from gguf_forge.tools.chat import load_model  # safe on AMX CPUs
 
-    from gguf_forge.tools.gguf_split import plan_split, split_gguf
+    from gguf_forge.runtime import load_model  # safe on AMX CPUs
+    from gguf_forge.tools.publish import plan_split, split_gguf
 
     source = converted("smollm2", "f16")
     limit = source.stat().st_size // 3 + 1_000_000
@@ -276,9 +276,9 @@ MS_FEW_RETRIES = {"MODELSCOPE_UPLOAD_BLOB_MAX_ATTEMPTS": "1", "MODELSCOPE_UPLOAD
 
 def test_modelscope_upload_is_byte_identical_and_resumes_after_a_dropped_connection(tmp_path):
     pytest.importorskip("modelscope_hub")
-    from msserver import MsServer
+    from gguf_forge.tools.publish import split_gguf
 
-    from gguf_forge.tools.gguf_split import split_gguf
+    from msserver import MsServer
 
     outdir = make_outdir(tmp_path / "out")
     expected_shards = split_gguf(outdir / "Tiny-Q4_K_M.gguf", tmp_path / "expected", 1_500_000, progress=False)

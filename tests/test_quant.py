@@ -163,7 +163,7 @@ def test_imatrix_lowers_kld_on_other_text(work, smollm2_f16, smollm2_imatrix):
 def test_every_llama_cpp_type_loads_and_chats_or_is_refused_clearly(tmp_path):
     from gguf_forge.convert import convert
     from gguf_forge.quant import FTYPES, NEEDS_IMATRIX
-    from gguf_forge.tools.chat import load_model
+    from gguf_forge.runtime import load_model
 
     model = fixtures.qwen2_k()
     f16 = tmp_path / "TinyK-F16.gguf"

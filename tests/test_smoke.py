@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from fixtures import fixture_dir
 from helpers import assert_user_error, run
 
 CAPITAL = "What is the capital of France?"
@@ -93,8 +94,6 @@ NO_HEADER = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] +
 @pytest.mark.slow
 def test_the_ggufs_own_template_is_used(tmp_path):
     """A GGUF whose stored template lacks the assistant header fails the leak check with no --template given."""
-    from conftest import fixture_dir
-
     capital = tmp_path / "capital.txt"
     capital.write_text(CAPITAL + "\n")
     out = tmp_path / "NoHeader-Q8_0.gguf"
@@ -125,7 +124,7 @@ def test_bad_suite_input_is_one_line_error(tmp_path, converted):
 
 
 def test_leak_finder_names_special_tokens_and_role_headers():
-    from gguf_forge.tools.smoke import find_leak
+    from gguf_forge.tools.chat.smoke import find_leak
 
     specials = ["<|start_header_id|>", "<|end_header_id|>", "<start_of_turn>", "<|im_start|>", "<|eot_id|>"]
     assert "role header" in find_leak("Hi!<|im_start|>assistant\nHello", specials)

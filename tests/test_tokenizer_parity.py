@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-
 import pytest
 
-from conftest import FIXTURES, fixture_dir
-from fixtures import PROBE
+from fixtures import FIXTURES, PROBE, fixture_dir
 
 CHAT = [
     {"role": "system", "content": "你是一个乐于助人的助手。You're helpful."},
@@ -80,7 +78,7 @@ def test_llama_cpp_tokenizes_like_hugging_face(name, converted):
 
 @pytest.mark.slow
 def test_llama3_pre_tokenizer_is_llama_bpe(converted):
-    from gguf_forge.tools import inspect_gguf
+    from gguf_forge.convert import inspect_gguf
 
     info = inspect_gguf(converted("llama3", "f32"))
     assert info["tokenizer"]["pre"] == "llama-bpe"
@@ -91,7 +89,7 @@ def test_llama3_pre_tokenizer_is_llama_bpe(converted):
 @pytest.mark.slow
 @pytest.mark.parametrize("name,pre", [("smollm2", "smollm"), ("qwen2", "qwen2"), ("qwen3", "qwen2")])
 def test_pre_tokenizer_and_end_of_turn(name, pre, converted):
-    from gguf_forge.tools import inspect_gguf
+    from gguf_forge.convert import inspect_gguf
 
     info = inspect_gguf(converted(name, "f32"))
     assert info["tokenizer"]["pre"] == pre

@@ -1,13 +1,16 @@
 """One class per model architecture, registered by its Hugging Face architecture name.
 
 Adding an architecture means adding one module here that defines a :class:`Architecture`
-subclass decorated with :func:`register`. The converter asks :func:`for_config` for the class
-that handles a ``config.json``.
+subclass decorated with :func:`register` (its Hugging Face architecture names); nothing else is
+edited: every module of this package is imported when the package is. The converter asks
+:func:`for_config` for the class that handles a ``config.json``.
 """
 
 from __future__ import annotations
 
+import importlib
 import math
+import pkgutil
 from typing import Callable, ClassVar
 
 import gguf
@@ -23,6 +26,8 @@ def register(*hf_names: str) -> Callable[[type["Architecture"]], type["Architect
 
     def deco(cls: type[Architecture]) -> type[Architecture]:
         for n in hf_names:
+            if _REGISTRY.get(n, cls) is not cls:
+                raise TypeError(f"{n} is registered twice: {_REGISTRY[n].__qualname__} and {cls.__qualname__}")
             _REGISTRY[n] = cls
         cls.hf_architectures = tuple(hf_names)
         return cls
@@ -226,5 +231,10 @@ def permute_rope_rows(data: np.ndarray, n_head: int) -> np.ndarray:
     )
 
 
-# architecture modules register themselves on import
-from . import gemma, llama, qwen2, qwen3  # noqa: E402,F401
+def _import_architectures() -> None:
+    """Import every module of this package; each registers its classes with :func:`register`."""
+    for module in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{module.name}")
+
+
+_import_architectures()

@@ -12,12 +12,21 @@ from __future__ import annotations
 
 import json
 import re
+import resource
+import sys
 from dataclasses import dataclass, field, replace
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import gguf
+
+from ... import keys
 from ...errors import ForgeError
-from .session import ChatStats
+from ...files import format_size, is_gguf
+from ...files import progress as progress_bar
+from ...runtime import special_texts
+from .session import ChatSession, ChatStats
 
 #: check name -> key in ``as_dict()``; the order of the table's columns
 CHECKS = {"not empty": "not_empty", "stopped": "stopped", "no leak": "no_leak", "expect": "expect"}
@@ -116,9 +125,7 @@ def load_prompts(path: str | Path | None = None) -> list[SmokePrompt]:
     ``{"prompt": "...", "expect": "REGEX", "system": "..."}`` (``expect`` and ``system`` optional).
     """
     if path is None:
-        from importlib.resources import files
-
-        text = (files("gguf_forge.tools.chat") / "data" / "smoke_prompts.jsonl").read_text(encoding="utf-8")
+        text = (resources.files("gguf_forge.tools.chat") / "data" / "smoke_prompts.jsonl").read_text(encoding="utf-8")
         return _parse(text, "default suite", jsonl=True)
     path = Path(path)
     try:
@@ -147,7 +154,8 @@ def _parse(text: str, where: str, jsonl: bool) -> list[SmokePrompt]:
         except json.JSONDecodeError as e:
             raise ForgeError(f"{where}:{n}: not a JSON object ({e.msg}); write one object per line") from None
         if not isinstance(obj, dict) or not isinstance(obj.get("prompt"), str) or not obj["prompt"].strip():
-            raise ForgeError(f"{where}:{n}: expected {{\"prompt\": \"...\", \"expect\": \"REGEX\"}} with a non-empty prompt")
+            raise ForgeError(f"{where}:{n}: expected {{\"prompt\": \"...\", \"expect\": \"REGEX\"}} "
+                             "with a non-empty prompt")
         for key in ("expect", "system"):
             if obj.get(key) is not None and not isinstance(obj[key], str):
                 raise ForgeError(f"{where}:{n}: \"{key}\" must be a string")
@@ -189,9 +197,7 @@ def find_leak(reply: str, specials: list[str]) -> str | None:
 
 
 def _file_type(llm) -> str:
-    import gguf
-
-    ftype = llm.metadata.get("general.file_type")
+    ftype = llm.metadata.get(keys.GENERAL.FILE_TYPE)
     try:
         return gguf.LlamaFileType(int(ftype)).name.replace("MOSTLY_", "").replace("ALL_", "")
     except (TypeError, ValueError):
@@ -216,9 +222,6 @@ class _PeakRSS:
                         return int(line.split()[1]) * 1024
         except OSError:
             pass
-        import resource
-        import sys
-
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         return rss if sys.platform == "darwin" else rss * 1024
 
@@ -233,11 +236,6 @@ def run_smoke(paths: list[Path], prompts: list[SmokePrompt] | None = None, *, ex
     the GGUF's chat template; ``system`` is the system prompt for prompts without their own. A file that cannot
     be loaded raises :class:`ForgeError`. With ``min_gen_tps``, a file generating slower fails.
     """
-    from tqdm import tqdm
-
-    from .session import ChatSession
-    from ...runtime import special_texts
-
     prompts = load_prompts() if prompts is None else list(prompts)
     if not prompts:
         raise ForgeError("no prompts to run")
@@ -247,9 +245,8 @@ def run_smoke(paths: list[Path], prompts: list[SmokePrompt] | None = None, *, ex
     for p in paths:  # cheap checks first, so a typo in the last name does not wait for the others to run
         if not p.is_file():
             raise ForgeError(f"{p}: no such file")
-        with open(p, "rb") as f:
-            if f.read(4) != b"GGUF":
-                raise ForgeError(f"{p}: not a GGUF file (it does not start with the GGUF magic)")
+        if not is_gguf(p):
+            raise ForgeError(f"{p}: not a GGUF file (it does not start with the GGUF magic)")
     rss = _PeakRSS()
     reports = []
     for path in paths:
@@ -258,8 +255,8 @@ def run_smoke(paths: list[Path], prompts: list[SmokePrompt] | None = None, *, ex
         try:
             specials = special_texts(session.llm)
             results = []
-            bar = tqdm(prompts, desc=path.name, unit="prompt", disable=not progress, leave=False)
-            for sp in bar:
+            bar = progress_bar(len(prompts), path.name, enabled=progress, unit="prompt")
+            for sp in prompts:
                 session.set_system(sp.system if sp.system is not None else system)
                 session.reset()
                 reply = session.say(sp.text)
@@ -267,6 +264,7 @@ def run_smoke(paths: list[Path], prompts: list[SmokePrompt] | None = None, *, ex
                     raise KeyboardInterrupt
                 results.append(_check(sp, sp.expect if sp.expect is not None else expect, reply,
                                       session.last, max_tokens, specials))
+                bar.update(1)
             bar.close()
             reports.append(SmokeReport(
                 path=path, file_type=_file_type(session.llm), size_bytes=path.stat().st_size,
@@ -301,14 +299,6 @@ def _check(sp: SmokePrompt, expect: str | None, reply: str, last: Any, max_token
                         checks=checks, details=details)
 
 
-def _size(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
-
-
 def _excerpt(text: str, n: int = 60) -> str:
     text = text.replace("\n", "\\n")
     return text if len(text) <= n else text[:n - 1] + "…"
@@ -324,8 +314,8 @@ def format_table(reports: list[SmokeReport], markdown: bool = False) -> str:
         for name, (ok, n) in r.counts().items():
             cells.append("-" if n == 0 else f"{ok}/{n}" if ok == n else f"FAIL {ok}/{n}")
         gen = f"{r.gen_tps:.1f}" if r.fast_enough else f"FAIL {r.gen_tps:.1f}"
-        rows.append([r.path.name, r.file_type, _size(r.size_bytes), *cells, f"{r.prompt_tps:.1f}", gen,
-                     _size(r.peak_rss_bytes), "PASS" if r.passed else "FAIL"])
+        rows.append([r.path.name, r.file_type, format_size(r.size_bytes), *cells, f"{r.prompt_tps:.1f}", gen,
+                     format_size(r.peak_rss_bytes), "PASS" if r.passed else "FAIL"])
     if markdown:
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         lines += ["| " + " | ".join(row) + " |" for row in rows]

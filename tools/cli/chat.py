@@ -42,7 +42,7 @@ def chat(model: Path, system: str | None, ctx: int, threads: int | None, temp: f
     """
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # chat writes no file: a kill just ends it
     session = ChatSession(model, system=system, ctx=ctx, threads=threads, temp=temp, top_p=top_p, seed=seed,
-                          max_tokens=max_tokens, template=template)
+                          max_tokens=max_tokens, template=opt.template_source(template))
     interactive = sys.stdin.isatty()
     if interactive:
         opt.note(f"chatting with {model.name} on {session.threads} CPU threads, context {session.n_ctx} tokens; "
@@ -161,7 +161,7 @@ def smoke(models: tuple[Path, ...], prompts_file: Path | None, expect: str | Non
     """
     prompts = load_prompts(prompts_file)
     reports = run_smoke(list(models), prompts, expect=expect, max_tokens=max_tokens, threads=threads,
-                        template=template, system=system, progress=not no_progress, ctx=ctx,
+                        template=opt.template_source(template), system=system, progress=not no_progress, ctx=ctx,
                         min_gen_tps=min_speed)
     if as_json:
         opt.echo_json([r.as_dict() for r in reports])
@@ -170,6 +170,7 @@ def smoke(models: tuple[Path, ...], prompts_file: Path | None, expect: str | Non
         if show_replies:
             for r in reports:
                 for i, res in enumerate(r.results, 1):
-                    click.echo(f"\n[{r.path.name} #{i} {res.finish}, {res.tokens} tokens] {res.prompt.text}\n{res.reply}")
+                    click.echo(f"\n[{r.path.name} #{i} {res.finish}, {res.tokens} tokens] {res.prompt.text}\n"
+                               f"{res.reply}")
     if not all(r.passed for r in reports):
-        sys.exit(1)
+        sys.exit(1)  # a check failed (a user error would be exit 2)

@@ -8,8 +8,18 @@ from pathlib import Path
 
 import click
 
-from ...convert import (Checkpoint, arch_for_config, convert as do_convert, format_inspection, inspect_gguf,
-                        merged_source, parse_lora_spec, parse_override, resolve_model, write_hf_checkpoint)
+from ...convert import (
+    Checkpoint,
+    arch_for_config,
+    format_inspection,
+    inspect_gguf,
+    merged_source,
+    parse_lora_spec,
+    parse_override,
+    resolve_model,
+    write_hf_checkpoint,
+)
+from ...convert import convert as do_convert
 from ...errors import ForgeError
 from ...files import format_size, parse_size, progress
 from . import options as opt

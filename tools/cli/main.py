@@ -11,7 +11,7 @@ from ... import __version__
 from ...errors import ForgeError
 from . import chat, convert, modelfile, pipeline, publish, quant
 
-#: every command, in the order ``quantize --help`` lists them (click sorts them by name)
+#: every command of ``quantize`` (its --help lists them by name); a new command is added here
 COMMANDS: list[click.Command] = [
     pipeline.merge_convert, convert.convert, convert.merge, quant.quant, quant.imatrix, quant.evaluate_cmd,
     modelfile.modelfile, chat.chat, chat.smoke, convert.inspect, publish.publish, pipeline.demo,

@@ -48,7 +48,8 @@ def modelfile(model: Path, outdir: Path | None, gguf: Path | None, source_dir: P
                              "nothing written. Run without --ollama-create to write the Modelfile only")
     if outdir is None:
         outdir = (gguf or model).parent if (gguf or not model.is_dir()) else Path(".")
-    result = write_modelfile(model, outdir, gguf=gguf, source_dir=source_dir, template=template, system=system,
+    result = write_modelfile(model, outdir, gguf=gguf, source_dir=source_dir,
+                             template=opt.template_source(template), system=system,
                              ctx=ctx, name=name, lmstudio_legacy=lmstudio_legacy)
     opt.warn(result.warnings)
     created = ollama_create(ollama_name, result.modelfile) if ollama_name else None

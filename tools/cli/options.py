@@ -83,6 +83,14 @@ def option(name: str) -> Iterator[None]:
         raise e.from_option(name) from None
 
 
+def template_source(spec: str | None) -> str | None:
+    """``--template NAME|FILE`` -> Jinja source, resolved once here (errors name the option); None stays None."""
+    if spec is None:
+        return None
+    with option("--template"):
+        return chat_template.load(spec)
+
+
 def echo_json(data: Any) -> None:
     """Print ``data`` as indented JSON (non-ASCII text kept as it is)."""
     click.echo(json.dumps(data, indent=2, ensure_ascii=False))

@@ -8,7 +8,8 @@ import click
 
 from ...errors import ForgeError
 from ...files import parse_size
-from ..publish import HUBS, publish as do_publish
+from ..publish import HUBS
+from ..publish import publish as do_publish
 from . import options as opt
 
 

@@ -13,25 +13,30 @@ from typing import Any
 import yaml
 
 
+def _front_matter_yaml(text: str) -> str | None:
+    """The YAML between a card's leading ``---`` lines, or None when it has none."""
+    if not text.startswith("---"):
+        return None
+    end = text.find("\n---", 3)
+    return text[3:end] if end >= 0 else None
+
+
 def base_card_metadata(base_dir: Path) -> dict[str, Any]:
     """Front matter of the base model's own card (``README.md``), or {} when it has none."""
     card = base_dir / "README.md"
     if not card.is_file():
         return {}
-    text = card.read_text(encoding="utf-8", errors="replace")
-    if not text.startswith("---"):
-        return {}
-    end = text.find("\n---", 3)
-    if end < 0:
+    raw = _front_matter_yaml(card.read_text(encoding="utf-8", errors="replace"))
+    if raw is None:
         return {}
     try:
-        data = yaml.safe_load(text[3:end])
+        data = yaml.safe_load(raw)
     except yaml.YAMLError:
         return {}
     return data if isinstance(data, dict) else {}
 
 
-def _base_model_id(manifest: dict, base_meta: dict) -> str:
+def _base_model_id(manifest: dict) -> str:
     spec = manifest["inputs"]["base"]["model"]
     if not Path(spec).exists() and "/" in spec:  # a hub id
         return spec.partition("@")[0]
@@ -40,7 +45,7 @@ def _base_model_id(manifest: dict, base_meta: dict) -> str:
 
 def front_matter(manifest: dict, base_dir: Path) -> dict[str, Any]:
     meta = base_card_metadata(base_dir)
-    fm: dict[str, Any] = {"base_model": _base_model_id(manifest, meta)}
+    fm: dict[str, Any] = {"base_model": _base_model_id(manifest)}
     if not manifest["inputs"]["loras"]:
         fm["base_model_relation"] = "quantized"
     tags = ["gguf", "llama.cpp", "ollama", "lm-studio", "quantized", "gguf-forge"]
@@ -141,10 +146,10 @@ def model_card(manifest: dict, base_dir: Path) -> str:
 
 def card_front_matter(text: str) -> dict[str, Any]:
     """Parse a card's YAML front matter (used by tests and ``publish``)."""
-    if not text.startswith("---\n"):
+    raw = _front_matter_yaml(text)
+    if raw is None:
         raise ValueError("no front matter")
-    end = text.index("\n---", 4)
-    return yaml.safe_load(text[4:end])
+    return yaml.safe_load(raw)
 
 
 __all__ = ["card_front_matter", "front_matter", "model_card"]

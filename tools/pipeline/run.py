@@ -1,17 +1,19 @@
 """The main job, ``quantize merge-convert``: base + LoRA adapters -> a folder ready for Ollama, LM Studio and a hub.
 
-Steps, each skipped when its inputs are unchanged (keys are hashes of the inputs, kept in
-``OUTDIR/.gguf-forge/state.json``; a file's hash is cached by size and mtime so big inputs are read once):
+The job is a list of :class:`Step` s, each skipped when its inputs are unchanged (keys are hashes of the inputs,
+kept in ``OUTDIR/.gguf-forge/state.json``; a file's hash is cached by size and mtime so big inputs are read once):
 
-1. merge + convert to ``<name>-BF16.gguf`` (or F16), the adapters merged while streaming;
-2. with ``--imatrix``: the importance matrix on the merged model (``imatrix.gguf``);
-3. every ``--quant`` type (``<name>-<TYPE>.gguf``) and every ``--imatrix-quant`` type (``<name>-<TYPE>-im.gguf``);
+1. ``convert``: merge + convert to ``<name>-BF16.gguf`` (or F16), the adapters merged while streaming;
+2. ``imatrix`` (with ``--imatrix``): the importance matrix on the merged model (``imatrix.gguf``);
+3. ``quant:<file>``: every ``--quant`` type (``<name>-<TYPE>.gguf``) and every ``--imatrix-quant`` type
+   (``<name>-<TYPE>-im.gguf``);
 4. ``Modelfile`` (FROM the default quant, the first of ``--quant``) and the LM Studio preset;
-5. with ``--smoke``: the smoke suite on every quant; with ``--eval TEXT``: PPL/KLD of every quant;
+5. ``smoke:<file>`` (with ``--smoke``): the smoke suite on every quant; ``eval`` (with ``--eval TEXT``): PPL/KLD
+   of every quant;
 6. ``manifest.json`` (inputs and their hashes, versions, every output with size and sha256, smoke and eval
    results) and ``README.md`` (the model card).
 
-The intermediate GGUF is only made when a later step needs it, and removed at the end unless
+The intermediate GGUF is only made when a later step that must run needs it, and removed at the end unless
 ``keep_intermediate``. Every file is written atomically; a run killed at any point leaves hidden
 ``.*.partial`` files only, which the next run removes before it resumes.
 """
@@ -20,16 +22,36 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
+import tempfile
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
-from ... import __version__
+from ... import __version__, chat_template, files, keys, runtime
+from ...convert import Checkpoint, KVOverride, LoraSpec, convert, parse_lora_spec, resolve_model
+from ...convert.arch import for_config
+from ...convert.converter import OUTTYPES, resolve_outtype
 from ...errors import ForgeError
+from ...modelfiles import ModelfileResult, write_modelfile
+from ...quant import (
+    NEEDS_IMATRIX,
+    compute_imatrix,
+    default_calibration_text,
+    evaluate,
+    parse_types,
+    quantize,
+    write_gguf,
+)
+from ..chat import load_prompts, run_smoke
+from .card import model_card
 
 STATE_DIR = ".gguf-forge"
 NO_IMATRIX_BENEFIT = {"F32", "F16", "BF16", "Q8_0"}
+# the intermediate GGUF the quants are made from: a float type (llama.cpp does not requantize)
+INTERMEDIATE_OUTTYPES = [t for t in OUTTYPES if not t.startswith("q")] + ["auto"]
 
 
 @dataclass
@@ -73,11 +95,32 @@ class PipelineResult:
         return all(r.get("passed", False) for r in smoke.values())
 
 
-# ---------------------------------------------------------------------------------------------- hashing
+# ---------------------------------------------------------------------------------------------- steps
+
+
+@dataclass
+class Step:
+    """One step of the job, as data: its name, what its key is made of, what it writes, how it is done.
+
+    The key is :func:`files.sha256_text` over ``inputs``, where a :class:`Path` stands for its file's sha256, a
+    :class:`Step` for that step's key and a list for its items. A step is skipped when its key and the hashes of its
+    ``outputs`` are those of its last run; ``run`` returns what the state keeps beside them (``result`` for smoke
+    and eval, statistics). ``needs``: lazy steps whose outputs ``run`` reads, made first unless done. A ``lazy``
+    step runs only as another's need; an unrecorded one (cheap, writing only what changed) always runs, uncounted.
+    """
+
+    name: str
+    run: Callable[[], Any]
+    inputs: tuple[Any, ...] = ()
+    outputs: list[Path] = field(default_factory=list)
+    needs: list[Step] = field(default_factory=list)
+    message: str = ""
+    lazy: bool = False
+    recorded: bool = True
 
 
 class _State:
-    """Step keys and a file-hash cache, saved atomically after every step."""
+    """Step records and a file-hash cache, saved atomically after every step."""
 
     def __init__(self, outdir: Path):
         self.path = outdir / STATE_DIR / "state.json"
@@ -90,7 +133,7 @@ class _State:
 
     def save(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        _write_text(self.path, json.dumps({"hashes": self.hashes, "steps": self.steps}, indent=1))
+        files.write_text(self.path, json.dumps({"hashes": self.hashes, "steps": self.steps}, indent=1))
 
     def sha256(self, path: Path) -> str:
         st = path.stat()
@@ -98,12 +141,9 @@ class _State:
         cached = self.hashes.get(key)
         if cached and cached[0] == st.st_size and cached[1] == st.st_mtime_ns:
             return cached[2]
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            while chunk := f.read(1 << 24):
-                h.update(chunk)
-        self.hashes[key] = [st.st_size, st.st_mtime_ns, h.hexdigest()]
-        return h.hexdigest()
+        digest = files.sha256_file(path)
+        self.hashes[key] = [st.st_size, st.st_mtime_ns, digest]
+        return digest
 
     def folder_hash(self, folder: Path) -> str:
         """One hash over every visible file of a model or adapter folder (names and contents)."""
@@ -128,22 +168,220 @@ class _State:
         self.save()
 
 
-def _key(*parts: Any) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+class _Runner:
+    """The one place that decides skip-or-run: runs a step whose key or outputs changed, records it, counts it."""
+
+    def __init__(self, state: _State, log: Callable[[str], None]):
+        self.state = state
+        self.log = log
+        self.ran: list[str] = []
+        self.skipped: list[str] = []
+        self._keys: dict[str, str] = {}
+
+    def key(self, step: Step) -> str:
+        if step.name not in self._keys:  # made when the step is first considered: its input files exist by then
+            self._keys[step.name] = files.sha256_text(*(self._part(x) for x in step.inputs))
+        return self._keys[step.name]
+
+    def _part(self, x: Any) -> Any:
+        if isinstance(x, Step):
+            return self.key(x)
+        if isinstance(x, Path):
+            return self.state.sha256(x)
+        if isinstance(x, list):
+            return [self._part(y) for y in x]
+        return x
+
+    def run(self, step: Step) -> Any:
+        """Skip ``step`` when done, else make its needs, run and record it; returns its state record."""
+        if not step.recorded:
+            return step.run()
+        key = self.key(step)
+        if step.name in self.ran or self.state.done(step.name, key, step.outputs):
+            if not step.lazy:
+                self.skipped.append(step.name)
+            return self.state.steps[step.name]
+        for need in step.needs:
+            self.run(need)
+        if step.message:
+            self.log(step.message)
+        self.state.record(step.name, key, step.outputs, **(step.run() or {}))
+        self.ran.append(step.name)
+        return self.state.steps[step.name]
+
+    def run_all(self, steps: list[Step]) -> None:
+        """Run every step in order; a lazy step no other step needed counts as skipped."""
+        for step in steps:
+            if not step.lazy:
+                self.run(step)
+        self.skipped += [s.name for s in steps if s.lazy and s.name not in self.ran]
 
 
-def _write_text(path: Path, text: str) -> bool:
-    """Write ``text`` atomically; leave the file alone (mtime too) when it already holds exactly that."""
-    data = text.encode("utf-8")
-    if path.is_file() and path.read_bytes() == data:
-        return False
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return True
+# ---------------------------------------------------------------------------------------------- the job
+
+
+@dataclass
+class _Job:
+    """One run's resolved inputs and paths, the steps made of them, and what the steps leave for the manifest."""
+
+    cfg: PipelineConfig
+    log: Callable[[str], None]
+    state: _State
+    quants: list[str]
+    im_quants: list[str]
+    base_dir: Path
+    specs: list[LoraSpec]
+    template: str | None              # Jinja source of cfg.template
+    overrides: list[KVOverride]       # written into the intermediate GGUF (the template, the context length)
+    name: str
+    outdir: Path
+    inter_type: str                   # BF16, F16 or F32
+    inputs: dict
+    warnings: list[str] = field(default_factory=list)
+    mf: ModelfileResult | None = None
+    manifest: dict = field(default_factory=dict)
+
+    @property
+    def intermediate(self) -> Path:
+        return self.outdir / f"{self.name}-{self.inter_type}.gguf"
+
+    @property
+    def imatrix_path(self) -> Path:
+        return self.outdir / "imatrix.gguf"
+
+    @property
+    def quant_files(self) -> list[tuple[str, bool, Path]]:
+        """(type, made with the imatrix, file) of every quant, the Modelfile's default first."""
+        jobs = [(t, False) for t in self.quants] + [(t, True) for t in self.im_quants]
+        return [(t, im, self.outdir / f"{self.name}-{t}{'-im' if im else ''}.gguf") for t, im in jobs]
+
+    def steps(self) -> list[Step]:
+        cfg, inputs = self.cfg, self.inputs
+        made = self.intermediate
+        conv = Step("convert", self._convert, lazy=True, outputs=[made], message=f"merge + convert -> {made.name}",
+                    inputs=("convert", __version__, inputs["base"], inputs["loras"], cfg.outtype.lower(), self.name,
+                            cfg.ctx, self.template))
+        steps = [conv]
+        imatrix = None
+        if cfg.imatrix:
+            imatrix = Step("imatrix", self._imatrix, outputs=[self.imatrix_path],
+                           inputs=("imatrix", conv, inputs["calibration"], cfg.imatrix_ctx, cfg.imatrix_chunks),
+                           message=f"importance matrix on the merged model ({cfg.imatrix} calibration) -> "
+                                   f"{self.imatrix_path.name}")
+            steps.append(imatrix)
+        for t, im, out in self.quant_files:
+            steps.append(Step(f"quant:{out.name}", partial(self._quantize, t, im), outputs=[out], needs=[conv],
+                              inputs=("quant", conv, t, imatrix if im else None),
+                              message=f"quantize {t}{' with the imatrix' if im else ''} -> {out.name}"))
+        steps.append(Step("modelfile", self._modelfile, recorded=False))
+        if cfg.smoke:
+            prompts = Path(cfg.smoke_prompts) if cfg.smoke_prompts else "default"
+            steps += [Step(f"smoke:{out.name}", partial(self._smoke, out), message=f"smoke test {out.name}",
+                           inputs=("smoke", out, prompts, cfg.system, cfg.template)) for *_, out in self.quant_files]
+        if cfg.eval_text:
+            parts = ("eval", conv, [out for *_, out in self.quant_files], inputs["eval_text"], cfg.eval_chunks)
+            steps.append(Step("eval", self._eval, inputs=parts, needs=[conv],
+                              message=f"quality against {made.name} on {cfg.eval_text}"))
+        steps.append(Step("card", self._finish, recorded=False))
+        return steps
+
+    def _warn(self, warnings: list[str]) -> None:
+        self.warnings.extend(warnings)
+        for w in warnings:
+            self.log(f"warning: {w}")
+
+    def _convert(self) -> dict:
+        res = convert(self.base_dir, self.intermediate, outtype=self.cfg.outtype.lower(), overrides=self.overrides,
+                      progress=self.cfg.progress, name=self.name, loras=self.specs)
+        self._warn(res.warnings)
+        return {"n_params": res.n_params, "pre_tokenizer": res.pre_tokenizer}
+
+    def _imatrix(self) -> dict:
+        cfg = self.cfg
+        im, stats = compute_imatrix(self.base_dir, calibration=cfg.imatrix, ctx=cfg.imatrix_ctx,
+                                    chunks=cfg.imatrix_chunks, loras=self.specs, progress=cfg.progress,
+                                    threads=cfg.threads, log=self.log)
+        write_gguf(im, self.imatrix_path)
+        return {"stats": stats}
+
+    def _quantize(self, qtype: str, with_imatrix: bool) -> None:
+        imatrix = self.imatrix_path if with_imatrix else None
+        quantize(self.intermediate, [qtype], self.outdir, imatrix=imatrix, threads=self.cfg.threads, force=True,
+                 basename=self.name, imatrix_label=imatrix.name if imatrix else None)
+
+    def _modelfile(self) -> None:
+        """Modelfile + LM Studio preset: cheap and deterministic, so always made (files rewritten only on change)."""
+        default = self.quant_files[0][2]
+        self.mf = write_modelfile(default, self.outdir, gguf=default, source_dir=self.base_dir, template=self.template,
+                                  system=self.cfg.system, ctx=self.cfg.ctx, name=self.name)
+        self._warn(self.mf.warnings)
+
+    def _smoke(self, out: Path) -> dict:
+        cfg = self.cfg
+        prompts = load_prompts(cfg.smoke_prompts) if cfg.smoke_prompts else None
+        report = run_smoke([out], prompts, threads=cfg.threads, template=self.template, system=cfg.system,
+                           progress=cfg.progress)[0]
+        return {"result": {**report.as_dict(), "file": out.name}}
+
+    def _eval(self) -> dict:
+        cfg = self.cfg
+        report = evaluate(self.intermediate, [out for *_, out in self.quant_files],
+                          Path(cfg.eval_text).read_text("utf-8"), chunks=cfg.eval_chunks, threads=cfg.threads,
+                          progress=cfg.progress)
+        return {"result": {**report.as_dict(), "markdown": report.table(markdown=True)}}
+
+    def _finish(self) -> None:
+        """Drop the intermediate (unless kept), then write the model card and the manifest."""
+        if not self.cfg.keep_intermediate and self.intermediate.exists():
+            self.intermediate.unlink()
+            self.state.steps.pop("convert", None)
+            self.state.save()
+        self.manifest = self._manifest()
+        card_path = self.outdir / "README.md"
+        files.write_text(card_path, model_card(self.manifest, self.base_dir))
+        self.manifest["outputs"].append(self._entry(card_path, "model-card"))
+        files.write_text(self.outdir / "manifest.json", json.dumps(self.manifest, indent=2, ensure_ascii=False) + "\n")
+        self.state.save()
+
+    def _entry(self, path: Path, kind: str, extra: dict | None = None, n_params: int = 0) -> dict:
+        entry = {"file": path.name, "bytes": path.stat().st_size, "sha256": self.state.sha256(path), "kind": kind,
+                 **(extra or {})}
+        if kind == "gguf" and n_params:
+            entry["bits_per_weight"] = round(path.stat().st_size * 8 / n_params, 3)
+        return entry
+
+    def _output_files(self) -> list[tuple[Path, str, dict]]:
+        mf = self.mf
+        out = [(path, "gguf", {"type": t, "imatrix": im}) for t, im, path in self.quant_files]
+        if self.cfg.keep_intermediate and self.intermediate.is_file():
+            out.append((self.intermediate, "gguf", {"type": self.inter_type, "imatrix": False}))
+        if self.cfg.imatrix:
+            out.append((self.imatrix_path, "imatrix", {}))
+        out += [(mf.modelfile, "modelfile", {}), (mf.preset, "lmstudio-preset", {})]
+        if mf.legacy_preset:
+            out.append((mf.legacy_preset, "lmstudio-legacy-preset", {}))
+        return out
+
+    def _manifest(self) -> dict[str, Any]:
+        cfg, steps = self.cfg, self.state.steps
+        default = self.quant_files[0][2]
+        n_params = _gguf_params(default)  # from the file's tensor shapes: the same on every re-run
+        smoke = {out.name: steps[f"smoke:{out.name}"]["result"] for *_, out in self.quant_files} if cfg.smoke else {}
+        return {
+            "tool": {"name": "gguf-forge", "version": __version__, "llama_cpp_python": runtime.version()},
+            "name": self.name,
+            "inputs": self.inputs,
+            "options": {"quant": self.quants, "imatrix_quant": self.im_quants, "outtype": cfg.outtype.lower(),
+                        "ctx": cfg.ctx, "template": cfg.template, "system": cfg.system,
+                        "imatrix_ctx": cfg.imatrix_ctx if cfg.imatrix else None, "imatrix_chunks": cfg.imatrix_chunks},
+            "parameters": n_params,
+            "default": default.name,
+            "stops": self.mf.stops,
+            "system_prompt": self.mf.system,
+            "smoke": smoke or None,
+            "eval": steps["eval"]["result"] if cfg.eval_text else None,
+            "outputs": [self._entry(p, kind, extra, n_params) for p, kind, extra in self._output_files()],
+        }
 
 
 # ---------------------------------------------------------------------------------------------- pipeline
@@ -162,11 +400,48 @@ def default_name(base_dir: Path, lora_dirs: list[Path]) -> str:
 
 def run_pipeline(cfg: PipelineConfig, log: Callable[[str], None] = print) -> PipelineResult:
     """Run every step of the pipeline for ``cfg``, resuming where an earlier run stopped."""
-    from ...convert import parse_lora_spec, resolve_model
-    from ...quant import NEEDS_IMATRIX, parse_types
+    quants, im_quants = _check_options(cfg)
+    base_dir = resolve_model(cfg.base, what="--base")
+    specs = [parse_lora_spec(x) for x in cfg.loras]
+    lora_dirs = [resolve_model(s.path, what="--lora") for s in specs]
+    template = None  # --template: written into the GGUF, the Modelfile and the preset, used by the smoke test
+    if cfg.template:
+        try:
+            template = chat_template.load(cfg.template)
+        except ForgeError as e:
+            raise e.from_option("--template") from None
+    ckpt = Checkpoint(base_dir)
+    arch = for_config(ckpt.config)  # a base we cannot convert fails before anything is written
+    _check_template_early(base_dir, lora_dirs, template, cfg.system)
+    name = cfg.name or default_name(base_dir, lora_dirs)
+    outdir = _prepare_outdir(Path(cfg.outdir))
 
-    quants = parse_types(",".join(cfg.quants))
-    im_quants = parse_types(",".join(cfg.imatrix_quants)) if cfg.imatrix_quants else []
+    overrides = []
+    if template is not None:  # the template the fine-tune was trained with goes into the GGUF too
+        overrides.append(KVOverride(keys.TOKENIZER.CHAT_TEMPLATE, "str", template))
+    if cfg.ctx:
+        overrides.append(KVOverride(keys.arch_key(keys.LLM.CONTEXT_LENGTH, arch.arch_name), "int", cfg.ctx))
+    inter_type = resolve_outtype(cfg.outtype, ckpt).upper()  # auto: BF16 for bf16 checkpoints, else F16
+
+    state = _State(outdir)
+    log(f"hashing inputs ({base_dir}{''.join(', ' + str(d) for d in lora_dirs)})...")
+    inputs = _hash_inputs(cfg, state, specs, lora_dirs, base_dir)
+    state.save()
+    job = _Job(cfg, log, state, quants, im_quants, base_dir, specs, template, overrides, name, outdir, inter_type,
+               inputs)
+    runner = _Runner(state, log)
+    runner.run_all(job.steps())
+    return PipelineResult(outdir, name, job.manifest, runner.ran, runner.skipped, job.warnings)
+
+
+def _types(value: str | list[str]) -> list[str]:
+    return parse_types(value if isinstance(value, str) else ",".join(value))
+
+
+def _check_options(cfg: PipelineConfig) -> tuple[list[str], list[str]]:
+    """The quant and imatrix-quant types (canonical names); a contradiction or a missing file stops the run now."""
+    quants = _types(cfg.quants)
+    im_quants = _types(cfg.imatrix_quants) if cfg.imatrix_quants else []
     if im_quants and not cfg.imatrix:
         raise ForgeError("--imatrix-quant needs --imatrix CALIBRATION (a text or JSONL file, or 'default')")
     if cfg.imatrix and not cfg.imatrix_quants:
@@ -174,258 +449,50 @@ def run_pipeline(cfg: PipelineConfig, log: Callable[[str], None] = print) -> Pip
     for t in quants:
         if t in NEEDS_IMATRIX:
             raise ForgeError(f"--quant {t} needs an importance matrix: put it in --imatrix-quant and give --imatrix")
-    if cfg.outtype.lower() not in ("bf16", "f16", "f32", "auto"):
-        raise ForgeError(f"--outtype {cfg.outtype}: expected bf16, f16, f32 or auto")
+    if cfg.outtype.lower() not in INTERMEDIATE_OUTTYPES:
+        raise ForgeError(f"--outtype {cfg.outtype}: expected one of {', '.join(INTERMEDIATE_OUTTYPES)}")
     if cfg.eval_text is not None and not Path(cfg.eval_text).is_file():
         raise ForgeError(f"--eval {cfg.eval_text}: no such file")
     if cfg.imatrix and cfg.imatrix != "default" and not Path(cfg.imatrix).is_file():
         raise ForgeError(f"--imatrix {cfg.imatrix}: no such file (give a text or JSONL file, or 'default')")
+    return quants, im_quants
 
-    base_dir = resolve_model(cfg.base, what="--base")
-    specs = [parse_lora_spec(x) for x in cfg.loras]
-    lora_dirs = [resolve_model(s.path, what="--lora") for s in specs]
-    template_src = None  # --template: written into the GGUF, the Modelfile and the preset
-    if cfg.template:
-        from ...modelfiles import load_template
 
-        template_src = load_template(cfg.template)
-    from ...convert import Checkpoint
-    from ...convert.arch import for_config
-
-    for_config(Checkpoint(base_dir).config)  # a base we cannot convert fails before anything is written
-    _check_template_early(base_dir, lora_dirs, cfg)
-    name = cfg.name or default_name(base_dir, lora_dirs)
-    outdir = Path(cfg.outdir)
+def _prepare_outdir(outdir: Path) -> Path:
     if outdir.exists() and not outdir.is_dir():
         raise ForgeError(f"-o {outdir}: exists and is not a folder")
     outdir.mkdir(parents=True, exist_ok=True)
     if not os.access(outdir, os.W_OK):
         raise ForgeError(f"-o {outdir}: not writable")
-    for stale in outdir.glob(".*.partial"):  # left by a killed run
-        stale.unlink(missing_ok=True)
+    files.remove_leftovers(outdir)  # left by a killed run
+    return outdir
 
-    state = _State(outdir)
-    ran: list[str] = []
-    skipped: list[str] = []
-    warnings: list[str] = []
 
-    log(f"hashing inputs ({base_dir}{''.join(', ' + str(d) for d in lora_dirs)})...")
-    inputs = {
+def _hash_inputs(cfg: PipelineConfig, state: _State, specs: list[LoraSpec], lora_dirs: list[Path],
+                 base_dir: Path) -> dict[str, Any]:
+    """The manifest's ``inputs``: every model, adapter and text the outputs depend on, with its sha256."""
+    inputs: dict[str, Any] = {
         "base": {"model": cfg.base, "sha256": state.folder_hash(base_dir)},
         "loras": [{"adapter": s.path, "weight": s.weight, "sha256": state.folder_hash(d)}
                   for s, d in zip(specs, lora_dirs)],
     }
-    calib_text = None
     if cfg.imatrix:
-        from ...quant import default_calibration_text
-
-        calib_text = default_calibration_text() if cfg.imatrix == "default" else Path(cfg.imatrix).read_text("utf-8")
-        inputs["calibration"] = {"file": cfg.imatrix,
-                                 "sha256": hashlib.sha256(calib_text.encode("utf-8")).hexdigest()}
+        text = default_calibration_text() if cfg.imatrix == "default" else Path(cfg.imatrix).read_text("utf-8")
+        inputs["calibration"] = {"file": cfg.imatrix, "sha256": hashlib.sha256(text.encode("utf-8")).hexdigest()}
     if cfg.eval_text:
         inputs["eval_text"] = {"file": str(cfg.eval_text), "sha256": state.sha256(Path(cfg.eval_text))}
-    state.save()
-
-    outtype = cfg.outtype.lower()
-    k_convert = _key("convert", __version__, inputs["base"], inputs["loras"], outtype, name, cfg.ctx, template_src)
-    from ...convert.converter import resolve_outtype
-
-    inter_type = resolve_outtype(outtype, Checkpoint(base_dir)).upper()  # auto: BF16 for bf16 checkpoints, else F16
-    intermediate = outdir / f"{name}-{inter_type}.gguf"
-
-    def need_intermediate() -> Path:
-        if state.done("convert", k_convert, [intermediate]):
-            return intermediate
-        from ...convert import convert, parse_override
-
-        log(f"merge + convert -> {intermediate.name}")
-        overrides = []
-        if template_src is not None:  # the template the fine-tune was trained with goes into the GGUF too
-            overrides.append(parse_override(f"tokenizer.chat_template=str:{template_src}"))
-        if cfg.ctx:
-            arch = for_config(Checkpoint(base_dir).config).arch_name
-            overrides.append(parse_override(f"{arch}.context_length=int:{cfg.ctx}"))
-        res = convert(base_dir, intermediate, outtype=outtype, overrides=overrides, progress=cfg.progress,
-                      name=name, loras=specs)
-        warnings.extend(res.warnings)
-        for w in res.warnings:
-            log(f"warning: {w}")
-        state.record("convert", k_convert, [intermediate], n_params=res.n_params, pre_tokenizer=res.pre_tokenizer)
-        ran.append("convert")
-        return intermediate
-
-    # ---- imatrix
-    imatrix_path = outdir / "imatrix.gguf"
-    k_imatrix = None
-    if cfg.imatrix:
-        k_imatrix = _key("imatrix", k_convert, inputs["calibration"], cfg.imatrix_ctx, cfg.imatrix_chunks)
-        if state.done("imatrix", k_imatrix, [imatrix_path]):
-            skipped.append("imatrix")
-        else:
-            from ...quant import compute_imatrix, write_gguf
-
-            log(f"importance matrix on the merged model ({cfg.imatrix} calibration) -> {imatrix_path.name}")
-            calib_arg = cfg.imatrix
-            im, stats = compute_imatrix(base_dir, calibration=calib_arg, ctx=cfg.imatrix_ctx,
-                                        chunks=cfg.imatrix_chunks, loras=specs, progress=cfg.progress,
-                                        threads=cfg.threads, log=log)
-            write_gguf(im, imatrix_path)
-            state.record("imatrix", k_imatrix, [imatrix_path], stats=stats)
-            ran.append("imatrix")
-
-    # ---- quantize
-    from ...quant import quantize
-
-    jobs = [(t, False) for t in quants] + [(t, True) for t in im_quants]
-    quant_files: list[tuple[str, bool, Path]] = []
-    for t, with_im in jobs:
-        out = outdir / f"{name}-{t}{'-im' if with_im else ''}.gguf"
-        step = f"quant:{out.name}"
-        k = _key("quant", k_convert, t, k_imatrix if with_im else None)
-        quant_files.append((t, with_im, out))
-        if state.done(step, k, [out]):
-            skipped.append(step)
-            continue
-        src = need_intermediate()
-        log(f"quantize {t}{' with the imatrix' if with_im else ''} -> {out.name}")
-        quantize(src, [t], outdir, imatrix=imatrix_path if with_im else None, threads=cfg.threads, force=True,
-                 basename=name, imatrix_label=imatrix_path.name if with_im else None)
-        state.record(step, k, [out])
-        ran.append(step)
-    default_quant = quant_files[0][2]
-
-    # ---- Modelfile + LM Studio preset (cheap and deterministic: always regenerated, rewritten only on change)
-    from ...modelfiles import write_modelfile
-
-    mf = write_modelfile(default_quant, outdir, gguf=default_quant, source_dir=base_dir, template=cfg.template,
-                         system=cfg.system, ctx=cfg.ctx, name=name)
-    warnings.extend(mf.warnings)
-    for w in mf.warnings:
-        log(f"warning: {w}")
-
-    # ---- smoke
-    smoke: dict[str, dict] = {}
-    if cfg.smoke:
-        from ..chat import load_prompts, run_smoke
-
-        prompts_key = state.sha256(Path(cfg.smoke_prompts)) if cfg.smoke_prompts else "default"
-        for t, with_im, out in quant_files:
-            step = f"smoke:{out.name}"
-            k = _key("smoke", state.sha256(out), prompts_key, cfg.system, cfg.template)
-            rec = state.steps.get(step)
-            if rec and rec.get("key") == k:
-                smoke[out.name] = rec["result"]
-                skipped.append(step)
-                continue
-            log(f"smoke test {out.name}")
-            prompts = load_prompts(cfg.smoke_prompts) if cfg.smoke_prompts else None
-            report = run_smoke([out], prompts, threads=cfg.threads, template=cfg.template, system=cfg.system,
-                               progress=cfg.progress)[0]
-            smoke[out.name] = {**report.as_dict(), "file": out.name}
-            state.steps[step] = {"key": k, "result": smoke[out.name]}
-            state.save()
-            ran.append(step)
-
-    # ---- eval
-    evaluation = None
-    if cfg.eval_text:
-        k = _key("eval", k_convert, [state.sha256(p) for _, _, p in quant_files], inputs["eval_text"],
-                 cfg.eval_chunks)
-        rec = state.steps.get("eval")
-        if rec and rec.get("key") == k:
-            evaluation = rec["result"]
-            skipped.append("eval")
-        else:
-            from ...quant import evaluate
-
-            src = need_intermediate()
-            log(f"quality against {src.name} on {cfg.eval_text}")
-            report = evaluate(src, [p for _, _, p in quant_files], Path(cfg.eval_text).read_text("utf-8"),
-                              chunks=cfg.eval_chunks, threads=cfg.threads, progress=cfg.progress)
-            evaluation = report.as_dict()
-            evaluation["markdown"] = report.table(markdown=True)
-            state.steps["eval"] = {"key": k, "result": evaluation}
-            state.save()
-            ran.append("eval")
-
-    if "convert" not in ran:
-        skipped.append("convert")
-    if not cfg.keep_intermediate and intermediate.exists():
-        intermediate.unlink()
-        state.steps.pop("convert", None)
-        state.save()
-
-    # ---- model card + manifest
-    from .card import model_card
-
-    n_params_total = _gguf_params(default_quant)  # from the file's tensor shapes: the same on every re-run
-    outputs: list[dict] = []
-    files: list[tuple[Path, str, dict]] = []
-    for t, with_im, out in quant_files:
-        files.append((out, "gguf", {"type": t, "imatrix": with_im}))
-    if cfg.keep_intermediate and intermediate.is_file():
-        files.append((intermediate, "gguf", {"type": inter_type, "imatrix": False}))
-    if cfg.imatrix:
-        files.append((imatrix_path, "imatrix", {}))
-    files.append((mf.modelfile, "modelfile", {}))
-    files.append((mf.preset, "lmstudio-preset", {}))
-    if mf.legacy_preset:
-        files.append((mf.legacy_preset, "lmstudio-legacy-preset", {}))
-    for p, kind, extra in files:
-        entry = {"file": p.name, "bytes": p.stat().st_size, "sha256": state.sha256(p), "kind": kind, **extra}
-        if kind == "gguf" and n_params_total:
-            entry["bits_per_weight"] = round(p.stat().st_size * 8 / n_params_total, 3)
-        outputs.append(entry)
-    manifest: dict[str, Any] = {
-        "tool": {"name": "gguf-forge", "version": __version__, "llama_cpp_python": _llama_cpp_version()},
-        "name": name,
-        "inputs": inputs,
-        "options": {"quant": quants, "imatrix_quant": im_quants, "outtype": outtype, "ctx": cfg.ctx,
-                    "template": cfg.template, "system": cfg.system, "imatrix_ctx": cfg.imatrix_ctx if cfg.imatrix else None,
-                    "imatrix_chunks": cfg.imatrix_chunks},
-        "parameters": n_params_total,
-        "default": default_quant.name,
-        "stops": mf.stops,
-        "system_prompt": mf.system,
-        "smoke": smoke or None,
-        "eval": evaluation,
-        "outputs": outputs,
-    }
-    card = model_card(manifest, base_dir)
-    card_path = outdir / "README.md"
-    _write_text(card_path, card)
-    manifest["outputs"].append({"file": card_path.name, "bytes": card_path.stat().st_size,
-                                "sha256": state.sha256(card_path), "kind": "model-card"})
-    _write_text(outdir / "manifest.json", json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
-    state.save()
-    return PipelineResult(outdir, name, manifest, ran, skipped, warnings)
+    return inputs
 
 
-def _check_template_early(base_dir: Path, lora_dirs: list[Path], cfg: PipelineConfig) -> None:
+def _check_template_early(base_dir: Path, lora_dirs: list[Path], template: str | None, system: str | None) -> None:
     """Translate the chat template once before the long steps: one we cannot reproduce stops the run now."""
-    import tempfile
-
-    from ...modelfiles import write_modelfile
-
     tok_dir = next((d for d in reversed(lora_dirs) if (d / "tokenizer_config.json").is_file()), base_dir)
     with tempfile.TemporaryDirectory(prefix="gguf-forge-check-") as tmp:
         target = Path(tmp) / "check.gguf"
         target.write_bytes(b"GGUF")
-        write_modelfile(tok_dir, Path(tmp), gguf=target, template=cfg.template, system=cfg.system, name="check")
+        write_modelfile(tok_dir, Path(tmp), gguf=target, template=template, system=system, name="check")
 
 
 def _gguf_params(path: Path) -> int:
-    import gguf
-    import numpy as np
-
-    r = gguf.GGUFReader(path)
-    return int(sum(int(np.prod(t.shape)) for t in r.tensors if not t.name.startswith("rope_freqs")))
-
-
-def _llama_cpp_version() -> str:
-    try:
-        from importlib.metadata import version
-
-        return version("llama_cpp_python")
-    except Exception:  # pragma: no cover
-        return "unknown"
+    reader = files.open_gguf(path)
+    return sum(math.prod(int(d) for d in t.shape) for t in reader.tensors if not t.name.startswith("rope_freqs"))

@@ -9,21 +9,31 @@ others by name; ``llama-gguf-split --merge`` joins them back.
 Tensors are copied one at a time from a memory map, so memory stays small; shards are written under hidden
 temporary names in the target folder and renamed only when all of them are complete.
 
+Why not gguf-py's own sharded writer (``GGUFWriter(split_max_size=)``): it writes the same names, split keys and
+metadata layout, streams, and llama.cpp loads its shards, but like ``llama-gguf-split`` it counts only tensor bytes
+against the limit, so a shard exceeds it by the metadata (a 190 MB limit gave a 196.5 MB first shard for Gemma 3
+270M), and it writes under the final names; a hub's per-file limit is hard, so we plan on whole-file sizes.
+
 Public surface: :func:`plan_split` (sizes, no writing), :func:`split_gguf`, :class:`Shard`, :func:`shard_name`.
 """
 
 from __future__ import annotations
 
-import os
+import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ...errors import ForgeError
+import gguf
 
-KV_SPLIT_NO = "split.no"
-KV_SPLIT_COUNT = "split.count"
-KV_SPLIT_TENSORS_COUNT = "split.tensors.count"
+from ...errors import ForgeError
+from ...files import atomic_path, gguf_field, open_gguf
+from ...files import progress as progress_bar
+from ...keys import GENERAL, SPLIT
+
+KV_SPLIT_NO = SPLIT.LLM_KV_SPLIT_NO
+KV_SPLIT_COUNT = SPLIT.LLM_KV_SPLIT_COUNT
+KV_SPLIT_TENSORS_COUNT = SPLIT.LLM_KV_SPLIT_TENSORS_COUNT
 _SPLIT_KEYS = (KV_SPLIT_NO, KV_SPLIT_COUNT, KV_SPLIT_TENSORS_COUNT)
 _HEADER_BYTES = 4 + 4 + 8 + 8  # magic, version, tensor count, kv count
 
@@ -57,16 +67,8 @@ def _split_kv_bytes() -> int:
 
 
 def _open(path: Path) -> Any:
-    import gguf
-
-    try:
-        reader = gguf.GGUFReader(path)
-    except FileNotFoundError:
-        raise ForgeError(f"{path}: no such file") from None
-    except Exception as e:  # the gguf package raises ValueError/struct errors on bad files
-        raise ForgeError(f"{path}: not a readable GGUF file ({e}); re-create it") from None
-    count = reader.fields.get(KV_SPLIT_COUNT)
-    if count is not None and int(count.parts[count.data[0]][0]) > 1:
+    reader = open_gguf(path)
+    if (gguf_field(reader, KV_SPLIT_COUNT) or 0) > 1:
         raise ForgeError(f"{path}: already a shard of a split GGUF; publish the unsplit file instead")
     return reader
 
@@ -84,12 +86,11 @@ def _tensor_info_bytes(t: Any) -> int:
 def _plan(reader: Any, stem: str, max_bytes: int, path: Path) -> list[Shard]:
     align = int(reader.alignment)
     kv_first = sum(sum(int(p.nbytes) for p in f.parts) for f in _source_kv(reader)) + _split_kv_bytes()
-    if "general.architecture" not in reader.fields:  # the writer always adds it
-        raise ForgeError(f"{path}: no general.architecture key; not a llama.cpp model GGUF")
+    if GENERAL.ARCHITECTURE not in reader.fields:  # the writer always adds it
+        raise ForgeError(f"{path}: no {GENERAL.ARCHITECTURE} key; not a llama.cpp model GGUF")
     kv_rest = _split_kv_bytes()
 
     groups: list[list[Any]] = [[]]
-    sizes: list[int] = []
 
     def size_of(group: list[Any], first: bool) -> int:
         meta = _HEADER_BYTES + (kv_first if first else kv_rest) + sum(_tensor_info_bytes(t) for t in group)
@@ -106,7 +107,7 @@ def _plan(reader: Any, stem: str, max_bytes: int, path: Path) -> list[Shard]:
         if size_of(current, first) > max_bytes:
             raise ForgeError(
                 f"{path}: tensor {t.name} ({int(t.n_bytes):,} bytes with its header) does not fit in one file of "
-                f"{max_bytes:,} bytes; raise --max-file-size")
+                f"{max_bytes:,} bytes; allow larger files")
     sizes = [size_of(g, i == 0) for i, g in enumerate(groups)]
     n = len(groups)
     return [Shard(shard_name(stem, i, n), sizes[i], [t.name for t in g]) for i, g in enumerate(groups)]
@@ -125,8 +126,6 @@ def plan_split(path: str | Path, max_bytes: int) -> list[Shard]:
 
 def _field_value(f: Any) -> tuple[Any, Any, Any]:
     """(value, type, sub_type) of a reader field, strings kept as raw bytes so they copy byte for byte."""
-    import gguf
-
     vt = gguf.GGUFValueType
     main = f.types[0]
     if main == vt.ARRAY:
@@ -149,58 +148,50 @@ def split_gguf(path: str | Path, outdir: str | Path, max_bytes: int, *, progress
     temporary names and renamed together at the end, so an interrupted run leaves no shard under a final name.
     A file that already fits is an error (there is nothing to split).
     """
-    import gguf
-    from tqdm import tqdm
-
     path, outdir = Path(path), Path(outdir)
     reader = _open(path)
     shards = _plan(reader, path.stem, max_bytes, path)
     if len(shards) < 2:
         raise ForgeError(f"{path}: already fits in {max_bytes:,} bytes; nothing to split")
     outdir.mkdir(parents=True, exist_ok=True)
-    tensors = {t.name: t for t in reader.tensors}
-    arch_field = reader.fields["general.architecture"]
-    arch = bytes(arch_field.parts[arch_field.data[0]]).decode("utf-8")
-    kv = [(f.name, *_field_value(f)) for f in _source_kv(reader)]
-    n_tensors = len(reader.tensors)
-    temps: list[Path] = []
+    align = int(reader.alignment)
     finals = [outdir / s.name for s in shards]
-    bar = tqdm(total=sum(_pad(int(t.n_bytes), int(reader.alignment)) for t in reader.tensors), unit="B", unit_scale=True, desc=f"split {path.name}",
-               disable=not progress, leave=False)
-    try:
+    total = sum(_pad(int(t.n_bytes), align) for t in reader.tensors)
+    with progress_bar(total, f"split {path.name}", enabled=progress) as bar, contextlib.ExitStack() as renames:
         for i, shard in enumerate(shards):
-            tmp = outdir / f".{shard.name}.tmp-{os.getpid()}"
-            temps.append(tmp)
-            writer = gguf.GGUFWriter(tmp, arch)
-            writer.data_alignment = int(reader.alignment)
-            if i == 0:
-                for key, value, vtype, sub in kv:
-                    if key != "general.architecture":
-                        writer.add_key_value(key, value, vtype, sub_type=sub)
-            else:  # like gguf-split: later shards carry only the split keys
-                writer.kv_data[0].pop("general.architecture", None)
-            writer.add_uint16(KV_SPLIT_NO, i)
-            writer.add_uint16(KV_SPLIT_COUNT, len(shards))
-            writer.add_int32(KV_SPLIT_TENSORS_COUNT, n_tensors)
-            for name in shard.tensors:
-                t = tensors[name]
-                writer.add_tensor_info(t.name, t.data.shape, t.data.dtype, int(t.data.nbytes), t.tensor_type)
-            writer.write_header_to_file()
-            writer.write_kv_data_to_file()
-            writer.write_ti_data_to_file()
-            for name in shard.tensors:
-                writer.write_tensor_data(tensors[name].data)
-                bar.update(_pad(int(tensors[name].n_bytes), writer.data_alignment))
-            writer.close()
+            tmp = renames.enter_context(atomic_path(finals[i]))  # renamed when every shard is written
+            _write_shard(reader, tmp, i, shards, bar.update)
             written = tmp.stat().st_size
             if written != shard.bytes:  # the plan promised every shard fits; never upload a shard that does not
                 raise ForgeError(f"{shard.name}: wrote {written:,} bytes, planned {shard.bytes:,}; please report this")
-        for tmp, final in zip(temps, finals):
-            os.replace(tmp, final)
-    except BaseException:
-        for tmp in temps:
-            tmp.unlink(missing_ok=True)
-        raise
-    finally:
-        bar.close()
     return finals
+
+
+def _write_shard(reader: Any, dest: Path, index: int, shards: list[Shard], progress: Any) -> None:
+    """Write shard ``index`` of ``shards`` to ``dest``, copying its tensors one at a time from the memory map."""
+    tensors = {t.name: t for t in reader.tensors}
+    writer = gguf.GGUFWriter(dest, gguf_field(reader, GENERAL.ARCHITECTURE))
+    writer.data_alignment = int(reader.alignment)
+    if index == 0:
+        for f in _source_kv(reader):
+            if f.name != GENERAL.ARCHITECTURE:
+                value, vtype, sub = _field_value(f)
+                writer.add_key_value(f.name, value, vtype, sub_type=sub)
+    else:  # like gguf-split: later shards carry only the split keys
+        writer.kv_data[0].pop(GENERAL.ARCHITECTURE, None)
+    writer.add_uint16(KV_SPLIT_NO, index)
+    writer.add_uint16(KV_SPLIT_COUNT, len(shards))
+    writer.add_int32(KV_SPLIT_TENSORS_COUNT, len(reader.tensors))
+    names = shards[index].tensors
+    for name in names:
+        t = tensors[name]
+        writer.add_tensor_info(t.name, t.data.shape, t.data.dtype, int(t.data.nbytes), t.tensor_type)
+    try:
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_ti_data_to_file()
+        for name in names:
+            writer.write_tensor_data(tensors[name].data)
+            progress(_pad(int(tensors[name].n_bytes), writer.data_alignment))
+    finally:
+        writer.close()
