@@ -30,6 +30,7 @@ import jinja2.ext  # not imported by ``import jinja2`` itself
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from .errors import ForgeError
+from .files import read_json_object
 
 _PACKAGE = "gguf_forge"
 _FOLDER = "templates"
@@ -87,16 +88,6 @@ def pick_default(value: Any) -> str | None:
     return value if isinstance(value, str) and value.strip() else None
 
 
-def _json_object(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise ForgeError(f"{path}: cannot read it as JSON ({e})") from None
-    if not isinstance(data, dict):
-        raise ForgeError(f"{path}: expected a JSON object")
-    return data
-
-
 def from_hf_dir(folder: Path) -> str | None:
     """The chat template of a Hugging Face folder: ``chat_template.jinja``, else ``chat_template.json``, else the
     ``chat_template`` of ``tokenizer_config.json`` (the order transformers reads them in); None when it has none."""
@@ -107,9 +98,9 @@ def from_hf_dir(folder: Path) -> str | None:
         except (OSError, UnicodeDecodeError) as e:
             raise ForgeError(f"{folder / 'chat_template.jinja'}: cannot read it as UTF-8 text ({e})") from None
     if (folder / "chat_template.json").is_file():
-        return pick_default(_json_object(folder / "chat_template.json").get("chat_template"))
+        return pick_default(read_json_object(folder / "chat_template.json").get("chat_template"))
     if (folder / "tokenizer_config.json").is_file():
-        return pick_default(_json_object(folder / "tokenizer_config.json").get("chat_template"))
+        return pick_default(read_json_object(folder / "tokenizer_config.json").get("chat_template"))
     return None
 
 

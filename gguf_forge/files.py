@@ -108,6 +108,19 @@ def remove_leftovers(folder: Path) -> list[Path]:
     return gone
 
 
+def read_json_object(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """A JSON file that must hold an object (a config); anything else is a ForgeError naming the file."""
+    import json
+
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:  # ValueError: bad JSON or bad UTF-8
+        raise ForgeError(f"{path}: cannot read it as JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise ForgeError(f"{path}: expected a JSON object")
+    return data
+
+
 # ---------------------------------------------------------------------------------------------- hashing
 
 

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .. import chat_template, files
-from ..errors import ForgeError
 from ..keys import GENERAL, LLM, TOKENIZER, arch_key
 
 LICENSE_FILES = ("LICENSE", "LICENSE.txt", "LICENSE.md", "LICENCE", "LICENCE.txt", "LICENSE.rst")
@@ -61,21 +59,11 @@ def _token_text(value: Any) -> str:
     return str(value or "")
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise ForgeError(f"{path}: cannot read it as JSON ({e})") from None
-    if not isinstance(data, dict):
-        raise ForgeError(f"{path}: expected a JSON object")
-    return data
-
-
 def read_hf_dir(path: Path) -> ModelInfo:
     """Chat template (see :func:`gguf_forge.chat_template.from_hf_dir`) and special tokens of a HF folder."""
-    tc = _read_json(path / "tokenizer_config.json") if (path / "tokenizer_config.json").is_file() else {}
+    tc = files.read_json_object(path / "tokenizer_config.json") if (path / "tokenizer_config.json").is_file() else {}
     template = chat_template.from_hf_dir(path)
-    config = _read_json(path / "config.json") if (path / "config.json").is_file() else {}
+    config = files.read_json_object(path / "config.json") if (path / "config.json").is_file() else {}
     ctx = config.get("max_position_embeddings") or config.get("text_config", {}).get("max_position_embeddings")
     eos = _token_text(tc.get("eos_token"))
     return ModelInfo(name=path.resolve().name, template=template, bos=_token_text(tc.get("bos_token")), eos=eos,
@@ -87,7 +75,7 @@ def sampling_defaults(folder: Path | None) -> dict[str, float | int]:
     """Ollama-named sampling parameters from ``generation_config.json`` (greedy when do_sample is false)."""
     if folder is None or not (folder / "generation_config.json").is_file():
         return {}
-    gc = _read_json(folder / "generation_config.json")
+    gc = files.read_json_object(folder / "generation_config.json")
     if gc.get("do_sample") is False:
         return {"temperature": 0.0}
     out: dict[str, float | int] = {}

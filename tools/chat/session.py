@@ -21,6 +21,7 @@ from typing import Any, Callable
 
 from ... import chat_template
 from ...errors import ForgeError
+from ...keys import TOKENIZER
 from ...runtime import eog_tokens, load_model, token_text
 
 
@@ -111,7 +112,7 @@ class ChatSession:
         self.stats = ChatStats()
         self.last: Reply | None = None
         try:
-            self.template = chat_template.resolve(template, self.llm.metadata.get("tokenizer.chat_template"))
+            self.template = chat_template.resolve(template, self.llm.metadata.get(TOKENIZER.CHAT_TEMPLATE))
             if not self.template:
                 raise ForgeError(f"{self.path}: the GGUF has no tokenizer.chat_template; give one with --template")
             chat_template.compile_template(self.template)  # a template that does not parse fails now

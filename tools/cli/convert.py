@@ -22,6 +22,7 @@ from ...convert import (
 from ...convert import convert as do_convert
 from ...errors import ForgeError
 from ...files import format_size, parse_size, progress
+from ...keys import LLM, ROPE, arch_key
 from . import options as opt
 
 
@@ -59,9 +60,9 @@ def convert(model: str, outfile: Path, outtype: str, ctx: int | None, rope_theta
         arch = arch_for_config(Checkpoint(path).config).arch_name
         extra = []
         if ctx is not None:
-            extra.append(parse_override(f"{arch}.context_length=int:{ctx}"))
+            extra.append(parse_override(f"{arch_key(LLM.CONTEXT_LENGTH, arch)}=int:{ctx}"))
         if rope_theta is not None:
-            extra.append(parse_override(f"{arch}.rope.freq_base=float:{rope_theta}"))
+            extra.append(parse_override(f"{arch_key(ROPE.FREQ_BASE, arch)}=float:{rope_theta}"))
         overrides = extra + overrides
     with opt.option("--lora"):
         specs = [parse_lora_spec(x) for x in loras]
