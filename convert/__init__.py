@@ -7,7 +7,9 @@ Public surface:
 - :func:`parse_override` / :class:`KVOverride`: ``KEY=TYPE:VALUE`` metadata overrides (``--override-kv``).
 - :func:`arch_for_config`: the :class:`~.arch.Architecture` handling a ``config.json`` (a ForgeError listing the
   supported ones otherwise); :func:`supported_architectures`: the Hugging Face architecture names handled.
-- :class:`Checkpoint`: streaming, tensor-by-tensor access to a checkpoint's weights.
+- :class:`Checkpoint`: streaming, tensor-by-tensor access to a checkpoint's weights, its ``config.json`` and
+  safetensors headers validated up front (:func:`check_config`); :class:`NonFiniteError`: a tensor holding NaN or
+  infinity, found while streaming (``allow_nonfinite=True`` keeps them).
 - :func:`parse_lora_spec` / :class:`LoraSpec` / :func:`merged_source`: PEFT LoRA adapters merged while
   streaming (``convert --lora``); :func:`write_hf_checkpoint` writes a merged checkpoint (``quantize merge``).
 - :func:`inspect_gguf` / :func:`format_inspection` (``quantize inspect``): what a GGUF file holds.
@@ -19,7 +21,8 @@ is edited); tokenizers in :mod:`.tokenizer` with pre-tokenizer detection in :mod
 
 from .arch import for_config as arch_for_config
 from .arch import supported as supported_architectures
-from .checkpoint import Checkpoint
+from .checkpoint import Checkpoint, NonFiniteError
+from .config import check_config
 from .converter import OUTTYPES, ConvertResult, convert
 from .default_model import default_model_dir, smollm2_gguf
 from .hf_writer import write_hf_checkpoint
@@ -30,7 +33,8 @@ from .resolve import resolve_model
 
 __all__ = [
     "Adapter", "LoraSpec", "MergedCheckpoint", "merged_source", "parse_lora_spec", "write_hf_checkpoint",
-    "Checkpoint", "ConvertResult", "KVOverride", "OUTTYPES", "convert", "parse_override", "resolve_model",
+    "Checkpoint", "NonFiniteError", "check_config",
+    "ConvertResult", "KVOverride", "OUTTYPES", "convert", "parse_override", "resolve_model",
     "arch_for_config", "supported_architectures", "format_inspection", "inspect_gguf", "default_model_dir",
     "smollm2_gguf",
 ]

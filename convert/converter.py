@@ -9,8 +9,10 @@ The output is written under a temporary name in the target folder and renamed wh
 from __future__ import annotations
 
 import logging
+import math
 import os
 import queue
+import struct
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,13 +20,23 @@ from typing import BinaryIO, Callable, Iterator
 
 import gguf
 import numpy as np
+import yaml
 
 from ..errors import ForgeError
 from ..files import atomic_path
 from ..files import progress as progress_bar
 from ..keys import TOKENIZER
 from . import arch as arch_registry
-from .checkpoint import Checkpoint, bf16_from_f32, row_slabs, to_float32
+from .checkpoint import (
+    Checkpoint,
+    NonFiniteError,
+    bf16_from_f32,
+    check_finite,
+    nonfinite_at,
+    row_slabs,
+    to_float32,
+)
+from .config import F32_MAX, one_line, shown
 from .lora import LoraSpec, MergedCheckpoint, merged_source
 from .overrides import KVOverride, apply_overrides
 from .tokenizer import load_vocab
@@ -100,11 +112,12 @@ def encode(raw: np.ndarray, src_dtype: str, qtype: T) -> np.ndarray:
     f32 = to_float32(raw, src_dtype)
     if qtype == T.F32:
         return np.ascontiguousarray(f32, dtype=np.float32)
-    if qtype == T.F16:
-        return f32.astype(np.float16)
-    if qtype == T.BF16:
-        return bf16_from_f32(f32)
-    return gguf.quants.quantize(np.ascontiguousarray(f32), qtype)
+    with np.errstate(over="ignore", invalid="ignore"):  # overflow and NaN are checked for (or allowed) by the caller
+        if qtype == T.F16:
+            return f32.astype(np.float16)
+        if qtype == T.BF16:
+            return bf16_from_f32(f32)
+        return gguf.quants.quantize(np.ascontiguousarray(f32), qtype)
 
 
 def convert(
@@ -115,12 +128,14 @@ def convert(
     progress: bool = True,
     name: str | None = None,
     loras: list[LoraSpec] | None = None,
+    allow_nonfinite: bool = False,
 ) -> ConvertResult:
     """Convert the Hugging Face model directory ``model`` to the GGUF file ``out``.
 
     ``overrides`` replace or add metadata keys after everything else is set (``--ctx`` and
     ``--rope-theta`` are expressed as overrides). ``loras`` are PEFT adapters merged in while streaming
-    (see :mod:`.lora`). Raises :class:`ForgeError` on bad input and
+    (see :mod:`.lora`). Every slab is checked for NaN and infinity as it streams: a tensor holding any is a
+    :class:`~.checkpoint.NonFiniteError` unless ``allow_nonfinite``. Raises :class:`ForgeError` on bad input and
     leaves no file at ``out`` unless the conversion completed.
     """
     ckpt: Checkpoint | MergedCheckpoint = Checkpoint(model)
@@ -143,6 +158,7 @@ def convert(
             _add_metadata(writer, ckpt, arch, outtype, n_params, name)
             vocab.add_to_gguf(writer)
             apply_overrides(writer, overrides)
+            check_metadata(writer)
             for p in plan:
                 _add_info(writer, p)
             writer.open_output_file(tmp)
@@ -151,7 +167,8 @@ def convert(
             writer.write_ti_data_to_file()
             fout = writer.fout[0]  # type: ignore[index]
             with progress_bar(sum(p.nbytes for p in plan), f"writing {out.name}", enabled=progress) as bar:
-                _write_tensor_data(fout, writer.data_alignment, ckpt, arch, plan, bar.update)
+                chunks = _encoded_chunks(ckpt, arch, plan, allow_nonfinite)
+                _write_tensor_data(fout, writer.data_alignment, chunks, bar.update)
             writer.close()
         except BaseException:
             try:
@@ -163,12 +180,12 @@ def convert(
     return ConvertResult(out, arch.arch_name, outtype, len(plan), n_params, out.stat().st_size, vocab.pre, warnings)
 
 
-def _write_tensor_data(fout: BinaryIO, align: int, ckpt, arch: arch_registry.Architecture, plan: list[_Planned],
+def _write_tensor_data(fout: BinaryIO, align: int, chunks: Iterator[memoryview | None],
                        advance: Callable[[int], object]) -> None:
     """Write every tensor's data, aligned, after the header; ``advance(n)`` is told each chunk's size."""
     # reading, merging and encoding run in a background thread while this one writes
     _pad(fout, align)
-    for item in _prefetch(_encoded_chunks(ckpt, arch, plan), depth=3):
+    for item in _prefetch(chunks, depth=3):
         if item is None:  # end of a tensor
             _pad(fout, align)
             continue
@@ -178,11 +195,22 @@ def _write_tensor_data(fout: BinaryIO, align: int, ckpt, arch: arch_registry.Arc
     os.fsync(fout.fileno())
 
 
-def _encoded_chunks(ckpt, arch: arch_registry.Architecture, plan: list[_Planned]) -> Iterator[memoryview | None]:
-    """The bytes of every tensor in plan order; None after each tensor (alignment padding goes there)."""
+def _encoded_chunks(ckpt, arch: arch_registry.Architecture, plan: list[_Planned],
+                    allow_nonfinite: bool = False) -> Iterator[memoryview | None]:
+    """The bytes of every tensor in plan order; None after each tensor (alignment padding goes there).
+
+    Each slab is checked for NaN and infinity before it is encoded (unless ``allow_nonfinite``)."""
     for p in plan:
+        row = 0
         for chunk, chunk_dtype in _tensor_chunks(ckpt, arch, p):
+            if not allow_nonfinite:
+                check_finite(chunk, chunk_dtype, p.hf_name or p.gguf_name, row)
             data = encode(chunk, chunk_dtype, p.qtype)
+            if not allow_nonfinite and p.qtype == T.F16 and chunk_dtype != "F16" \
+                    and nonfinite_at(data, "F16") is not None:
+                raise NonFiniteError(f"tensor {p.hf_name}: values beyond float16's range (65504) would be written "
+                                     f"as infinity (from row {row}); convert to bf16 or f32 instead")
+            row += chunk.shape[0] if chunk.ndim else 1
             # copy: the reader reuses its slab buffer for the next rows while this one waits to be written
             yield memoryview(np.array(data, copy=True, order="C")).cast("B") if data is chunk \
                 else memoryview(np.ascontiguousarray(data)).cast("B")
@@ -268,6 +296,8 @@ def _plan(ckpt: Checkpoint, arch: arch_registry.Architecture, outtype: str) -> l
                 f"tensor {seen['token_embd.weight']}: {embd_rows} rows but config.json says vocab_size={arch.n_vocab}"
             )
     arch.check_complete(set(seen))
+    for p in plan:
+        arch.check_shape(p.hf_name or p.gguf_name, p.gguf_name, p.shape)
     for gname, data in arch.extra_tensors().items():
         plan.append(_Planned(gname, None, data.shape, "F32", T.F32, data))
     return plan
@@ -296,6 +326,42 @@ def _tensor_chunks(
         yield slab, p.src_dtype
 
 
+def check_metadata(writer: gguf.GGUFWriter) -> None:
+    """Every metadata value fits its GGUF type and every float is finite: checked before the file is opened, as a
+    value that does not pack would otherwise fail half-way through writing it."""
+    floats = (gguf.GGUFValueType.FLOAT32, gguf.GGUFValueType.FLOAT64)
+    for key, val in writer.kv_data[0].items():
+        try:
+            if val.type == gguf.GGUFValueType.ARRAY and _plain_array(val.value):
+                continue
+            if val.type in floats and not math.isfinite(val.value):
+                raise ValueError("not a finite number")
+            writer._pack_val(val.value, val.type, add_vtype=True, sub_type=val.sub_type)
+        except (struct.error, OverflowError, TypeError, ValueError, AttributeError) as e:
+            kind = val.type.name.lower() if val.type != gguf.GGUFValueType.ARRAY else "array"
+            raise ForgeError(f"metadata {key}: {shown(val.value)} cannot be stored as {kind} ({one_line(e)})") from None
+
+
+def _plain_array(values: list) -> bool:
+    """True for an array of strings, int32s, finite float32s or booleans that packs as it is (checked at C speed,
+    where packing a 262k-token vocabulary twice would not be); ValueError for a bad one, False: pack to see."""
+    if not values:
+        return True
+    if all(type(v) is str for v in values):
+        "".join(values).encode("utf-8")  # a lone surrogate cannot be written
+        return True
+    if all(type(v) is int for v in values):
+        if min(values) < -(2**31) or max(values) >= 2**31:
+            raise ValueError("a value does not fit int32")
+        return True
+    if all(type(v) is float for v in values):
+        arr = np.asarray(values, dtype=np.float64)
+        if not np.isfinite(arr).all() or np.abs(arr).max() > F32_MAX:
+            raise ValueError("not every value is a finite float32")
+        return True
+    return all(type(v) is bool for v in values)
+
+
 def _pad(f, align: int) -> None:
     pos = f.tell()
     pad = (-pos) % align
@@ -308,7 +374,11 @@ def _add_metadata(
     name: str | None,
 ) -> None:
     logging.getLogger("gguf").setLevel(logging.ERROR)
-    meta = gguf.Metadata.load(model_path=ckpt.path, model_name=name, total_params=n_params)
+    try:
+        meta = gguf.Metadata.load(model_path=ckpt.path, model_name=name, total_params=n_params)
+    except (yaml.YAMLError, ValueError, TypeError, AttributeError, KeyError, IndexError) as e:
+        raise ForgeError(f"{ckpt.path}: the model card (README.md) or generation_config.json cannot be read "
+                         f"for metadata ({one_line(e)})") from None
     if meta.name is None:
         meta.name = name or ckpt.path.name
     if meta.size_label is None and n_params:

@@ -18,7 +18,7 @@ import numpy as np
 
 from ..errors import ForgeError
 from ..files import atomic_path
-from .checkpoint import bf16_from_f32, to_float32
+from .checkpoint import NonFiniteError, bf16_from_f32, check_finite, nonfinite_at, to_float32
 
 DTYPES = {"f32": ("F32", np.float32), "f16": ("F16", np.float16), "bf16": ("BF16", np.uint16)}
 _COPY = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", "tokenizer.model",
@@ -36,16 +36,17 @@ def _encode(slab: np.ndarray, src: str, dtype: str) -> np.ndarray:
     f32 = to_float32(slab, src)
     if dtype == "f32":
         return np.ascontiguousarray(f32, dtype=np.float32)
-    if dtype == "f16":
-        return f32.astype(np.float16)
-    return bf16_from_f32(f32)
+    with np.errstate(over="ignore", invalid="ignore"):  # overflow and NaN are checked for (or allowed) by the caller
+        return f32.astype(np.float16) if dtype == "f16" else bf16_from_f32(f32)
 
 
 def write_hf_checkpoint(source, out_dir: Path, dtype: str = "auto", max_shard_bytes: int = 5 * 10**9,
-                        progress: Callable[[int | None], object] | None = None) -> list[Path]:
+                        progress: Callable[[int | None], object] | None = None,
+                        allow_nonfinite: bool = False) -> list[Path]:
     """Write ``source`` (a Checkpoint or MergedCheckpoint) to ``out_dir``; returns the weight files.
 
     ``progress(n)`` is told the number of weights written after each slab, and ``progress(None)`` at the end.
+    A tensor holding NaN or infinity is a :class:`~.checkpoint.NonFiniteError` unless ``allow_nonfinite``.
     """
     out_dir = Path(out_dir)
     _check_out_dir(out_dir)
@@ -64,7 +65,7 @@ def write_hf_checkpoint(source, out_dir: Path, dtype: str = "auto", max_shard_by
             for i, shard in enumerate(shards):
                 fname = ("model.safetensors" if len(shards) == 1
                          else f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors")
-                total += _write_shard(tmp / fname, source, shard, dtype, progress)
+                total += _write_shard(tmp / fname, source, shard, dtype, progress, allow_nonfinite)
                 weight_map.update(dict.fromkeys(shard, fname))
                 files.append(out_dir / fname)
             if len(shards) > 1:
@@ -111,7 +112,7 @@ def _plan_shards(source, names: list[str], itemsize: int, max_shard_bytes: int) 
 
 
 def _write_shard(path: Path, source, shard: list[str], dtype: str,
-                 progress: Callable[[int | None], object] | None) -> int:
+                 progress: Callable[[int | None], object] | None, allow_nonfinite: bool = False) -> int:
     """Write one safetensors file holding the tensors ``shard``, streamed slab by slab; returns its data size."""
     st_dtype, np_dtype = DTYPES[dtype]
     itemsize = np.dtype(np_dtype).itemsize
@@ -128,8 +129,16 @@ def _write_shard(path: Path, source, shard: list[str], dtype: str,
         f.write(struct.pack("<Q", len(raw)) + raw)
         for n in shard:
             src_dtype = source.tensors[n].dtype
+            row = 0
             for slab in source.iter_rows(n, 64 << 20):
+                if not allow_nonfinite:
+                    check_finite(slab, src_dtype, n, row)
                 data = _encode(slab, src_dtype, dtype)
+                if not allow_nonfinite and dtype == "f16" and src_dtype != "F16" \
+                        and nonfinite_at(data, "F16") is not None:
+                    raise NonFiniteError(f"tensor {n}: values beyond float16's range (65504) would be written as "
+                                         f"infinity (from row {row}); write bf16 or f32 instead")
+                row += slab.shape[0] if slab.ndim else 1
                 f.write(memoryview(np.ascontiguousarray(data)).cast("B"))
                 if progress:
                     progress(int(data.size))

@@ -18,7 +18,6 @@ one slab of rows of one tensor (plus that tensor's small A/B factors).
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from dataclasses import dataclass, field
@@ -28,7 +27,9 @@ from typing import Iterator
 import numpy as np
 
 from ..errors import ForgeError
-from .checkpoint import Checkpoint, TensorRef, read_safetensors_header, read_tensor, row_slabs, to_float32
+from ..files import read_json_object
+from .checkpoint import Checkpoint, TensorRef, read_safetensors_header, read_tensor, row_slabs, to_float32, torch_load
+from .config import F32_MAX, is_int, is_number, shown
 from .resolve import resolve_model
 
 PREFIX = "base_model.model."
@@ -52,9 +53,12 @@ def parse_lora_spec(text: str) -> LoraSpec:
     head, sep, tail = text.rpartition(":")
     if sep and head:
         try:
-            return LoraSpec(head, float(tail))
+            weight = float(tail)
         except ValueError:
-            pass
+            return LoraSpec(text, 1.0)
+        if not math.isfinite(weight):
+            raise ForgeError(f"{text}: the weight {tail} is not a finite number")
+        return LoraSpec(head, weight)
     return LoraSpec(text, 1.0)
 
 
@@ -91,10 +95,7 @@ class Adapter:
         if not cfg_file.is_file():
             raise ForgeError(
                 f"{cfg_file}: missing; --lora needs a PEFT adapter directory (adapter_config.json + weights)")
-        try:
-            config = json.loads(cfg_file.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise ForgeError(f"{cfg_file}: cannot be parsed ({e})") from None
+        config = read_json_object(cfg_file)
         kind = str(config.get("peft_type", "")).upper()
         if kind != SUPPORTED_PEFT:
             raise ForgeError(
@@ -104,6 +105,7 @@ class Adapter:
         for key, what in _UNSUPPORTED_OPTIONS.items():
             if config.get(key):
                 raise ForgeError(f"{cfg_file}: {key} ({what}) is not supported for merging")
+        check_adapter_config(config, cfg_file)
         ad = cls(path, weight, config)
         ad._load_weights()
         ad._classify()
@@ -116,13 +118,14 @@ class Adapter:
         self._torch: dict | None = None
         if st.is_file():
             self.refs = read_safetensors_header(st)
+            for ref in self.refs.values():
+                if ref.dtype not in ("F32", "F16", "BF16", "F64"):
+                    raise ForgeError(f"{st}: tensor {ref.name} has dtype {ref.dtype}; adapter weights are floats")
         elif bin_file.is_file():
-            import torch
-
-            try:
-                self._torch = torch.load(bin_file, map_location="cpu", weights_only=True)
-            except Exception as e:
-                raise ForgeError(f"{bin_file}: cannot be loaded with torch.load(weights_only=True): {e}") from None
+            self._torch = torch_load(bin_file)
+            for k, v in self._torch.items():
+                if not v.is_floating_point():
+                    raise ForgeError(f"{bin_file}: tensor {k} has dtype {v.dtype}; adapter weights are floats")
             self.refs = {k: TensorRef(k, bin_file, "F32", tuple(v.shape)) for k, v in self._torch.items()}
         else:
             raise ForgeError(f"{self.path}: no adapter_model.safetensors or adapter_model.bin")
@@ -173,19 +176,25 @@ class Adapter:
                 mod = _Module(module, p["lora_embedding_A"], p["lora_embedding_B"], "embedding")
             else:
                 raise ForgeError(f"{self.path}: adapter tensor {next(iter(p.values()))} has no matching A/B partner")
+            for key in (mod.a, mod.b):
+                if len(self.refs[key].shape) != 2:
+                    raise ForgeError(f"{self.path}: adapter tensor {key} has shape {list(self.refs[key].shape)}; "
+                                     "LoRA factors are matrices")
             mod.scale = self._scale(module, self.refs[mod.a].shape[0])
             self.modules[module + ".weight"] = mod
 
     def _scale(self, module: str, rank_in_file: int) -> float:
         from_pattern = _pattern_value(self.config.get("rank_pattern") or {}, module)
-        r = int(from_pattern if from_pattern is not None else self.config.get("r", 8))
+        r = int(from_pattern if from_pattern is not None else self.config.get("r") or 8)
         if r != rank_in_file:
             raise ForgeError(
                 f"{self.path}: adapter tensor for {module} has rank {rank_in_file} but adapter_config.json "
                 f"gives r={r} for it"
             )
         alpha = _pattern_value(self.config.get("alpha_pattern") or {}, module)
-        alpha = float(alpha if alpha is not None else self.config.get("lora_alpha", 8))
+        if alpha is None:
+            alpha = self.config.get("lora_alpha")
+        alpha = float(8 if alpha is None else alpha)
         return alpha / math.sqrt(r) if self.config.get("use_rslora") else alpha / r
 
     @property
@@ -202,6 +211,41 @@ def _pattern_value(patterns: dict, module: str):
         if re.match(rf"(.*\.)?({k})$", module):
             return v
     return None
+
+
+def check_adapter_config(config: dict, source: Path) -> None:
+    """The keys the merge reads from ``adapter_config.json``: ``r`` and ``rank_pattern`` ranks positive integers,
+    ``lora_alpha`` and ``alpha_pattern`` finite numbers, patterns valid regular expressions, flags booleans."""
+
+    def fail(key: str, what: str, value) -> None:
+        raise ForgeError(f"{source}: {key} must be {what}, got {shown(value)}")
+
+    r = config.get("r")
+    if r is not None and not (is_int(r) and r > 0):
+        fail("r", "a positive integer (the LoRA rank)", r)
+    alpha = config.get("lora_alpha")
+    if alpha is not None and not (is_number(alpha) and math.isfinite(alpha)):
+        fail("lora_alpha", "a finite number", alpha)
+    for key, ok, what in (("rank_pattern", lambda v: is_int(v) and v > 0, "positive integers"),
+                          ("alpha_pattern", lambda v: is_number(v) and math.isfinite(v), "finite numbers")):
+        patterns = config.get(key)
+        if patterns is None:
+            continue
+        if not isinstance(patterns, dict):
+            fail(key, "an object mapping module patterns to values", patterns)
+        for k, v in patterns.items():
+            if not ok(v):
+                fail(f"{key}[{k!r}]", what, v)
+            try:
+                re.compile(rf"(.*\.)?({k})$")
+            except re.error as e:
+                raise ForgeError(f"{source}: {key} pattern {k!r} is not a valid regular expression ({e})") from None
+    for key in ("use_rslora", "use_dora"):
+        if config.get(key) is not None and not isinstance(config[key], bool):
+            fail(key, "true or false", config[key])
+    name = config.get("base_model_name_or_path")
+    if name is not None and not isinstance(name, str):
+        fail("base_model_name_or_path", "a string", name)
 
 
 def _read_ref(ref: TensorRef, raw: bool = False) -> np.ndarray:
@@ -246,7 +290,7 @@ class MergedCheckpoint:
             for name, key in ad.replacements.items():
                 ref = ad.refs[key]
                 base_ref = self.tensors.get(name)
-                if base_ref is None and not (name == "lm_head.weight" and tied):
+                if base_ref is None and not (name == "lm_head.weight" and tied and embed in self.tensors):
                     raise ForgeError(f"adapter tensor {key}: the base model has no tensor {name}")
                 expected = base_ref.shape if base_ref is not None else self.tensors[embed].shape
                 vocab_like = name in (embed, "lm_head.weight")
@@ -261,9 +305,10 @@ class MergedCheckpoint:
                 self._sources[name] = (ad, key)
                 self.tensors[name] = TensorRef(name, ref.file, "F32", ref.shape)
             for name, mod in ad.modules.items():
-                if name not in self.tensors and not (name == "lm_head.weight" and tied):
+                if name not in self.tensors and not (name == "lm_head.weight" and tied and embed in self.tensors):
                     raise ForgeError(f"adapter tensor {mod.a}: the base model has no module {mod.name}")
                 target = self.tensors.get(name) or self.tensors[embed]
+                self._check_module(ad, mod, name, target)
                 a_shape, b_shape = ad.refs[mod.a].shape, ad.refs[mod.b].shape
                 rows, cols = target.shape[0], target.shape[1]
                 if mod.kind == "linear":
@@ -287,7 +332,7 @@ class MergedCheckpoint:
             self.config["tie_word_embeddings"] = False  # the adapter changed lm_head: untie
         if embed in self.tensors:
             rows = self.tensors[embed].shape[0]
-            if rows != int(self.config.get("vocab_size", rows)):
+            if rows != (self.config.get("vocab_size") or rows):
                 self.config["vocab_size"] = rows
                 if self.tokenizer_path == self.base.path:
                     self.warnings.append(
@@ -295,6 +340,21 @@ class MergedCheckpoint:
             head = self.tensors.get("lm_head.weight")
             if head is not None and head.shape[0] != rows:
                 raise ForgeError(f"lm_head has {head.shape[0]} rows but embed_tokens has {rows} after merging")
+
+    @staticmethod
+    def _check_module(ad: Adapter, mod: _Module, name: str, target: TensorRef) -> None:
+        """The base tensor a LoRA module changes is a matrix, and DoRA magnitudes and LoRA biases have one value
+        per row of it."""
+        if len(target.shape) != 2:
+            raise ForgeError(f"adapter tensor {mod.a}: LoRA on {name}, which is not a matrix "
+                             f"(shape {list(target.shape)})")
+        if not abs(ad.weight * mod.scale) <= F32_MAX:
+            raise ForgeError(f"{ad.path}: the LoRA scale of {mod.name} (weight {ad.weight:g} x {mod.scale:g} from "
+                             "lora_alpha and r) does not fit a float32")
+        for key in (mod.magnitude, mod.bias):
+            if key is not None and math.prod(ad.refs[key].shape) != target.shape[0]:
+                raise ForgeError(f"adapter tensor {key}: {math.prod(ad.refs[key].shape)} values, but {name} has "
+                                 f"{target.shape[0]} rows; was the adapter trained on another model?")
 
     # -- Checkpoint interface ------------------------------------------------------------------
     def __contains__(self, name: str) -> bool:

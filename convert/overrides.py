@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import gguf
 
 from ..errors import ForgeError
+from .config import F32_MAX
 
 _TYPES = {"int": gguf.GGUFValueType.INT32, "float": gguf.GGUFValueType.FLOAT32,
           "bool": gguf.GGUFValueType.BOOL, "str": gguf.GGUFValueType.STRING}
+_V = gguf.GGUFValueType
+#: GGUF integer types: (bits, signed)
+_INT_BITS = {_V.UINT8: (8, False), _V.INT8: (8, True), _V.UINT16: (16, False), _V.INT16: (16, True),
+             _V.UINT32: (32, False), _V.INT32: (32, True), _V.UINT64: (64, False), _V.INT64: (64, True)}
 
 
 @dataclass(frozen=True)
@@ -31,7 +37,10 @@ def parse_override(text: str) -> KVOverride:
         if kind == "int":
             return KVOverride(key, kind, int(value, 0))
         if kind == "float":
-            return KVOverride(key, kind, float(value))
+            number = float(value)
+            if not math.isfinite(number):
+                raise ForgeError(f"{text!r}: {value!r} is not a finite number")
+            return KVOverride(key, kind, number)
         if kind == "bool":
             if value.lower() not in ("true", "false", "1", "0"):
                 raise ValueError(value)
@@ -62,6 +71,20 @@ def apply_overrides(w: gguf.GGUFWriter, overrides: list[KVOverride]) -> None:
                 value = int(value)
             elif (vtype == gguf.GGUFValueType.STRING) != (o.kind == "str"):
                 raise ForgeError(f"--override-kv {o.key}: the key holds a {vtype.name.lower()}, got {o.kind}")
+            _check_range(o.key, value, vtype)
             kv[o.key] = gguf.GGUFValue(value=value, type=vtype)
         else:
+            _check_range(o.key, o.value, _TYPES[o.kind])
             kv[o.key] = gguf.GGUFValue(value=o.value, type=_TYPES[o.kind])
+
+
+def _check_range(key: str, value: object, vtype: gguf.GGUFValueType) -> None:
+    """An integer fits the key's GGUF integer type; a float32 key's value fits a float32."""
+    if vtype in _INT_BITS and not isinstance(value, bool):
+        bits, signed = _INT_BITS[vtype]
+        low, high = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
+        if not low <= int(value) <= high:  # type: ignore[call-overload]
+            raise ForgeError(f"--override-kv {key}: {value} does not fit the key's type {vtype.name.lower()} "
+                             f"({low} to {high})")
+    if vtype == gguf.GGUFValueType.FLOAT32 and abs(float(value)) > F32_MAX:  # type: ignore[arg-type]
+        raise ForgeError(f"--override-kv {key}: {value} does not fit the key's type float32")

@@ -15,7 +15,6 @@ package's :class:`gguf.SpecialVocab`; the end-of-turn token is found by renderin
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,9 @@ import gguf
 
 from .. import chat_template
 from ..errors import ForgeError
+from ..files import read_json_object
 from ..keys import TOKENIZER
+from .config import is_int, one_line, shown
 from .pretokenizer import detect_pre
 
 NORMAL = gguf.TokenType.NORMAL
@@ -67,10 +68,27 @@ class Vocab:
 
 
 def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ForgeError(f"{path}: cannot be parsed ({e})") from None
+    return read_json_object(path)
+
+
+def _check_tokenizer_json(path: Path, tok: dict[str, Any]) -> None:
+    """The parts of ``tokenizer.json`` read here have the types the format gives them."""
+    model = tok.get("model", {})
+    if not isinstance(model, dict):
+        raise ForgeError(f"{path}: model must be an object, got {shown(model)}")
+    vocab = model.get("vocab")
+    if model.get("type") == "BPE" and not (
+            isinstance(vocab, dict) and all(is_int(i) and 0 <= i < 2**31 for i in vocab.values())):
+        raise ForgeError(f"{path}: model.vocab must map token texts to non-negative token ids")
+    added = tok.get("added_tokens", [])
+    if not isinstance(added, list) or not all(
+            isinstance(a, dict) and is_int(a.get("id")) and 0 <= a["id"] < 2**31 and isinstance(a.get("content"), str)
+            for a in added):
+        raise ForgeError(f"{path}: added_tokens must be a list of objects with an id (a non-negative integer) "
+                         "and a content (a string)")
+    for key in ("pre_tokenizer", "decoder", "normalizer", "post_processor"):
+        if tok.get(key) is not None and not isinstance(tok[key], dict):
+            raise ForgeError(f"{path}: {key} must be an object or null, got {shown(tok[key])}")
 
 
 def _is_byte_level(tok: dict[str, Any]) -> bool:
@@ -92,19 +110,29 @@ def load_vocab(path: Path, n_vocab: int, pre_override: str | None = None) -> Voc
     """
     tj_file = path / "tokenizer.json"
     tok_json = _read_json(tj_file) if tj_file.is_file() else None
-    if tok_json is not None and _is_byte_level(tok_json):
-        vocab = _bpe_vocab(path, tok_json, n_vocab, pre_override)
-    elif (path / "tokenizer.model").is_file():
-        vocab = _spm_vocab(path, tok_json, n_vocab)
-    elif tok_json is not None:
-        raise ForgeError(
-            f"{tj_file}: tokenizer model {tok_json.get('model', {}).get('type')!r} without a byte-level "
-            "pre-tokenizer and no tokenizer.model beside it; only byte-level BPE and SentencePiece are supported"
-        )
-    else:
+    spm = (path / "tokenizer.model").is_file()
+    if tok_json is None and not spm:
         raise ForgeError(
             f"{path}: no tokenizer.json or tokenizer.model; copy the tokenizer files into the model directory")
-    vocab.special = gguf.SpecialVocab(path, load_merges=vocab.model == "gpt2", n_vocab=len(vocab.tokens))
+    try:
+        if tok_json is not None:
+            _check_tokenizer_json(tj_file, tok_json)
+        if tok_json is not None and _is_byte_level(tok_json):
+            vocab = _bpe_vocab(path, tok_json, n_vocab, pre_override)
+        elif spm:
+            vocab = _spm_vocab(path, tok_json, n_vocab)
+        else:
+            raise ForgeError(
+                f"{tj_file}: tokenizer model {(tok_json.get('model') or {}).get('type')!r} without a byte-level "  # type: ignore
+                "pre-tokenizer and no tokenizer.model beside it; only byte-level BPE and SentencePiece are supported"
+            )
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:  # a shape the checks above missed
+        raise ForgeError(f"{tj_file if tok_json is not None else path}: malformed tokenizer ({one_line(e)})") from None
+    try:
+        vocab.special = gguf.SpecialVocab(path, load_merges=vocab.model == "gpt2", n_vocab=len(vocab.tokens))
+    except (OSError, ValueError, TypeError, AttributeError, KeyError, IndexError) as e:
+        raise ForgeError(f"{path}: the tokenizer files cannot be read for special tokens and merges "
+                         f"({one_line(e)})") from None
     if vocab.model == "gpt2" and not vocab.special.merges:
         raise ForgeError(f"{tj_file}: BPE tokenizer without merges")
     try:
@@ -126,7 +154,7 @@ def _added_tokens(tok_json: dict[str, Any] | None, path: Path) -> list[dict[str,
 def _bpe_vocab(path: Path, tok_json: dict[str, Any], n_vocab: int, pre_override: str | None) -> Vocab:
     model_vocab: dict[str, int] = tok_json["model"]["vocab"]
     added = {int(a["id"]): a for a in _added_tokens(tok_json, path)}
-    size = max([n_vocab, len(model_vocab), *(i + 1 for i in added)])
+    size = max([n_vocab, len(model_vocab), max(model_vocab.values(), default=-1) + 1, *(i + 1 for i in added)])
     if size > n_vocab:
         raise ForgeError(
             f"{path / 'tokenizer.json'}: the tokenizer has {size} tokens but the model's embedding has "
@@ -186,6 +214,9 @@ def _spm_vocab(path: Path, tok_json: dict[str, Any] | None, n_vocab: int) -> Voc
             if a.get("special") and types[i] == NORMAL:
                 types[i] = CONTROL
             continue
+        if i >= n_vocab:
+            raise ForgeError(f"{path}: added token {a['content']!r} has id {i}, but the model's embedding has "
+                             f"{n_vocab} rows; the tokenizer does not belong to these weights")
         while len(tokens) < i:
             tokens.append(f"[PAD{len(tokens)}]")
             scores.append(-1000.0)

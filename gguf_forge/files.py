@@ -8,10 +8,13 @@ leaves no file under the final name, and a later run can tell a leftover from a 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import re
 import shutil
+import stat
+import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -36,27 +39,100 @@ def _remove(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
+# a write that fails for want of room: said in one line (the temporary file is removed, nothing is final)
+_NO_ROOM = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+_KINDS = {stat.S_IFIFO: "a named pipe (FIFO)", stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device",
+          stat.S_IFSOCK: "a socket", stat.S_IFDIR: "a folder", stat.S_IFREG: "a file"}
+
+
+def check_target(path: str | os.PathLike[str], *, directory: bool = False) -> None:
+    """Refuse an output path that cannot be replaced by a rename: an existing FIFO, device, socket, or folder (for a
+    file; a file, for a ``directory``), or a path under something that is not a folder. ForgeErrors naming
+    ``path``; a missing path is fine.
+
+    A symlink is followed for the check (a link to ``/dev/null`` is refused); a link to a regular file is replaced
+    by the new file, as ``os.replace`` does.
+    """
+    path = Path(path)
+    for folder in path.parents:  # the nearest existing ancestor must be a folder
+        try:
+            st = os.stat(folder)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        except OSError as e:
+            raise ForgeError(f"{path}: cannot reach {folder} ({e.strerror})") from None
+        if not stat.S_ISDIR(st.st_mode):
+            raise ForgeError(f"{path}: {folder} is not a folder")
+        break
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return
+    except OSError as e:
+        raise ForgeError(f"{path}: cannot write it ({e.strerror})") from None
+    if stat.S_ISDIR(mode) if directory else stat.S_ISREG(mode):
+        return
+    kind = _KINDS.get(stat.S_IFMT(mode), "something else")
+    if directory:
+        raise ForgeError(f"{path}: exists and is {kind}, not a folder")
+    raise ForgeError(f"{path}: exists and is {kind}, not a regular file; refusing to replace it "
+                     "(give the name of a new or ordinary file)")
+
+
+def make_folder(folder: str | os.PathLike[str]) -> Path:
+    """Create the output folder ``folder`` (and its parents) when about to write into it; one that is not a folder,
+    cannot be created (under a file, in ``/proc``) or is not writable is a ForgeError naming it."""
+    folder = Path(folder)
+    check_target(folder, directory=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ForgeError(f"{folder}: cannot create the folder ({e.strerror})") from None
+    if not os.access(folder, os.W_OK):
+        raise ForgeError(f"{folder}: not writable")
+    return folder
+
+
+def _no_room(path: Path, e: OSError) -> ForgeError:
+    return ForgeError(f"{path}: {e.strerror or 'no space left'} while writing it; nothing was written under that "
+                      "name (free some space, or write elsewhere, and run again)")
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str], *, directory: bool = False) -> Iterator[Path]:
     """Yield a temporary path to write ``path``'s content to; rename it over ``path`` when the block succeeds.
 
     With ``directory``, the temporary path is an empty folder and an existing empty folder at ``path`` is
     replaced. On any exception (Ctrl-C included) the temporary file or folder is removed and ``path`` is left
-    as it was. Example::
+    as it was. Checked before the block runs (ForgeErrors): :func:`check_target`, and that the temporary file can
+    be created (a read-only or pseudo file system such as ``/proc``). A full disk (or a file-size limit) while
+    the block writes is a ForgeError too. Example::
 
         with atomic_path(out) as tmp:
             tmp.write_bytes(data)
     """
     path = Path(path)
+    check_target(path, directory=directory)
     tmp = partial_path(path)
     _remove(tmp)
-    if directory:
-        tmp.mkdir(parents=True)
+    try:
+        if directory:
+            tmp.mkdir(parents=True)
+        else:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666))
+    except FileNotFoundError:
+        raise ForgeError(f"{path}: the folder {path.parent} does not exist") from None
+    except OSError as e:
+        raise ForgeError(f"{path}: cannot write in {path.parent} ({e.strerror})") from None
     try:
         yield tmp
         if directory and path.is_dir() and not any(path.iterdir()):
             path.rmdir()
         os.replace(tmp, path)
+    except OSError as e:
+        if e.errno in _NO_ROOM:
+            raise _no_room(path, e) from None
+        raise
     finally:
         if tmp.exists() or tmp.is_symlink():
             _remove(tmp)
@@ -78,6 +154,9 @@ def write_files(files: dict[Path, str | bytes], *, mode: int | None = None) -> l
         umask = os.umask(0)
         os.umask(umask)
         mode = 0o666 & ~umask
+    for path in files:
+        check_target(path)
+    path = Path()
     try:
         for path, content in files.items():
             data = content.encode("utf-8") if isinstance(content, str) else content
@@ -93,19 +172,78 @@ def write_files(files: dict[Path, str | bytes], *, mode: int | None = None) -> l
             os.chmod(tmp, mode)
         for path, tmp in temps.items():
             os.replace(tmp, path)
+    except OSError as e:
+        if e.errno in _NO_ROOM:
+            raise _no_room(path, e) from None
+        raise
     finally:
         for tmp in temps.values():
             tmp.unlink(missing_ok=True)
     return list(temps)
 
 
+_PARTIAL_NAME = re.compile(r"\.(.+)\.(\d+)" + re.escape(PARTIAL_SUFFIX))
+
+
 def remove_leftovers(folder: Path) -> list[Path]:
-    """Remove the ``.*.partial`` files and folders a killed run left in ``folder``; returns what was removed."""
+    """Remove the ``.*.partial`` files and folders a killed run left in ``folder``; returns what was removed.
+
+    A temporary file whose writer (the pid in its name, ``.<name>.<pid>.partial``) is still running is another
+    process's work in progress and is left alone.
+    """
     gone = []
     for stale in folder.glob(f".*{PARTIAL_SUFFIX}"):
+        m = _PARTIAL_NAME.fullmatch(stale.name)
+        if m and _writer_alive(int(m.group(2)), stale):
+            continue
         _remove(stale)
         gone.append(stale)
     return gone
+
+
+def _writer_alive(pid: int, path: Path) -> bool:
+    """Whether process ``pid`` may be the one writing ``path``: it runs, and (where Linux tells) it started before
+    the file was last written, so a pid reused by a later process does not protect a dead writer's file."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it runs, under another user
+        pass
+    except OSError:
+        return False
+    started = _process_start(pid)
+    try:
+        written = path.lstat().st_mtime
+    except OSError:
+        return False
+    return started is None or started <= written + 1
+
+
+def _process_start(pid: int) -> float | None:
+    """When process ``pid`` started (seconds since the epoch), from Linux's /proc; None where unknown."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        boot = next(float(x.split()[1]) for x in Path("/proc/stat").read_text().splitlines() if x.startswith("btime"))
+        return boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+
+
+def read_text_file(path: str | os.PathLike[str], name: str | None = None) -> str:
+    """An input text file (calibration, evaluation text, prompts, a template) read as UTF-8; missing, unreadable or
+    not UTF-8 is a ForgeError naming it (as ``name`` when given, e.g. ``"--text notes.txt"``)."""
+    name = name or str(path)
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ForgeError(f"{name}: no such file") from None
+    except UnicodeDecodeError as e:
+        raise ForgeError(f"{name}: not UTF-8 text (byte {e.start}: {e.reason}); save it as UTF-8") from None
+    except OSError as e:
+        raise ForgeError(f"{name}: cannot read it ({e.strerror or e})") from None
 
 
 def read_json_object(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -264,3 +402,45 @@ def build_lock(dest: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def exclusive_lock(lock_file: Path, what: str) -> Iterator[None]:
+    """Hold ``lock_file`` exclusively for the block (it records this process's pid), or refuse at once with
+    ForgeError "``what`` is in use by PID n" when another process holds it. The lock goes with the process (a
+    killed run does not leave ``what`` locked); where ``fcntl`` is missing (Windows) nothing is locked."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _lock_holder(fd)
+            raise ForgeError(f"{what} is in use by PID {holder} (another run writes into it); wait for it to "
+                             "finish, or use another folder" if holder else
+                             f"{what} is in use by another process; wait for it to finish, or use another folder"
+                             ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        try:
+            yield
+        finally:
+            os.ftruncate(fd, 0)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+def _lock_holder(fd: int) -> int | None:
+    """The pid a lock's holder wrote into it (None while it has not yet, e.g. the instant after it locked)."""
+    for _ in range(10):
+        text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+        if text.isdigit():
+            return int(text)
+        time.sleep(0.01)
+    return None

@@ -66,6 +66,10 @@ def _log_softmax(x: np.ndarray) -> np.ndarray:
 
 def evaluate(reference: str | Path, candidates: list[str | Path], text: str, ctx: int = 512,
              chunks: int | None = None, threads: int | None = None, progress: bool = True) -> EvalReport:
+    nbytes = len(text.encode("utf-8"))
+    if ctx > nbytes + 1:  # a token is at least one byte of text (one more for a leading space some tokenizers add)
+        raise ForgeError(f"--text: {nbytes} bytes of text, fewer than one chunk of --ctx {ctx} tokens; give more "
+                         "text or a smaller --ctx")
     ref = load_model(reference, n_ctx=ctx, threads=threads, logits_all=True, n_batch=ctx, n_ubatch=ctx)
     cands = [load_model(c, n_ctx=ctx, threads=threads, logits_all=True, n_batch=ctx, n_ubatch=ctx) for c in candidates]
     for c, path in zip(cands, candidates):

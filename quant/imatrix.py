@@ -10,11 +10,12 @@ the tokenizer adds BOS), exactly as llama.cpp chunks it. JSONL chat data (OpenAI
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from importlib import resources
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -22,6 +23,7 @@ from .. import chat_template
 from ..convert import Checkpoint, LoraSpec, arch_for_config, merged_source, resolve_model
 from ..errors import ForgeError
 from ..files import progress as progress_bar
+from ..files import read_text_file
 from .imatrix_file import IMatrix
 
 DEFAULT_CALIBRATION = "default"
@@ -34,35 +36,78 @@ def default_calibration_text() -> str:
 
 def load_calibration(spec: str, template: str | None, *, bos_token: str = "", eos_token: str = "") -> tuple[str, str]:
     """(text, dataset name) from ``default``, a .txt file or a JSONL chat file (each chat rendered with the chat
-    ``template``, as the model sees a conversation: no generation prompt)."""
+    ``template``, as the model sees a conversation: no generation prompt). A file that is not UTF-8, or a JSONL line
+    that is not a chat, is a ForgeError naming the file and line."""
     if spec == DEFAULT_CALIBRATION:
         return default_calibration_text(), "gguf-forge default calibration"
     path = Path(spec)
     if not path.is_file():
         raise ForgeError(f"--calibration {spec}: no such file (or use 'default')")
-    raw = path.read_text(encoding="utf-8")
+    raw = read_text_file(path, f"--calibration {path}")
     if path.suffix.lower() not in (".jsonl", ".json"):
         return raw, path.name
     texts = []
-    for i, line in enumerate(raw.splitlines(), 1):
+    for i, line in enumerate(raw.split("\n"), 1):  # "\n" only: a JSON string may hold U+2028 and the like
         if not line.strip():
             continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            raise ForgeError(f"--calibration {path}: line {i} is not JSON") from None
-        msgs = rec.get("messages")
-        if msgs is None and "conversations" in rec:
-            role = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
-            msgs = [{"role": role.get(m.get("from"), m.get("from")), "content": m.get("value", "")}
-                    for m in rec["conversations"]]
-        if not msgs:
-            raise ForgeError(f"--calibration {path}: line {i} has neither 'messages' nor 'conversations'")
+        where = f"--calibration {path}:{i}"
+        msgs = _chat_messages(line, where)
         if template is None:
             raise ForgeError(f"--calibration {path}: chat data needs a chat template, and the model has none")
-        texts.append(chat_template.render(template, msgs, add_generation_prompt=False, bos_token=bos_token,
-                                          eos_token=eos_token))
+        try:
+            texts.append(chat_template.render(template, msgs, add_generation_prompt=False, bos_token=bos_token,
+                                              eos_token=eos_token))
+        except ForgeError as e:
+            raise ForgeError(f"{where}: {e}") from None
     return "\n".join(texts), path.name
+
+
+_SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
+_CHAT_SHAPE = ('a JSON object with "messages" (a list of {"role", "content"} objects) or "conversations" '
+               '(ShareGPT: a list of {"from", "value"} objects)')
+
+
+def _chat_messages(line: str, where: str) -> list[dict[str, Any]]:
+    """The OpenAI-style messages of one JSONL line (OpenAI ``messages`` or ShareGPT ``conversations``); a line of
+    another shape is a ForgeError saying what is expected."""
+    try:
+        rec = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise ForgeError(f"{where}: not JSON ({e.msg}); each line must be {_CHAT_SHAPE}") from None
+    if not isinstance(rec, dict):
+        raise ForgeError(f"{where}: a JSON {_json_kind(rec)}; each line must be {_CHAT_SHAPE}")
+    if "messages" in rec:
+        msgs = rec["messages"]
+        keys, role_of = ("role", "content"), None
+    elif "conversations" in rec:
+        msgs = rec["conversations"]
+        keys, role_of = ("from", "value"), _SHAREGPT_ROLES
+    else:
+        raise ForgeError(f"{where}: neither 'messages' nor 'conversations'; each line must be {_CHAT_SHAPE}")
+    name = "messages" if role_of is None else "conversations"
+    if not isinstance(msgs, list) or not msgs:
+        raise ForgeError(f"{where}: '{name}' is a JSON {_json_kind(msgs)}; expected a non-empty list of "
+                         f'{{"{keys[0]}", "{keys[1]}"}} objects')
+    out = []
+    for n, m in enumerate(msgs, 1):
+        if not isinstance(m, dict) or not isinstance(m.get(keys[0]), str):
+            raise ForgeError(f"{where}: {name} item {n} is not an object with a string '{keys[0]}'")
+        content = m.get(keys[1], "")
+        if not (isinstance(content, str) or (role_of is None and (content is None or isinstance(content, list)))):
+            raise ForgeError(f"{where}: {name} item {n}: '{keys[1]}' is a JSON {_json_kind(content)}; expected text")
+        if role_of is None:
+            out.append(m)
+        else:
+            out.append({"role": role_of.get(m[keys[0]], m[keys[0]]), "content": content})
+    return out
+
+
+def _json_kind(value: Any) -> str:
+    """``array``, ``string``, ``number``... the JSON name of a parsed value's type."""
+    if isinstance(value, bool):
+        return "boolean"
+    names = {dict: "object", list: "array", str: "string", int: "number", float: "number", type(None): "null"}
+    return names.get(type(value), type(value).__name__)
 
 
 def chunk_tokens(tokens: list[int], ctx: int, bos: int | None, max_chunks: int | None) -> list[list[int]]:
@@ -79,13 +124,16 @@ def chunk_tokens(tokens: list[int], ctx: int, bos: int | None, max_chunks: int |
     return chunks
 
 
-def load_model(model_dir: Path, loras: list[LoraSpec], device: str, dtype: Any) -> tuple[Any, Any]:
-    """The HF model with its weights (adapters merged on the fly), ready for inference."""
+def load_model(model_dir: Path, loras: list[LoraSpec], device: str, dtype: Any,
+               progress: bool = True) -> tuple[Any, Any]:
+    """The HF model with its weights (adapters merged on the fly), ready for inference; without ``progress``,
+    transformers' own "Loading weights" bar stays hidden too."""
     import torch
     from transformers import AutoModelForCausalLM
 
     source = Checkpoint(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
+    with _transformers_progress(progress):
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
     if loras:
         source = merged_source(source, loras)
         embed = source.tensors.get("model.embed_tokens.weight")
@@ -103,6 +151,21 @@ def load_model(model_dir: Path, loras: list[LoraSpec], device: str, dtype: Any) 
                     raise ForgeError(f"{model_dir}: merged tensor {name} has no parameter in {type(model).__name__}")
                 params[name].copy_(torch.from_numpy(source.read_float32(name)).to(dtype))
     return model.to(device).eval(), source
+
+
+@contextlib.contextmanager
+def _transformers_progress(enabled: bool) -> Iterator[None]:
+    """transformers' (and huggingface_hub's) progress bars off inside the block unless ``enabled``."""
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    if not enabled:
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was and not enabled:
+            hf_logging.enable_progress_bar()
 
 
 def compute_imatrix(
@@ -123,7 +186,7 @@ def compute_imatrix(
     lora_dirs = [resolve_model(spec.path, what="--lora") for spec in loras or []]
     work, dataset = _calibration_chunks(model_dir, lora_dirs, calibration, ctx, chunks)
     dtype = torch.float32 if device == "cpu" else torch.bfloat16
-    model, source = load_model(model_dir, loras or [], device, dtype)
+    model, source = load_model(model_dir, loras or [], device, dtype, progress=progress)
     t0 = time.perf_counter()
     sums, counts = _collect(model, arch_for_config(source.config), work, device, progress)
     seconds = time.perf_counter() - t0

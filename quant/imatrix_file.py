@@ -100,9 +100,12 @@ def _read_gguf(path: Path) -> IMatrix:
     kind = gguf_field(r, keys.GENERAL.TYPE)
     if kind != "imatrix":
         raise ForgeError(f"--imatrix {path}: a GGUF, but not an imatrix (general.type is {kind!r})")
-    im = IMatrix(datasets=gguf_field(r, keys.IMatrix.DATASETS) or [],
-                 chunk_count=int(gguf_field(r, keys.IMatrix.CHUNK_COUNT) or 0),
-                 chunk_size=int(gguf_field(r, keys.IMatrix.CHUNK_SIZE) or 512))
+    datasets = gguf_field(r, keys.IMatrix.DATASETS) or []
+    datasets = [datasets] if isinstance(datasets, str) else datasets
+    if not isinstance(datasets, list) or not all(isinstance(d, str) for d in datasets):
+        raise ForgeError(f"--imatrix {path}: {keys.IMatrix.DATASETS} is not a list of strings")
+    im = IMatrix(datasets=datasets, chunk_count=_count_field(path, r, keys.IMatrix.CHUNK_COUNT, 0),
+                 chunk_size=_count_field(path, r, keys.IMatrix.CHUNK_SIZE, 512))
     tensors = {t.name: t for t in r.tensors}
     for tname, t in tensors.items():
         if not tname.endswith(".in_sum2"):
@@ -112,43 +115,90 @@ def _read_gguf(path: Path) -> IMatrix:
         if counts is None:
             raise ForgeError(f"--imatrix {path}: {tname} has no {name}.counts")
         n_cols = int(t.shape[0])
-        im.sums[name] = np.asarray(t.data, dtype=np.float64).reshape(-1, n_cols)
+        sums = np.asarray(t.data, dtype=np.float64)
         im.counts[name] = np.asarray(counts.data, dtype=np.float64).reshape(-1)
+        if n_cols < 1 or sums.size != n_cols * im.counts[name].size:
+            raise ForgeError(f"--imatrix {path}: {tname} holds {sums.size} values, not {n_cols} per count of "
+                             f"{name}.counts ({im.counts[name].size}); a broken imatrix")
+        im.sums[name] = sums.reshape(-1, n_cols)
+        _check_values(path, name, im.sums[name], im.counts[name])
     return im
 
 
-def _read_legacy(path: Path, chunk_size: int) -> IMatrix:
-    data = path.read_bytes()
-    pos = 0
+def _count_field(path: Path, reader: gguf.GGUFReader, key: str, default: int) -> int:
+    """A non-negative integer field of a GGUF imatrix (``default`` when absent)."""
+    value = gguf_field(reader, key)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**32:
+        raise ForgeError(f"--imatrix {path}: {key} is {value!r}; expected a count (a non-negative integer)")
+    return value
 
-    def take(fmt: str):
-        nonlocal pos
-        size = struct.calcsize(fmt)
-        if pos + size > len(data):
-            raise ForgeError(f"--imatrix {path}: truncated or not an imatrix file")
-        vals = struct.unpack_from(fmt, data, pos)
-        pos += size
+
+def _check_values(path: Path, name: str, sums: np.ndarray, counts: np.ndarray) -> None:
+    """Sums of squares and token counts are finite and never negative."""
+    for what, values in (("sums", sums), ("counts", counts)):
+        if not np.isfinite(values).all() or (values < 0).any():
+            raise ForgeError(f"--imatrix {path}: entry {name} has negative or non-finite {what}; a broken imatrix")
+
+
+class _Legacy:
+    """A cursor over a legacy ``.dat`` file: every read checked against the bytes left."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.data, self.pos = path, path.read_bytes(), 0
+
+    @property
+    def left(self) -> int:
+        return len(self.data) - self.pos
+
+    def ints(self, n: int, what: str) -> tuple[int, ...]:
+        if 4 * n > self.left:
+            raise ForgeError(f"--imatrix {self.path}: truncated or not an imatrix file (it ends inside {what})")
+        vals = struct.unpack_from(f"<{n}i", self.data, self.pos)
+        self.pos += 4 * n
         return vals
 
-    (n,) = take("<i")
-    if n < 0 or n > 1_000_000:
-        raise ForgeError(f"--imatrix {path}: not an imatrix file (GGUF or llama.cpp legacy .dat)")
+    def text(self, n: int) -> str:
+        raw = self.data[self.pos:self.pos + n]
+        self.pos += n
+        return raw.decode("utf-8", errors="replace")
+
+
+#: the least bytes one legacy entry takes: name length, a 1-byte name, ncall, nval, one value
+_LEGACY_ENTRY = 4 + 1 + 8 + 4
+
+
+def _read_legacy(path: Path, chunk_size: int) -> IMatrix:
+    f = _Legacy(path)
+    (n,) = f.ints(1, "the entry count")
+    if n < 0 or n * _LEGACY_ENTRY > f.left:
+        raise ForgeError(f"--imatrix {path}: not an imatrix file (GGUF or llama.cpp legacy .dat): it would hold "
+                         f"{n} entries in {len(f.data)} bytes")
     im = IMatrix(chunk_size=chunk_size)
-    for _ in range(n):
-        (ln,) = take("<i")
-        if ln <= 0 or ln > 4096:
+    for k in range(n):
+        (ln,) = f.ints(1, f"entry {k + 1}")
+        if ln <= 0 or ln > min(4096, f.left):
             raise ForgeError(f"--imatrix {path}: corrupt entry name length {ln}")
-        name = data[pos:pos + ln].decode("utf-8", errors="replace")
-        pos += ln
-        ncall, nval = take("<ii")
-        if pos + 4 * nval > len(data):
-            raise ForgeError(f"--imatrix {path}: truncated in entry {name}")
-        vals = np.frombuffer(data, dtype="<f4", count=nval, offset=pos).astype(np.float64)
-        pos += 4 * nval
+        name = f.text(ln)
+        ncall, nval = f.ints(2, f"entry {name}")
+        if ncall < 0:
+            raise ForgeError(f"--imatrix {path}: entry {name} has a negative call count ({ncall}); a broken imatrix")
+        if nval <= 0 or 4 * nval > f.left:
+            raise ForgeError(f"--imatrix {path}: entry {name} claims {nval} values, and {f.left // 4} are left in "
+                             "the file; truncated or broken")
+        if name in im.sums:
+            raise ForgeError(f"--imatrix {path}: entry {name} appears twice; a broken imatrix")
+        vals = np.frombuffer(f.data, dtype="<f4", count=nval, offset=f.pos).astype(np.float64)
+        f.pos += 4 * nval
         im.sums[name] = (vals / max(ncall, 1) * ncall * chunk_size).reshape(1, -1)
         im.counts[name] = np.array([float(ncall * chunk_size)])
-    if pos + 8 <= len(data):
-        (im.chunk_count,) = take("<i")
-        (ln,) = take("<i")
-        im.datasets = [data[pos:pos + ln].decode("utf-8", errors="replace")]
+        _check_values(path, name, im.sums[name], im.counts[name])
+    if f.left >= 8:
+        chunk_count, ln = f.ints(2, "the dataset name")
+        if chunk_count < 0 or not 0 <= ln <= f.left:
+            raise ForgeError(f"--imatrix {path}: corrupt trailer (chunk count {chunk_count}, dataset name length "
+                             f"{ln}); a broken imatrix")
+        im.chunk_count = chunk_count
+        im.datasets = [f.text(ln)]
     return im

@@ -5,6 +5,12 @@ Type names are llama.cpp's (``Q4_K_M``, ``IQ4_XS``...), case-insensitive. Output
 the seed projects' releases), written under a temporary name and renamed. The imatrix provenance keys
 (``quantize.imatrix.file/dataset/entries_count/chunks_count``) are written as llama-quantize writes them, and
 a ``quantize.forge.recipe`` key records what made the file so that an identical re-run is skipped.
+
+``llama_model_quantize`` is one long C call. It runs in a worker thread while the calling (main) thread waits,
+so that Ctrl-C and SIGTERM, which Python handles only in the main thread and only between bytecodes, interrupt
+the wait at once: the temporary file is removed and nothing is renamed. The C call itself cannot be cancelled;
+it is held at its next log line and the process is expected to exit (:func:`quantizer_running` tells a
+caller, the CLI, that it should leave with ``os._exit`` rather than wait for it).
 """
 
 from __future__ import annotations
@@ -13,6 +19,8 @@ import ctypes
 import functools
 import os
 import re
+import threading
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +31,7 @@ import numpy as np
 
 from .. import keys
 from ..errors import ForgeError
-from ..files import atomic_path, gguf_field, open_gguf, sha256_file, sha256_text
+from ..files import atomic_path, gguf_field, make_folder, open_gguf, sha256_file, sha256_text
 from ..runtime import LlamaLog
 from .imatrix_file import IMatrix, read_imatrix
 
@@ -91,12 +99,14 @@ GGML_TYPES: dict[str, int] = {name: int(gguf.GGMLQuantizationType[name]) for nam
 
 
 def parse_types(text: str) -> list[str]:
-    """``Q4_K_M,q5_k_m`` -> ["Q4_K_M", "Q5_K_M"], refusing unknown names with the list of known ones."""
+    """``Q4_K_M,q5_k_m`` -> ["Q4_K_M", "Q5_K_M"], refusing unknown names with the list of known ones; a type
+    named twice (``Q8_0,q8_0``) is made once, in the place it was first named."""
     out = []
     for t in (x.strip().upper() for x in text.split(",") if x.strip()):
         if t not in FTYPES:
             raise ForgeError(f"{t}: unknown quantization type; llama.cpp offers {', '.join(FTYPES)}")
-        out.append(t)
+        if t not in out:
+            out.append(t)
     if not out:
         raise ForgeError("no quantization type given, e.g. Q4_K_M")
     return out
@@ -213,9 +223,6 @@ def quantize(
     if not inp.is_file():
         raise ForgeError(f"{inp}: no such file")
     outdir = Path(outdir) if outdir else inp.parent
-    outdir.mkdir(parents=True, exist_ok=True)
-    if not os.access(outdir, os.W_OK):
-        raise ForgeError(f"-o {outdir}: not writable")
     ident, quantized, cols = _input_info(inp)
     if quantized and not allow_requantize:
         raise ForgeError(f"{inp}: its weights are already quantized; quantize from the F16/BF16/F32 file, "
@@ -227,17 +234,22 @@ def quantize(
         im = read_imatrix(imatrix)
         check_imatrix_fits(im, cols, inp, imatrix)
         im_hash = sha256_file(imatrix)[:16]
+    for qtype in types:
+        if qtype in NEEDS_IMATRIX and im is None:
+            raise ForgeError(f"--type {qtype} needs an importance matrix: pass --imatrix FILE "
+                             "(make one with `quantize imatrix`)")
     recipe = _Recipe(
         ident, im, im_hash, str(imatrix_label or imatrix), threads, overrides=_tensor_overrides(tensor_types or []),
         out_t=ggml_type(output_tensor_type, "--output-tensor-type") if output_tensor_type else -1,
         emb_t=ggml_type(token_embedding_type, "--token-embedding-type") if token_embedding_type else -1,
         pure=pure, allow_requantize=allow_requantize)
     base = basename or _basename(inp)
+    try:  # only now that the input and the options are known to be good
+        make_folder(outdir)
+    except ForgeError as e:
+        raise e.from_option("-o") from None
     results = []
     for qtype in types:
-        if qtype in NEEDS_IMATRIX and im is None:
-            raise ForgeError(f"--type {qtype} needs an importance matrix: pass --imatrix FILE "
-                             "(make one with `quantize imatrix`)")
         out = outdir / output_name(base, qtype, im is not None)
         key = recipe.key(qtype)
         skipped = out.is_file() and not force and _existing_recipe(out) == key
@@ -315,7 +327,80 @@ def _run_quantizer(llama_cpp: Any, inp: Path, out: Path, qtype: str, recipe: _Re
     if recipe.overrides:
         params.tt_overrides = _tensor_type_param(llama_cpp, recipe.overrides, keep)
     with atomic_path(out) as tmp, LlamaLog() as log:
-        rc = llama_cpp.llama_model_quantize(str(inp).encode(), str(tmp).encode(), ctypes.byref(params))
+        rc = _call_interruptibly(
+            lambda: llama_cpp.llama_model_quantize(str(inp).encode(), str(tmp).encode(), ctypes.byref(params)))
         if rc != 0:
             reason = log.last_error() or f"llama_model_quantize returned {rc}"
             raise ForgeError(f"--type {qtype}: llama.cpp refused: {reason}")
+
+
+# ---------------------------------------------------------------------------------------------- interrupts
+
+_RUNNING: list[threading.Event] = []  # one per quantizer thread, set when its C call has returned
+
+
+def quantizer_running() -> bool:
+    """Whether a llama.cpp quantization an interrupt abandoned is still inside its C call (in a worker thread).
+
+    The process should then leave with ``os._exit``: a normal interpreter exit would finalize Python (and run
+    C++ static destructors) under a thread that still uses them."""
+    return any(not done.is_set() for done in _RUNNING)
+
+
+class _Hold(list):
+    """The lines of a log capture that stays open for the process's life: the abandoned quantizer thread, when it
+    logs its next line (llama.cpp logs one per tensor), waits there forever; other threads' lines pass."""
+
+    def __init__(self, thread: threading.Thread) -> None:
+        super().__init__()
+        self.thread = thread
+        self.parked = threading.Event()
+
+    def append(self, line: Any) -> None:
+        if threading.current_thread() is self.thread:
+            self.parked.set()
+            threading.Event().wait()  # never returns to llama.cpp: nothing more is written
+
+
+def _hold_at_next_line(thread: threading.Thread, done: threading.Event, patience: float = 2.0) -> None:
+    """Hold the abandoned quantizer at its next log line, and wait (``patience`` seconds at most) until it is held
+    or done, so that a temporary file it opened meanwhile is there for the caller's cleanup to remove."""
+    hold = LlamaLog()
+    lines = _Hold(thread)
+    hold.lines = lines  # keeps nothing, so the capture never fills up
+    hold.__enter__()  # never left
+    deadline = time.monotonic() + patience
+    while not (lines.parked.is_set() or done.is_set()) and time.monotonic() < deadline:
+        lines.parked.wait(0.02)
+
+
+def _call_interruptibly(call: Any) -> int:
+    """``call()`` (the C quantizer) in a daemon thread while this thread waits, so Ctrl-C/SIGTERM stop the wait.
+
+    On an interrupt the quantizer is held at its next log line (it writes only to the temporary file, which the
+    caller's ``atomic_path`` removes; nothing is ever renamed) and the KeyboardInterrupt goes on."""
+    outcome: dict[str, Any] = {}
+    done = threading.Event()  # waited on rather than the thread: an interrupted Thread.join (Python < 3.13)
+    #                           can mark a running thread as stopped
+
+    def work() -> None:
+        try:
+            outcome["rc"] = call()
+        except BaseException as e:  # noqa: BLE001 - handed to the waiting thread
+            outcome["error"] = e
+        finally:
+            done.set()
+
+    worker = threading.Thread(target=work, name="llama-quantize", daemon=True)
+    _RUNNING.append(done)
+    worker.start()
+    try:
+        while not done.wait(0.2):
+            pass
+    except BaseException:
+        _hold_at_next_line(worker, done)
+        raise
+    _RUNNING.remove(done)
+    if "error" in outcome:
+        raise outcome["error"]
+    return int(outcome["rc"])

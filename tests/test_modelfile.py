@@ -205,7 +205,7 @@ def hf_tokens(folder: Path) -> tuple[str, str, str, bool]:
 @pytest.mark.slow
 @pytest.mark.parametrize("fixture", ["smollm2", "llama3", "qwen2", "qwen3", "gemma3", "gemma2", "spm_llama"])
 def test_fixture_template_renders_identically(go_render, fixture, tmp_path):
-    from conftest import fixture_dir
+    from fixtures import fixture_dir
 
     folder = fixture_dir(fixture)
     (tmp_path / "m.gguf").write_bytes(b"GGUF")  # FROM target; its contents do not matter here
@@ -241,7 +241,7 @@ def check_manual_form(preset: dict, template: str, bos: str, eos: str, trims: bo
 # -- through the CLI, from a converted GGUF -------------------------------------------------------------------------
 @pytest.mark.slow
 def test_cli_from_gguf_writes_modelfile_and_presets(converted, go_render, tmp_path):
-    from conftest import fixture_dir
+    from fixtures import fixture_dir
 
     gguf = converted("smollm2", "q8_0")
     src = fixture_dir("smollm2")

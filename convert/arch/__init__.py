@@ -11,12 +11,14 @@ from __future__ import annotations
 import importlib
 import math
 import pkgutil
+import re
 from typing import Callable, ClassVar
 
 import gguf
 import numpy as np
 
 from ...errors import ForgeError
+from ..config import check_config
 
 _REGISTRY: dict[str, type["Architecture"]] = {}
 
@@ -41,6 +43,7 @@ def supported() -> list[str]:
 
 
 def for_config(config: dict) -> "Architecture":
+    check_config(config)
     names = config.get("architectures") or []
     for n in names:
         if n in _REGISTRY:
@@ -64,7 +67,7 @@ def rope_settings(config: dict) -> tuple[float, dict | None]:
         theta = float(params["rope_theta"])
         scaling = None if params.get("rope_type", "default") == "default" else dict(params)
         return theta, scaling
-    theta = float(config.get("rope_theta", 10000.0))
+    theta = float(config.get("rope_theta") or 10000.0)
     scaling = config.get("rope_scaling")
     if isinstance(scaling, dict):
         scaling = dict(scaling)
@@ -94,22 +97,43 @@ class Architecture:
     ignored_tensor_suffixes: ClassVar[tuple[str, ...]] = ("rotary_emb.inv_freq",)
 
     def __init__(self, config: dict):
+        check_config(config)  # done by Checkpoint already, with the file's path; a config from elsewhere too
         self.config = config
         c = config
-        try:
-            self.n_embd = int(c["hidden_size"])
-            self.n_layer = int(c["num_hidden_layers"])
-            self.n_head = int(c["num_attention_heads"])
-            self.n_ff = int(c["intermediate_size"])
-            self.n_vocab = int(c["vocab_size"])
-        except KeyError as e:
-            raise ForgeError(f"config.json: missing {e.args[0]!r}") from None
-        self.n_head_kv = int(c.get("num_key_value_heads") or self.n_head)
-        self.head_dim = int(c.get("head_dim") or self.n_embd // self.n_head)
-        self.n_ctx = int(c.get("max_position_embeddings", 4096))
+        for key in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size"):
+            if c.get(key) is None:
+                raise ForgeError(f"config.json: missing {key!r}")
+        self.n_embd: int = c["hidden_size"]
+        self.n_layer: int = c["num_hidden_layers"]
+        self.n_head: int = c["num_attention_heads"]
+        self.n_ff: int = c["intermediate_size"]
+        self.n_vocab: int = c["vocab_size"]
+        self.n_head_kv: int = c.get("num_key_value_heads") or self.n_head
+        self.head_dim: int = c.get("head_dim") or self._default_head_dim()
+        self._check_heads()
+        self.n_ctx: int = c.get("max_position_embeddings") or 4096
         self.rope_theta, self.rope_scaling = rope_settings(c)
+        self._check_rope_type()
         self.tied = bool(c.get("tie_word_embeddings", False))
         self.name_map = gguf.get_tensor_name_map(self.gguf_arch, self.n_layer)
+
+    def _default_head_dim(self) -> int:
+        if self.n_embd % self.n_head:
+            raise ForgeError(f"config.json: hidden_size {self.n_embd} is not a multiple of num_attention_heads "
+                             f"{self.n_head}, and no head_dim is given")
+        return self.n_embd // self.n_head
+
+    def _check_heads(self) -> None:
+        if self.n_head % self.n_head_kv:
+            raise ForgeError(f"config.json: num_attention_heads {self.n_head} is not a multiple of "
+                             f"num_key_value_heads {self.n_head_kv}")
+        if self.head_dim % 2:
+            raise ForgeError(f"config.json: head_dim {self.head_dim} must be even (rope turns pairs of dimensions)")
+
+    def _check_rope_type(self) -> None:
+        kind = (self.rope_scaling or {}).get("rope_type")
+        if kind is not None and kind not in ("linear", "yarn", "llama3"):
+            raise ForgeError(f"config.json: rope scaling type {kind!r} is not supported for {self.arch_name}")
 
     @property
     def arch_name(self) -> str:
@@ -144,6 +168,35 @@ class Architecture:
         """Tensors llama.cpp needs that the checkpoint does not store (float32)."""
         return {}
 
+    def expected_shape(self, gguf_name: str) -> tuple[tuple[int, ...], str] | None:
+        """The Hugging Face (rows first) shape ``config.json`` implies for a tensor, and how; None: not checked."""
+        q, kv, e, f = self.n_head * self.head_dim, self.n_head_kv * self.head_dim, self.n_embd, self.n_ff
+        heads = "num_attention_heads x head_dim"
+        kv_heads = "num_key_value_heads x head_dim"
+        norm = ((e,), "hidden_size")
+        table: dict[str, tuple[tuple[int, ...], str]] = {
+            "token_embd.weight": ((self.n_vocab, e), "vocab_size, hidden_size"),
+            "output.weight": ((self.n_vocab, e), "vocab_size, hidden_size"),
+            "output_norm.weight": norm, "attn_norm.weight": norm, "ffn_norm.weight": norm,
+            "post_attention_norm.weight": norm, "post_ffw_norm.weight": norm,
+            "attn_q.weight": ((q, e), f"{heads}, hidden_size"), "attn_q.bias": ((q,), heads),
+            "attn_k.weight": ((kv, e), f"{kv_heads}, hidden_size"), "attn_k.bias": ((kv,), kv_heads),
+            "attn_v.weight": ((kv, e), f"{kv_heads}, hidden_size"), "attn_v.bias": ((kv,), kv_heads),
+            "attn_output.weight": ((e, q), f"hidden_size, {heads}"),
+            "ffn_gate.weight": ((f, e), "intermediate_size, hidden_size"),
+            "ffn_up.weight": ((f, e), "intermediate_size, hidden_size"),
+            "ffn_down.weight": ((e, f), "hidden_size, intermediate_size"),
+            "attn_q_norm.weight": ((self.head_dim,), "head_dim"), "attn_k_norm.weight": ((self.head_dim,), "head_dim"),
+        }
+        return table.get(re.sub(r"^blk\.\d+\.", "", gguf_name))
+
+    def check_shape(self, hf_name: str, gguf_name: str, shape: tuple[int, ...]) -> None:
+        """Raise unless ``shape`` is what ``config.json`` implies (before anything is written)."""
+        want = self.expected_shape(gguf_name)
+        if want is not None and tuple(shape) != want[0]:
+            raise ForgeError(f"tensor {hf_name}: shape {list(shape)}, but config.json implies {list(want[0])} "
+                             f"({want[1]}); the weights do not match the config")
+
     def check_complete(self, names: set[str]) -> None:
         """Raise if a tensor llama.cpp requires is absent."""
         need = ["token_embd.weight", "output_norm.weight"]
@@ -177,7 +230,8 @@ class Architecture:
         w.add_head_count(self.n_head)
         w.add_head_count_kv(self.n_head_kv)
         w.add_rope_freq_base(self.rope_theta)
-        w.add_layer_norm_rms_eps(float(self.config.get("rms_norm_eps", 1e-6)))
+        eps = self.config.get("rms_norm_eps")
+        w.add_layer_norm_rms_eps(float(1e-6 if eps is None else eps))
         w.add_vocab_size(self.n_vocab)
 
     def add_rope_scaling(self, w: gguf.GGUFWriter) -> None:
@@ -191,7 +245,7 @@ class Architecture:
         elif kind == "yarn":
             w.add_rope_scaling_type(gguf.RopeScalingType.YARN)
             w.add_rope_scaling_factor(float(s["factor"]))
-            w.add_rope_scaling_orig_ctx_len(int(s.get("original_max_position_embeddings", self.n_ctx)))
+            w.add_rope_scaling_orig_ctx_len(int(s.get("original_max_position_embeddings") or self.n_ctx))
         elif kind == "llama3":
             pass  # stored as the rope_freqs tensor, see extra_tensors
         else:
@@ -200,10 +254,10 @@ class Architecture:
     def llama3_rope_freqs(self) -> np.ndarray:
         """Per-dimension frequency divisors for ``rope_type == "llama3"`` (the ``rope_freqs`` tensor)."""
         s = self.rope_scaling or {}
-        factor = float(s.get("factor", 8.0))
-        low = float(s.get("low_freq_factor", 1.0))
-        high = float(s.get("high_freq_factor", 4.0))
-        old_ctx = float(s.get("original_max_position_embeddings", 8192))
+        factor = float(s.get("factor") or 8.0)
+        low = float(s.get("low_freq_factor") or 1.0)
+        high = float(s.get("high_freq_factor") or 4.0)
+        old_ctx = float(s.get("original_max_position_embeddings") or 8192)
         low_wavelen = old_ctx / low
         high_wavelen = old_ctx / high
         out = []

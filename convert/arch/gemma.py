@@ -66,8 +66,8 @@ class _Gemma(Architecture):
     def local_rope_theta(self) -> float | None:
         params = self.config.get("rope_parameters")
         if isinstance(params, dict) and isinstance(params.get("sliding_attention"), dict):
-            return float(params["sliding_attention"].get("rope_theta", 10000.0))
-        if "rope_local_base_freq" in self.config:
+            return float(params["sliding_attention"].get("rope_theta") or 10000.0)
+        if self.config.get("rope_local_base_freq") is not None:
             return float(self.config["rope_local_base_freq"])
         return None
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import codecs
 import ctypes
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,8 +22,13 @@ from typing import Any, Callable
 
 from ... import chat_template
 from ...errors import ForgeError
-from ...keys import TOKENIZER
+from ...files import format_size, gguf_field, open_gguf
+from ...keys import ATTENTION, GENERAL, LLM, TOKENIZER, arch_key
 from ...runtime import eog_tokens, load_model, token_text
+
+#: above this many tokens a context is checked against the model and the memory before llama.cpp allocates it
+#: (reading the GGUF's metadata takes a moment; every model's own context below this is loaded without a look)
+LARGE_CTX = 131072
 
 
 def one_turn(path: str | Path, prompt: str, system: str | None = None, max_tokens: int = 128) -> str:
@@ -103,7 +109,13 @@ class ChatSession:
         if max_tokens < 1:
             raise ForgeError(f"--max-tokens {max_tokens}: must be at least 1")
         self.path = Path(path)
-        self.llm = load_model(self.path, n_ctx=ctx, threads=threads)
+        if ctx > LARGE_CTX:
+            check_context(self.path, ctx)
+        try:
+            self.llm = load_model(self.path, n_ctx=ctx, threads=threads)
+        except ForgeError:
+            check_context(self.path, ctx)  # the context, rather than the file, when it is too large for either
+            raise
         self.threads = self.llm.n_threads
         self.n_ctx = self.llm.n_ctx()
         self.max_tokens = max_tokens
@@ -115,12 +127,14 @@ class ChatSession:
             self.template = chat_template.resolve(template, self.llm.metadata.get(TOKENIZER.CHAT_TEMPLATE))
             if not self.template:
                 raise ForgeError(f"{self.path}: the GGUF has no tokenizer.chat_template; give one with --template")
-            chat_template.compile_template(self.template)  # a template that does not parse fails now
+            self._bos_text = token_text(self.llm, self.llm.token_bos())
+            self._eos_text = token_text(self.llm, self.llm.token_eos())
+            # a template that does not parse, fails or goes over a render limit on a first message fails now
+            chat_template.render(self.template, [*self.messages(), {"role": "user", "content": "Hello."}],
+                                 bos_token=self._bos_text, eos_token=self._eos_text)
         except BaseException:
             self.llm.close()
             raise
-        self._bos_text = token_text(self.llm, self.llm.token_bos())
-        self._eos_text = token_text(self.llm, self.llm.token_eos())
         self._eog = eog_tokens(self.llm)
         self._vocab = C.llama_model_get_vocab(self.llm.model)
         self._bos = self.llm.token_bos()
@@ -317,3 +331,44 @@ class ChatSession:
         stats.gen_tokens = len(out)
         stats.gen_seconds = time.perf_counter() - t1
         return Reply(text="".join(pieces), tokens=out, finish=finish, stats=stats)
+
+
+def check_context(path: Path, ctx: int) -> None:
+    """Refuse a context window of ``ctx`` tokens that is longer than the model was trained on and whose cache
+    (f16 keys and values, as llama.cpp allocates it) needs more memory than this machine has available: say so,
+    rather than let llama.cpp fail to allocate it (or the machine swap). Unreadable metadata: nothing said here."""
+    try:
+        reader = open_gguf(path)
+        arch = gguf_field(reader, GENERAL.ARCHITECTURE)
+        trained = int(gguf_field(reader, arch_key(LLM.CONTEXT_LENGTH, arch)))
+        layers = int(gguf_field(reader, arch_key(LLM.BLOCK_COUNT, arch)))
+        heads = int(gguf_field(reader, arch_key(ATTENTION.HEAD_COUNT, arch)))
+        kv_heads = gguf_field(reader, arch_key(ATTENTION.HEAD_COUNT_KV, arch))
+        head_dim = int(gguf_field(reader, arch_key(LLM.EMBEDDING_LENGTH, arch))) // heads
+        key_len = int(gguf_field(reader, arch_key(ATTENTION.KEY_LENGTH, arch)) or head_dim)
+        value_len = int(gguf_field(reader, arch_key(ATTENTION.VALUE_LENGTH, arch)) or head_dim)
+        per_layer = [int(h) for h in kv_heads] if isinstance(kv_heads, list) else [int(kv_heads or heads)] * layers
+    except (ForgeError, TypeError, ValueError, ZeroDivisionError, OSError):
+        return
+    need = ctx * sum(per_layer) * (key_len + value_len) * 2
+    available = _available_memory()
+    if ctx > trained and available is not None and need > available:
+        raise ForgeError(f"--ctx {ctx}: too large for this model on this machine: the model was trained on {trained} "
+                         f"tokens, and a {ctx}-token context needs about {format_size(need)} of memory for its "
+                         f"cache, more than the {format_size(available)} available; use a smaller --ctx, e.g. "
+                         f"{trained} (the model's own)")
+
+
+def _available_memory() -> int | None:
+    """Bytes of memory available to a new allocation (Linux's MemAvailable, else the free pages), or None."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None

@@ -23,7 +23,7 @@ import gguf
 
 from ... import keys
 from ...errors import ForgeError
-from ...files import format_size, is_gguf
+from ...files import format_size, is_gguf, read_text_file
 from ...files import progress as progress_bar
 from ...runtime import special_texts
 from .session import ChatSession, ChatStats
@@ -128,12 +128,7 @@ def load_prompts(path: str | Path | None = None) -> list[SmokePrompt]:
         text = (resources.files("gguf_forge.tools.chat") / "data" / "smoke_prompts.jsonl").read_text(encoding="utf-8")
         return _parse(text, "default suite", jsonl=True)
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ForgeError(f"--prompts {path}: no such file") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ForgeError(f"--prompts {path}: cannot read it as UTF-8 text ({e})") from None
+    text = read_text_file(path, f"--prompts {path}")
     first = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
     prompts = _parse(text, str(path), jsonl=path.suffix.lower() == ".jsonl" or first.startswith("{"))
     if not prompts:

@@ -32,7 +32,9 @@ def chat(model: Path, system: str | None, ctx: int, threads: int | None, temp: f
 
     Uses the chat template stored in the GGUF and stops on every end-of-turn token. Commands: /reset (forget
     the conversation), /system TEXT (new system prompt), /exit. Reads lines from stdin when it is not a
-    terminal, so a chat can be scripted; notices and the closing speed line go to stderr.
+    terminal, so a chat can be scripted; notices and the closing speed line go to stderr. Interactively, an
+    error ends only its turn; in a script, a turn that fails (a message longer than the context, a template
+    error) ends the chat with its one-line error and exit status 2, so a script never passes with a turn missing.
 
     \b
     Examples:
@@ -57,7 +59,7 @@ def chat(model: Path, system: str | None, ctx: int, threads: int | None, temp: f
                 continue
             if not interactive:
                 click.echo(f"user> {text}")
-            _reply(session, text, max_tokens)
+            _reply(session, text, max_tokens, interactive)
         opt.note(session.stats.line())
     finally:
         session.close()
@@ -95,13 +97,16 @@ def _show(piece: str) -> None:
     sys.stdout.flush()
 
 
-def _reply(session: ChatSession, text: str, max_tokens: int) -> None:
-    """Stream the reply to ``text``; an error or Ctrl-C ends the turn, not the chat."""
+def _reply(session: ChatSession, text: str, max_tokens: int, interactive: bool = True) -> None:
+    """Stream the reply to ``text``; an error or Ctrl-C ends the turn, not the chat (a script's error ends the
+    chat: it is raised)."""
     click.echo("assistant> ", nl=False)
     try:
         session.say(text, on_token=_show)
     except ForgeError as e:
         click.echo()
+        if not interactive:
+            raise
         opt.note(f"error: {e}")
         return
     except KeyboardInterrupt:

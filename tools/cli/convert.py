@@ -3,13 +3,16 @@ checkpoint) out, and what a GGUF holds."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 from pathlib import Path
+from typing import Iterator
 
 import click
 
 from ...convert import (
     Checkpoint,
+    NonFiniteError,
     arch_for_config,
     format_inspection,
     inspect_gguf,
@@ -20,10 +23,25 @@ from ...convert import (
     write_hf_checkpoint,
 )
 from ...convert import convert as do_convert
+from ...convert.config import F32_MAX
 from ...errors import ForgeError
 from ...files import format_size, parse_size, progress
 from ...keys import LLM, ROPE, arch_key
 from . import options as opt
+
+#: ``--allow-nonfinite`` (convert, merge): keep NaN/infinite weights instead of refusing the checkpoint
+ALLOW_NONFINITE = click.option(
+    "--allow-nonfinite", is_flag=True,
+    help="Write tensors holding NaN or infinite values instead of refusing them (a damaged checkpoint).")
+
+
+@contextlib.contextmanager
+def nonfinite_hint() -> Iterator[None]:
+    """A tensor with NaN or infinity stops the command; the message says how to write it anyway."""
+    try:
+        yield
+    except NonFiniteError as e:
+        raise ForgeError(f"{e}; --allow-nonfinite writes it anyway") from None
 
 
 @click.command()
@@ -38,11 +56,12 @@ from . import options as opt
               help="Set a metadata key (TYPE: int, float, bool, str); repeatable.")
 @opt.loras("PEFT LoRA adapter (directory or hub id) merged while converting; repeatable, applied in order.")
 @click.option("--name", help="general.name to store (default: from the model card or folder).")
+@ALLOW_NONFINITE
 @opt.as_json()
 @opt.no_progress()
 def convert(model: str, outfile: Path, outtype: str, ctx: int | None, rope_theta: float | None,
-            override_kv: tuple[str, ...], loras: tuple[str, ...], name: str | None, as_json: bool,
-            no_progress: bool) -> None:
+            override_kv: tuple[str, ...], loras: tuple[str, ...], name: str | None, allow_nonfinite: bool,
+            as_json: bool, no_progress: bool) -> None:
     """Convert a Hugging Face model (directory or cached hub id) to GGUF, streaming tensor by tensor.
 
     \b
@@ -53,6 +72,8 @@ def convert(model: str, outfile: Path, outtype: str, ctx: int | None, rope_theta
       quantize convert ./Meta-Llama-3-8B-Instruct --lora ./my-lora -o my-finetune-BF16.gguf
       quantize convert ./base --lora ./style:0.7 --lora ./facts:0.5 -o mix-F16.gguf --outtype f16
     """
+    if rope_theta is not None and not (math.isfinite(rope_theta) and rope_theta <= F32_MAX):
+        raise ForgeError(f"--rope-theta {rope_theta}: must be a finite number a float32 holds (at most {F32_MAX:.4g})")
     path = resolve_model(model)
     with opt.option("--override-kv"):
         overrides = [parse_override(o) for o in override_kv]
@@ -66,8 +87,9 @@ def convert(model: str, outfile: Path, outtype: str, ctx: int | None, rope_theta
         overrides = extra + overrides
     with opt.option("--lora"):
         specs = [parse_lora_spec(x) for x in loras]
-    result = do_convert(path, outfile, outtype=outtype, overrides=overrides, progress=not no_progress, name=name,
-                        loras=specs)
+    with nonfinite_hint():
+        result = do_convert(path, outfile, outtype=outtype, overrides=overrides, progress=not no_progress, name=name,
+                            loras=specs, allow_nonfinite=allow_nonfinite)
     opt.warn(result.warnings)
     if as_json:
         opt.echo_json({
@@ -88,10 +110,11 @@ def convert(model: str, outfile: Path, outtype: str, ctx: int | None, rope_theta
               show_default=True, help="Weight dtype; auto keeps the base's.")
 @click.option("--max-shard-size", default="5GB", show_default=True,
               help="Largest safetensors shard, e.g. 2GB, 500MB (GB: 10^9 bytes, GiB: 2^30).")
+@ALLOW_NONFINITE
 @opt.as_json()
 @opt.no_progress()
-def merge(base: str, loras: tuple[str, ...], outdir: Path, dtype: str, max_shard_size: str, as_json: bool,
-          no_progress: bool) -> None:
+def merge(base: str, loras: tuple[str, ...], outdir: Path, dtype: str, max_shard_size: str, allow_nonfinite: bool,
+          as_json: bool, no_progress: bool) -> None:
     """Merge LoRA adapters into the base and write a sharded safetensors checkpoint (streaming, low memory).
 
     \b
@@ -108,9 +131,10 @@ def merge(base: str, loras: tuple[str, ...], outdir: Path, dtype: str, max_shard
     source = merged_source(Checkpoint(base_dir), specs)
     opt.warn(source.warnings)
     n_weights = sum(math.prod(source.tensors[n].shape) for n in source.names())
-    with progress(n_weights, f"writing {outdir.name}", enabled=not no_progress, unit="weights") as bar:
+    with nonfinite_hint(), progress(n_weights, f"writing {outdir.name}", enabled=not no_progress,
+                                    unit="weights") as bar:
         files = write_hf_checkpoint(source, outdir, dtype=dtype.lower(), max_shard_bytes=limit,
-                                   progress=lambda n: n is not None and bar.update(n))
+                                    progress=lambda n: n is not None and bar.update(n), allow_nonfinite=allow_nonfinite)
     if as_json:
         opt.echo_json({"output": str(outdir), "files": [str(f) for f in files]})
     else:

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import signal
-from typing import Any
+import sys
+from typing import Any, NoReturn
 
 import click
 
 from ... import __version__
 from ...errors import ForgeError
+from ...quant.quantize import quantizer_running
 from . import chat, convert, modelfile, pipeline, publish, quant
 
 #: every command of ``quantize`` (its --help lists them by name); a new command is added here
@@ -21,8 +25,16 @@ INTERRUPTED = "interrupted: partial output removed, nothing written under a fina
 
 
 class _Quantize(click.Group):
-    """The ``quantize`` group: a user error (:class:`ForgeError`) is one line on stderr and exit 2; Ctrl-C or
-    SIGTERM removes partial output (every writer renames only when done) and exits 130."""
+    """The ``quantize`` group: a user error (:class:`ForgeError`, a usage error, a file the system refuses) is one
+    line ``error: ...`` on stderr and exit 2; Ctrl-C or SIGTERM removes partial output (every writer renames only
+    when done) and exits 130."""
+
+    def make_context(self, info_name: str | None, args: list[str], parent: click.Context | None = None,
+                     **extra: Any) -> click.Context:
+        try:  # the group's own options (``quantize --bogus``)
+            return super().make_context(info_name, args, parent, **extra)
+        except click.UsageError as e:
+            _usage_error(e)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -30,9 +42,48 @@ class _Quantize(click.Group):
         except ForgeError as e:
             click.echo(f"error: {e}", err=True)
             ctx.exit(2)
+        except click.UsageError as e:  # a command's options and arguments
+            _usage_error(e)
+        except OSError as e:  # the system refused a file (permissions, a full disk...): the writers left nothing
+            if e.errno == errno.EPIPE:
+                raise
+            click.echo(f"error: {_os_error(e)}", err=True)
+            ctx.exit(2)
         except KeyboardInterrupt:
             click.echo(INTERRUPTED, err=True)
+            if quantizer_running():
+                # llama.cpp's quantizer is a C call that cannot be cancelled; its thread is held (its temporary
+                # file already removed), and a normal exit would finalize Python and run C++ static destructors
+                # under it: leave at once
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(130)
             ctx.exit(130)
+
+
+def _usage_error(e: click.UsageError) -> NoReturn:
+    """Click's usage error as the project's one line, ``error: ... (see quantize CMD --help)``, exit 2 (a bare
+    ``quantize``, which click answers with the help text, is left to click)."""
+    if isinstance(e, click.exceptions.NoArgsIsHelpError):
+        raise e
+    ctx = e.ctx
+    path = ["quantize"]
+    while ctx is not None and ctx.parent is not None:
+        path.insert(1, ctx.info_name or "")
+        ctx = ctx.parent
+    message = " ".join(e.format_message().split())
+    click.echo(f"error: {message} (see {' '.join(path)} --help)", err=True)
+    raise click.exceptions.Exit(2)
+
+
+def _os_error(e: OSError) -> str:
+    """``path: reason`` of an OSError (both paths of a failed rename)."""
+    reason = e.strerror or str(e) or type(e).__name__
+    if e.filename is None:
+        return reason
+    if e.filename2 is not None:
+        return f"{e.filename} -> {e.filename2}: {reason}"
+    return f"{e.filename}: {reason}"
 
 
 def _terminate_as_interrupt(signum: int, frame: Any) -> None:

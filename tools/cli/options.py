@@ -17,6 +17,8 @@ Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
 
 #: the largest context any command accepts (llama.cpp stores it as a 32-bit count)
 MAX_CTX = 2**31 - 1
+#: the most threads any command accepts (llama.cpp's GGML_MAX_N_THREADS; more crashes it)
+MAX_THREADS = 512
 
 
 def as_json(help: str = "Print the result as JSON.") -> Decorator:
@@ -30,8 +32,8 @@ def no_progress(help: str = "Hide the progress bar.") -> Decorator:
 
 
 def threads(help: str = "CPU threads (default: all cores).") -> Decorator:
-    """``--threads N`` (at least 1; None means the command's default)."""
-    return click.option("--threads", type=click.IntRange(min=1), help=help)
+    """``--threads N`` (1 to :data:`MAX_THREADS`; None means the command's default)."""
+    return click.option("--threads", type=click.IntRange(min=1, max=MAX_THREADS), help=help)
 
 
 def ctx(help: str, *, default: int | None = None, min: int = 1) -> Decorator:

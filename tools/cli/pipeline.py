@@ -10,6 +10,7 @@ from ...files import format_size
 from ...quant import parse_types
 from ..pipeline import PipelineConfig, run_demo, run_pipeline
 from . import options as opt
+from .convert import ALLOW_NONFINITE, nonfinite_hint
 
 
 @click.command(name="merge-convert")
@@ -34,13 +35,15 @@ from . import options as opt
 @click.option("--outtype", type=click.Choice(["bf16", "f16", "f32", "auto"], case_sensitive=False), default="bf16",
               show_default=True, help="Type of the intermediate GGUF the quants are made from.")
 @click.option("--keep-intermediate", is_flag=True, help="Keep the BF16/F16 GGUF in the folder.")
+@ALLOW_NONFINITE
 @opt.threads()
 @opt.as_json("Print the manifest as JSON.")
 @opt.no_progress("Hide progress bars.")
 def merge_convert(base: str, loras: tuple[str, ...], outdir: Path, quants: str, imatrix: str | None,
                   imatrix_quants: str | None, imatrix_chunks: int | None, template: str | None, system: str | None,
                   ctx: int | None, smoke: bool, eval_text: Path | None, eval_chunks: int | None, name: str | None,
-                  outtype: str, keep_intermediate: bool, threads: int | None, as_json: bool, no_progress: bool) -> None:
+                  outtype: str, keep_intermediate: bool, allow_nonfinite: bool, threads: int | None, as_json: bool,
+                  no_progress: bool) -> None:
     """The main job: merge LoRA adapters, convert, (imatrix,) quantize, write Modelfile, preset, card, manifest.
 
     \b
@@ -56,10 +59,12 @@ def merge_convert(base: str, loras: tuple[str, ...], outdir: Path, quants: str, 
     cfg = PipelineConfig(
         base=base, loras=list(loras), outdir=outdir, quants=quant_types, imatrix=imatrix, imatrix_quants=im_types,
         imatrix_chunks=imatrix_chunks, template=template, system=system, ctx=ctx, smoke=smoke, eval_text=eval_text,
-        eval_chunks=eval_chunks, name=name, outtype=outtype, keep_intermediate=keep_intermediate, threads=threads,
+        eval_chunks=eval_chunks, name=name, outtype=outtype, keep_intermediate=keep_intermediate,
+        allow_nonfinite=allow_nonfinite, threads=threads,
         progress=not no_progress,
     )
-    result = run_pipeline(cfg, log=opt.note if as_json else click.echo)
+    with nonfinite_hint():
+        result = run_pipeline(cfg, log=opt.note if as_json else click.echo)
     if as_json:
         opt.echo_json(result.manifest)
     else:

@@ -10,7 +10,7 @@ import click
 
 from ...convert import parse_lora_spec, resolve_model
 from ...errors import ForgeError
-from ...files import format_size
+from ...files import format_size, read_text_file
 from ...quant import compute_imatrix, evaluate, parse_types, quantize, write_gguf, write_legacy
 from . import options as opt
 
@@ -111,10 +111,9 @@ def evaluate_cmd(reference: Path, candidates: tuple[Path, ...], text_file: Path,
     Example:
       quantize eval Model-F16.gguf Model-Q4_K_M.gguf Model-Q4_K_M-im.gguf --text wiki.txt --chunks 20
     """
-    if not text_file.is_file():
-        raise ForgeError(f"--text {text_file}: no such file")
-    report = evaluate(reference, list(candidates), text_file.read_text(encoding="utf-8"), ctx=ctx, chunks=chunks,
-                      threads=threads, progress=not no_progress)
+    text = read_text_file(text_file, f"--text {text_file}")
+    report = evaluate(reference, list(candidates), text, ctx=ctx, chunks=chunks, threads=threads,
+                      progress=not no_progress)
     if as_json:
         opt.echo_json(report.as_dict())
     else:

@@ -15,7 +15,10 @@ kept in ``OUTDIR/.gguf-forge/state.json``; a file's hash is cached by size and m
 
 The intermediate GGUF is only made when a later step that must run needs it, and removed at the end unless
 ``keep_intermediate``. Every file is written atomically; a run killed at any point leaves hidden
-``.*.partial`` files only, which the next run removes before it resumes.
+``.*.partial`` files only, which the next run removes before it resumes. A run holds ``OUTDIR/.gguf-forge/lock``
+from start to end: a second run into the same folder is refused ("OUTDIR is in use by PID n") rather than
+racing the first. Every input file (calibration, evaluation text, chat template, smoke prompts) is read and
+checked before the first long step.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ from ...quant import (
     quantize,
     write_gguf,
 )
+from ...quant.imatrix import DEFAULT_CALIBRATION, load_calibration
 from ..chat import load_prompts, run_smoke
 from .card import model_card
 
@@ -76,6 +80,7 @@ class PipelineConfig:
     name: str | None = None
     outtype: str = "bf16"
     keep_intermediate: bool = False
+    allow_nonfinite: bool = False     # write NaN/Inf weights instead of refusing the checkpoint
     threads: int | None = None
     progress: bool = True
 
@@ -292,7 +297,8 @@ class _Job:
 
     def _convert(self) -> dict:
         res = convert(self.base_dir, self.intermediate, outtype=self.cfg.outtype.lower(), overrides=self.overrides,
-                      progress=self.cfg.progress, name=self.name, loras=self.specs)
+                      progress=self.cfg.progress, name=self.name, loras=self.specs,
+                      allow_nonfinite=self.cfg.allow_nonfinite)
         self._warn(res.warnings)
         return {"n_params": res.n_params, "pre_tokenizer": res.pre_tokenizer}
 
@@ -326,7 +332,8 @@ class _Job:
     def _eval(self) -> dict:
         cfg = self.cfg
         report = evaluate(self.intermediate, [out for *_, out in self.quant_files],
-                          Path(cfg.eval_text).read_text("utf-8"), chunks=cfg.eval_chunks, threads=cfg.threads,
+                          files.read_text_file(cfg.eval_text, f"--eval {cfg.eval_text}"), chunks=cfg.eval_chunks,
+                          threads=cfg.threads,
                           progress=cfg.progress)
         return {"result": {**report.as_dict(), "markdown": report.table(markdown=True)}}
 
@@ -413,6 +420,7 @@ def run_pipeline(cfg: PipelineConfig, log: Callable[[str], None] = print) -> Pip
     ckpt = Checkpoint(base_dir)
     arch = for_config(ckpt.config)  # a base we cannot convert fails before anything is written
     _check_template_early(base_dir, lora_dirs, template, cfg.system)
+    _check_calibration(cfg, base_dir, lora_dirs)
     name = cfg.name or default_name(base_dir, lora_dirs)
     outdir = _prepare_outdir(Path(cfg.outdir))
 
@@ -423,14 +431,16 @@ def run_pipeline(cfg: PipelineConfig, log: Callable[[str], None] = print) -> Pip
         overrides.append(KVOverride(keys.arch_key(keys.LLM.CONTEXT_LENGTH, arch.arch_name), "int", cfg.ctx))
     inter_type = resolve_outtype(cfg.outtype, ckpt).upper()  # auto: BF16 for bf16 checkpoints, else F16
 
-    state = _State(outdir)
-    log(f"hashing inputs ({base_dir}{''.join(', ' + str(d) for d in lora_dirs)})...")
-    inputs = _hash_inputs(cfg, state, specs, lora_dirs, base_dir)
-    state.save()
-    job = _Job(cfg, log, state, quants, im_quants, base_dir, specs, template, overrides, name, outdir, inter_type,
-               inputs)
-    runner = _Runner(state, log)
-    runner.run_all(job.steps())
+    with files.exclusive_lock(outdir / STATE_DIR / "lock", str(outdir)):
+        files.remove_leftovers(outdir)  # left by a killed run (a live writer's are kept)
+        state = _State(outdir)
+        log(f"hashing inputs ({base_dir}{''.join(', ' + str(d) for d in lora_dirs)})...")
+        inputs = _hash_inputs(cfg, state, specs, lora_dirs, base_dir)
+        state.save()
+        job = _Job(cfg, log, state, quants, im_quants, base_dir, specs, template, overrides, name, outdir,
+                   inter_type, inputs)
+        runner = _Runner(state, log)
+        runner.run_all(job.steps())
     return PipelineResult(outdir, name, job.manifest, runner.ran, runner.skipped, job.warnings)
 
 
@@ -451,21 +461,52 @@ def _check_options(cfg: PipelineConfig) -> tuple[list[str], list[str]]:
             raise ForgeError(f"--quant {t} needs an importance matrix: put it in --imatrix-quant and give --imatrix")
     if cfg.outtype.lower() not in INTERMEDIATE_OUTTYPES:
         raise ForgeError(f"--outtype {cfg.outtype}: expected one of {', '.join(INTERMEDIATE_OUTTYPES)}")
-    if cfg.eval_text is not None and not Path(cfg.eval_text).is_file():
-        raise ForgeError(f"--eval {cfg.eval_text}: no such file")
-    if cfg.imatrix and cfg.imatrix != "default" and not Path(cfg.imatrix).is_file():
-        raise ForgeError(f"--imatrix {cfg.imatrix}: no such file (give a text or JSONL file, or 'default')")
+    if cfg.name is not None:
+        check_name(cfg.name)
+    if cfg.eval_text is not None:
+        if not Path(cfg.eval_text).is_file():
+            raise ForgeError(f"--eval {cfg.eval_text}: no such file")
+        files.read_text_file(cfg.eval_text, f"--eval {cfg.eval_text}")
+    if cfg.imatrix and cfg.imatrix != DEFAULT_CALIBRATION:
+        if not Path(cfg.imatrix).is_file():
+            raise ForgeError(f"--imatrix {cfg.imatrix}: no such file (give a text or JSONL file, or 'default')")
+        files.read_text_file(cfg.imatrix, f"--imatrix {cfg.imatrix}")
+    if cfg.smoke and cfg.smoke_prompts:
+        load_prompts(cfg.smoke_prompts)
     return quants, im_quants
 
 
+def check_name(name: str) -> None:
+    """The outputs' basename must be one visible file-name component: ``<name>-Q4_K_M.gguf`` stays in the folder
+    and ``FROM ./<name>-...`` in the Modelfile points into it."""
+    separators = {"/", "\\", os.sep, os.altsep} - {None}
+    if (not name.strip() or name in (".", "..") or any(c in name for c in separators) or "\0" in name
+            or os.path.isabs(name) or name.startswith(".")):
+        raise ForgeError(f"--name {name!r}: a name is one file-name component (no '/' or '\\', not '..', not "
+                         "absolute, not hidden), e.g. --name my-model")
+
+
+def _check_calibration(cfg: PipelineConfig, base_dir: Path, lora_dirs: list[Path]) -> None:
+    """Read the ``--imatrix`` calibration as the imatrix step will (JSONL chats rendered with the chat template):
+    a line it cannot use stops the run now, not after the merge and the conversion."""
+    if not cfg.imatrix or cfg.imatrix == DEFAULT_CALIBRATION:
+        return
+    template = next((t for d in [*reversed(lora_dirs), base_dir] if (t := chat_template.from_hf_dir(d))), None)
+    try:
+        load_calibration(cfg.imatrix, template)
+    except ForgeError as e:
+        text = str(e)
+        if text.startswith("--calibration"):  # the imatrix command's option; here the file came from --imatrix
+            raise ForgeError("--imatrix" + text[len("--calibration"):], option="--imatrix") from None
+        raise e.from_option("--imatrix") from None
+
+
 def _prepare_outdir(outdir: Path) -> Path:
-    if outdir.exists() and not outdir.is_dir():
-        raise ForgeError(f"-o {outdir}: exists and is not a folder")
-    outdir.mkdir(parents=True, exist_ok=True)
-    if not os.access(outdir, os.W_OK):
-        raise ForgeError(f"-o {outdir}: not writable")
-    files.remove_leftovers(outdir)  # left by a killed run
-    return outdir
+    """Create the output folder (a path under a file, or where nothing can be written, is a ForgeError)."""
+    try:
+        return files.make_folder(outdir)
+    except ForgeError as e:
+        raise e.from_option("-o") from None
 
 
 def _hash_inputs(cfg: PipelineConfig, state: _State, specs: list[LoraSpec], lora_dirs: list[Path],
@@ -477,7 +518,8 @@ def _hash_inputs(cfg: PipelineConfig, state: _State, specs: list[LoraSpec], lora
                   for s, d in zip(specs, lora_dirs)],
     }
     if cfg.imatrix:
-        text = default_calibration_text() if cfg.imatrix == "default" else Path(cfg.imatrix).read_text("utf-8")
+        text = (default_calibration_text() if cfg.imatrix == DEFAULT_CALIBRATION
+                else files.read_text_file(cfg.imatrix, f"--imatrix {cfg.imatrix}"))
         inputs["calibration"] = {"file": cfg.imatrix, "sha256": hashlib.sha256(text.encode("utf-8")).hexdigest()}
     if cfg.eval_text:
         inputs["eval_text"] = {"file": str(cfg.eval_text), "sha256": state.sha256(Path(cfg.eval_text))}
