@@ -74,7 +74,7 @@ def read_safetensors_header(path: Path) -> dict[str, TensorRef]:
     size, n, raw = _header_bytes(path)
     try:
         header = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         raise ForgeError(f"{path}: corrupt safetensors header") from None
     if not isinstance(header, dict):
         raise ForgeError(f"{path}: corrupt safetensors header (a JSON {type(header).__name__}, not an object)")

@@ -23,7 +23,7 @@ import numpy as np
 import yaml
 
 from ..errors import ForgeError
-from ..files import atomic_path
+from ..files import atomic_path, check_not_an_input
 from ..files import progress as progress_bar
 from ..keys import TOKENIZER
 from . import arch as arch_registry
@@ -146,6 +146,7 @@ def convert(
     arch = arch_registry.for_config(ckpt.config)
     outtype = resolve_outtype(outtype, getattr(ckpt, "base", ckpt))
     _check_output_dir(out)
+    check_not_an_input(out, [ckpt.path, *(ad.path for ad in getattr(ckpt, "adapters", []))])
 
     plan = _plan(ckpt, arch, outtype)
     pre_override = next((o.value for o in overrides if o.key == TOKENIZER.PRE), None)

@@ -20,13 +20,13 @@ def inspect_gguf(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     reader = open_gguf(path)
 
-    def get(key: str, default: Any = None) -> Any:
-        value = gguf_field(reader, key)
+    def get(key: str, default: Any = None, kind: type | None = None) -> Any:
+        value = gguf_field(reader, key, kind)
         return default if value is None else value
 
-    arch = get(GENERAL.ARCHITECTURE, "?")
+    arch = get(GENERAL.ARCHITECTURE, "?", str)
     n_params, tensor_types = _tensor_summary(reader)
-    ftype = get(GENERAL.FILE_TYPE)
+    ftype = get(GENERAL.FILE_TYPE, None, int)
     ftype_name = None
     if ftype is not None:
         try:
@@ -56,7 +56,7 @@ def inspect_gguf(path: str | Path) -> dict[str, Any]:
             "rope_freqs_tensor": any(t.name.startswith("rope_freqs") for t in reader.tensors),
         },
         "tokenizer": _tokenizer_summary(get),
-        "chat_template": get(TOKENIZER.CHAT_TEMPLATE),
+        "chat_template": get(TOKENIZER.CHAT_TEMPLATE, None, str),
         "imatrix": {k[len(_IMATRIX_PREFIX):]: get(k) for k in reader.fields if k.startswith(_IMATRIX_PREFIX)},
     }
 
@@ -76,10 +76,10 @@ def _tensor_summary(reader: Any) -> tuple[int, dict[str, dict[str, int]]]:
 
 
 def _tokenizer_summary(get: Any) -> dict[str, Any]:
-    tokens = get(TOKENIZER.LIST, [])
+    tokens = get(TOKENIZER.LIST, [], list)
 
     def tok(key: str) -> dict[str, Any] | None:
-        i = get(key)
+        i = get(key, None, int)
         if i is None:
             return None
         return {"id": i, "text": tokens[i] if 0 <= i < len(tokens) else None}

@@ -135,6 +135,12 @@ def load_vocab(path: Path, n_vocab: int, pre_override: str | None = None) -> Voc
                          f"({one_line(e)})") from None
     if vocab.model == "gpt2" and not vocab.special.merges:
         raise ForgeError(f"{tj_file}: BPE tokenizer without merges")
+    _check_chat_templates(path, vocab.special.chat_template)
+    # gguf-py reads tokenizer_config.json's template before chat_template.jinja/.json; transformers (and
+    # chat_template.from_hf_dir, which the Modelfile and imatrix use) read them the other way round
+    own = chat_template.from_hf_dir(path)
+    if own is not None and own != chat_template.pick_default(vocab.special.chat_template):
+        vocab.special.chat_template = own
     try:
         vocab.eot_id = find_eot(vocab)
     except ForgeError as e:  # the template cannot render a plain conversation: convert anyway, without an eot
@@ -234,6 +240,18 @@ def _spm_vocab(path: Path, tok_json: dict[str, Any] | None, n_vocab: int) -> Voc
         types.append(UNUSED)
     add_prefix = proto.normalizer_spec.add_dummy_prefix
     return Vocab("llama", tokens, [int(t) for t in types], scores=scores, add_space_prefix=add_prefix)
+
+
+def _check_chat_templates(path: Path, value: Any) -> None:
+    """The chat template found in ``path`` (tokenizer_config.json, chat_template.json or .jinja) is text, or a list
+    of named templates (``{"name": ..., "template": ...}``), as the GGUF stores them."""
+    if value is None or isinstance(value, str):
+        return
+    if not isinstance(value, list) or not all(
+            isinstance(t, dict) and isinstance(t.get("name"), str) and isinstance(t.get("template"), (str, type(None)))
+            for t in value):
+        raise ForgeError(f"{path}: chat_template must be text or a list of {{\"name\": ..., \"template\": ...}}, "
+                         f"got {shown(value)}")
 
 
 def find_eot(vocab: Vocab) -> int | None:

@@ -237,13 +237,33 @@ def read_text_file(path: str | os.PathLike[str], name: str | None = None) -> str
     not UTF-8 is a ForgeError naming it (as ``name`` when given, e.g. ``"--text notes.txt"``)."""
     name = name or str(path)
     try:
+        if stat.S_ISCHR(os.stat(path).st_mode) or stat.S_ISBLK(os.stat(path).st_mode):  # /dev/zero never ends
+            raise ForgeError(f"{name}: is a device, not a text file")
         return Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ForgeError(f"{name}: no such file") from None
+    except MemoryError:
+        raise ForgeError(f"{name}: too large to read into memory") from None
     except UnicodeDecodeError as e:
         raise ForgeError(f"{name}: not UTF-8 text (byte {e.start}: {e.reason}); save it as UTF-8") from None
     except OSError as e:
         raise ForgeError(f"{name}: cannot read it ({e.strerror or e})") from None
+
+
+def check_not_an_input(out: str | os.PathLike[str], inputs: list[Path]) -> None:
+    """Refuse an output path that is one of ``inputs`` or one of the files in an input folder (a model's weights,
+    its config): writing it would destroy what the run reads. A GGUF already in a model's folder is an earlier
+    output, not an input, and may be replaced."""
+    out = Path(out)
+    if not out.is_file():  # absent (or not a regular file: refused by check_target)
+        return
+    for item in inputs:
+        in_folder = item.is_dir()
+        for f in item.iterdir() if in_folder else [item]:
+            with contextlib.suppress(OSError):
+                if os.path.samefile(f, out) and not (in_folder and is_gguf(out)):
+                    raise ForgeError(f"{out}: is one of this run's inputs; refusing to replace it, give another "
+                                     "output file name")
 
 
 def read_json_object(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -254,6 +274,8 @@ def read_json_object(path: str | os.PathLike[str]) -> dict[str, Any]:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:  # ValueError: bad JSON or bad UTF-8
         raise ForgeError(f"{path}: cannot read it as JSON ({e})") from None
+    except RecursionError:
+        raise ForgeError(f"{path}: cannot read it as JSON (nested too deeply)") from None
     if not isinstance(data, dict):
         raise ForgeError(f"{path}: expected a JSON object")
     return data
@@ -284,7 +306,9 @@ def sha256_text(*parts: Any) -> str:
 
 
 def is_gguf(path: str | os.PathLike[str]) -> bool:
-    """Whether ``path`` is a readable file starting with the GGUF magic."""
+    """Whether ``path`` is a readable file starting with the GGUF magic (a FIFO or device is not read: no GGUF)."""
+    if not os.path.isfile(path):
+        return False
     try:
         with open(path, "rb") as f:
             return f.read(4) == b"GGUF"
@@ -308,10 +332,31 @@ def open_gguf(path: str | os.PathLike[str]) -> Any:
                          "(re-download or re-convert it)") from None
 
 
-def gguf_field(reader: Any, key: str) -> Any:
-    """The value of metadata ``key`` in an open GGUF (a str, number, bool or list), or None."""
+_VALUE_KINDS = {str: "text", int: "an integer", float: "a number", bool: "a boolean", list: "an array"}
+
+
+def gguf_field(reader: Any, key: str, kind: type | None = None) -> Any:
+    """The value of metadata ``key`` in an open GGUF (a str, number, bool or list), or None.
+
+    Text that is not UTF-8, or (with ``kind``: str, int, float, bool or list) a value of another type, is a
+    ForgeError naming the file and the key: a hand-made or damaged GGUF is refused in one line."""
     f = reader.fields.get(key)
-    return None if f is None else f.contents()
+    if f is None:
+        return None
+    where = f"{getattr(reader.data, 'filename', None) or 'GGUF'}: metadata {key}"
+    try:
+        value = f.contents()
+    except UnicodeDecodeError:
+        raise ForgeError(f"{where} is not UTF-8 text; re-convert the model") from None
+    if kind is not None and not _has_kind(value, kind):
+        raise ForgeError(f"{where} is {str(value)[:40]!r}, not {_VALUE_KINDS[kind]}; re-convert the model")
+    return value
+
+
+def _has_kind(value: Any, kind: type) -> bool:
+    if isinstance(value, bool):
+        return kind is bool
+    return isinstance(value, (int, float) if kind is float else kind)
 
 
 # ---------------------------------------------------------------------------------------------- sizes

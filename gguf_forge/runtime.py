@@ -149,6 +149,34 @@ def _model_params(**fields: Any) -> Iterator[None]:
         C.llama_model_default_params = original
 
 
+class _NoChatFormatter:
+    """Stands in for ``llama_chat_format.Jinja2ChatFormatter`` while a model loads: llama_cpp.Llama compiles every
+    chat template in the metadata with its own Jinja environment, whose constant folding runs ``"a" * 10**10`` at
+    compile time (a hostile GGUF takes all the memory before a line of ours runs). Templates are rendered by
+    :mod:`gguf_forge.chat_template` alone; llama-cpp-python's chat completion is not used."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def to_chat_handler(self) -> Any:
+        def refuse(*args: Any, **kwargs: Any) -> Any:
+            raise ForgeError("chat completion through llama-cpp-python is off; render with gguf_forge.chat_template")
+
+        return refuse
+
+
+@contextlib.contextmanager
+def _without_chat_formatters() -> Iterator[None]:
+    from llama_cpp import llama_chat_format
+
+    original = llama_chat_format.Jinja2ChatFormatter
+    llama_chat_format.Jinja2ChatFormatter = _NoChatFormatter
+    try:
+        yield
+    finally:
+        llama_chat_format.Jinja2ChatFormatter = original
+
+
 def load_model(path: str | Path, n_ctx: int = 2048, threads: int | None = None, **kwargs: Any) -> Any:
     """Load a GGUF with llama-cpp-python (memory-mapped), as a one-line error when it cannot.
 
@@ -166,7 +194,7 @@ def load_model(path: str | Path, n_ctx: int = 2048, threads: int | None = None, 
     kwargs.setdefault("n_threads_batch", threads)
     with LlamaLog() as log:
         try:
-            with _model_params(use_extra_bufts=use_extra_buffer_types()):
+            with _model_params(use_extra_bufts=use_extra_buffer_types()), _without_chat_formatters():
                 return llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_threads=threads, verbose=False,
                                        **kwargs)
         except (ValueError, RuntimeError) as e:

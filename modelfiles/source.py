@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .. import chat_template, files
+from ..errors import ForgeError
 from ..keys import GENERAL, LLM, TOKENIZER, arch_key
 
 LICENSE_FILES = ("LICENSE", "LICENSE.txt", "LICENSE.md", "LICENCE", "LICENCE.txt", "LICENSE.rst")
@@ -32,24 +34,30 @@ def read_gguf(path: Path) -> ModelInfo:
     tokens = reader.fields.get(TOKENIZER.LIST)
 
     def token(key: str) -> str:
-        i = files.gguf_field(reader, key)
-        if i is None or tokens is None or not 0 <= int(i) < len(tokens.data):
+        i = files.gguf_field(reader, key, int)
+        if i is None or tokens is None or not 0 <= i < len(tokens.data):
             return ""
-        return tokens.contents(int(i))
+        try:
+            return tokens.contents(i)
+        except UnicodeDecodeError:
+            raise ForgeError(f"{path}: token {i} ({key}) is not UTF-8 text; re-convert the model") from None
 
-    arch = files.gguf_field(reader, GENERAL.ARCHITECTURE) or ""
-    ctx = files.gguf_field(reader, arch_key(LLM.CONTEXT_LENGTH, arch))
+    arch = files.gguf_field(reader, GENERAL.ARCHITECTURE, str) or ""
+    ctx = files.gguf_field(reader, arch_key(LLM.CONTEXT_LENGTH, arch), int)
+    if ctx is not None and ctx < 1:
+        raise ForgeError(f"{path}: metadata {arch_key(LLM.CONTEXT_LENGTH, arch)} is {ctx}, not a context length; "
+                         "re-convert the model")
     ends = [t for t in (token(TOKENIZER.EOS_ID), token(TOKENIZER.EOT_ID), token(TOKENIZER.EOM_ID)) if t]
-    add_bos = files.gguf_field(reader, TOKENIZER.ADD_BOS)
+    add_bos = files.gguf_field(reader, TOKENIZER.ADD_BOS, bool)
     return ModelInfo(
-        name=files.gguf_field(reader, GENERAL.NAME) or path.stem,
-        template=files.gguf_field(reader, TOKENIZER.CHAT_TEMPLATE),
+        name=files.gguf_field(reader, GENERAL.NAME, str) or path.stem,
+        template=files.gguf_field(reader, TOKENIZER.CHAT_TEMPLATE, str),
         bos=token(TOKENIZER.BOS_ID),
         eos=token(TOKENIZER.EOS_ID),
         end_tokens=list(dict.fromkeys(ends)),
         add_bos=None if add_bos is None else bool(add_bos),
-        context_length=int(ctx) if ctx is not None else None,
-        license_name=files.gguf_field(reader, GENERAL.LICENSE),
+        context_length=ctx,
+        license_name=files.gguf_field(reader, GENERAL.LICENSE, str),
     )
 
 
@@ -64,11 +72,15 @@ def read_hf_dir(path: Path) -> ModelInfo:
     tc = files.read_json_object(path / "tokenizer_config.json") if (path / "tokenizer_config.json").is_file() else {}
     template = chat_template.from_hf_dir(path)
     config = files.read_json_object(path / "config.json") if (path / "config.json").is_file() else {}
-    ctx = config.get("max_position_embeddings") or config.get("text_config", {}).get("max_position_embeddings")
+    text_config = config.get("text_config")
+    ctx = config.get("max_position_embeddings") or (
+        text_config.get("max_position_embeddings") if isinstance(text_config, dict) else None)
+    if ctx is not None and (isinstance(ctx, bool) or not isinstance(ctx, int) or ctx < 1):
+        raise ForgeError(f"{path / 'config.json'}: max_position_embeddings must be a positive integer, got {ctx!r}")
     eos = _token_text(tc.get("eos_token"))
     return ModelInfo(name=path.resolve().name, template=template, bos=_token_text(tc.get("bos_token")), eos=eos,
                      end_tokens=[eos] if eos else [], add_bos=tc.get("add_bos_token"),
-                     context_length=int(ctx) if ctx else None)
+                     context_length=ctx)
 
 
 def sampling_defaults(folder: Path | None) -> dict[str, float | int]:
@@ -84,6 +96,8 @@ def sampling_defaults(folder: Path | None) -> dict[str, float | int]:
                             ("repetition_penalty", "repeat_penalty", float)):
         value = gc.get(hf)
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value) or value < 0:
+                raise ForgeError(f"{folder / 'generation_config.json'}: {hf} must be a finite number >= 0, got {value}")
             out[ollama] = typ(value)
     return out
 

@@ -74,6 +74,8 @@ def _chat_messages(line: str, where: str) -> list[dict[str, Any]]:
         rec = json.loads(line)
     except json.JSONDecodeError as e:
         raise ForgeError(f"{where}: not JSON ({e.msg}); each line must be {_CHAT_SHAPE}") from None
+    except RecursionError:
+        raise ForgeError(f"{where}: JSON nested too deeply; each line must be {_CHAT_SHAPE}") from None
     if not isinstance(rec, dict):
         raise ForgeError(f"{where}: a JSON {_json_kind(rec)}; each line must be {_CHAT_SHAPE}")
     if "messages" in rec:

@@ -244,6 +244,11 @@ def quantize(
         emb_t=ggml_type(token_embedding_type, "--token-embedding-type") if token_embedding_type else -1,
         pure=pure, allow_requantize=allow_requantize)
     base = basename or _basename(inp)
+    for qtype in types:
+        out = outdir / output_name(base, qtype, im is not None)
+        if out.exists() and inp.exists() and os.path.samefile(out, inp):
+            raise ForgeError(f"{inp}: the {qtype} output would replace the input itself; choose another output "
+                             "folder or rename the input")
     try:  # only now that the input and the options are known to be good
         make_folder(outdir)
     except ForgeError as e:

@@ -3,6 +3,7 @@ and the one llama.cpp log capture."""
 
 from __future__ import annotations
 
+import json
 import os
 
 import gguf
@@ -214,3 +215,20 @@ def test_render_errors_are_forge_errors_and_the_turn_end_is_found():
         chat_template.render("{{ raise_exception('no system messages') }}", CHAT)
     assert chat_template.turn_end(CHATML) == "<|im_end|>\n"
     assert chat_template.turn_end(chat_template.named_template("llama3")).startswith("<|eot_id|>")
+
+
+def test_conversion_reads_the_same_template_as_everything_else(tmp_path):
+    """A folder with both tokenizer_config.json's chat_template and chat_template.jinja: the GGUF gets the one
+    transformers (and the Modelfile, chat and imatrix calibration) use, chat_template.jinja."""
+    import shutil
+
+    from gguf_forge.convert.tokenizer import load_vocab
+
+    from fixtures import fixture_dir
+
+    folder = shutil.copytree(fixture_dir("qwen2"), tmp_path / "m", ignore=shutil.ignore_patterns(".complete"))
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    (folder / "tokenizer_config.json").write_text(json.dumps({**config, "chat_template": CHATML}))
+    (folder / "chat_template.jinja").write_text(CHATML.replace("<|im_start|>", "<|im_start|> "))
+    vocab = load_vocab(folder, n_vocab=json.loads((folder / "config.json").read_text())["vocab_size"])
+    assert vocab.special.chat_template == chat_template.from_hf_dir(folder) == (folder / "chat_template.jinja").read_text()

@@ -147,6 +147,10 @@ class ChatSession:
 
     def say(self, text: str, on_token: Callable[[str], None] | None = None) -> str:
         """Send one user message and return the reply; ``on_token`` receives each piece of text as it comes."""
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as e:  # bytes that were not UTF-8, read with surrogateescape
+            raise ForgeError(f"the message is not UTF-8 text (character {e.start}); send UTF-8") from None
         self.history.append({"role": "user", "content": text})
         try:
             tokens, prompt, dropped, limit = self._fit_prompt()

@@ -148,6 +148,8 @@ def _parse(text: str, where: str, jsonl: bool) -> list[SmokePrompt]:
             obj = json.loads(line)
         except json.JSONDecodeError as e:
             raise ForgeError(f"{where}:{n}: not a JSON object ({e.msg}); write one object per line") from None
+        except RecursionError:
+            raise ForgeError(f"{where}:{n}: not a JSON object (nested too deeply); write one object per line") from None
         if not isinstance(obj, dict) or not isinstance(obj.get("prompt"), str) or not obj["prompt"].strip():
             raise ForgeError(f"{where}:{n}: expected {{\"prompt\": \"...\", \"expect\": \"REGEX\"}} "
                              "with a non-empty prompt")

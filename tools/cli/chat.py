@@ -18,9 +18,9 @@ from . import options as opt
 @opt.system()
 @opt.ctx("Context window in tokens; the oldest turns are dropped when the chat outgrows it.", default=4096, min=16)
 @opt.threads("CPU threads (default: the number of physical cores).")
-@click.option("--temp", type=click.FloatRange(min=0), default=0.0, show_default=True,
+@click.option("--temp", type=opt.FiniteFloatRange(min=0), default=0.0, show_default=True,
               help="Sampling temperature; 0 is greedy (the same reply every time).")
-@click.option("--top-p", type=click.FloatRange(min=0, max=1, min_open=True), default=1.0, show_default=True,
+@click.option("--top-p", type=opt.FiniteFloatRange(min=0, max=1, min_open=True), default=1.0, show_default=True,
               help="Nucleus sampling (with --temp > 0).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Sampling seed (with --temp > 0).")
 @click.option("--max-tokens", type=click.IntRange(min=1), default=512, show_default=True,
@@ -135,7 +135,7 @@ def _reply(session: ChatSession, text: str, max_tokens: int, interactive: bool =
 @opt.ctx("Context window in tokens.", default=4096, min=16)
 @opt.system("System prompt for prompts without their own (default: the template's).")
 @opt.template("Chat template instead of the GGUF's own")
-@click.option("--min-speed", type=click.FloatRange(min=0), metavar="TOK/S",
+@click.option("--min-speed", type=opt.FiniteFloatRange(min=0), metavar="TOK/S",
               help="Fail a file whose generation is slower than this many tokens/s (is it usable on this machine?).")
 @click.option("--replies", "show_replies", is_flag=True, help="Also print every reply.")
 @opt.markdown()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -19,6 +20,16 @@ Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
 MAX_CTX = 2**31 - 1
 #: the most threads any command accepts (llama.cpp's GGML_MAX_N_THREADS; more crashes it)
 MAX_THREADS = 512
+
+
+class FiniteFloatRange(click.FloatRange):
+    """click's FloatRange, refusing ``nan`` and ``inf`` as well (NaN passes every range comparison)."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        rv = super().convert(value, param, ctx)
+        if not math.isfinite(rv):
+            self.fail(f"{rv} is not a finite number.", param, ctx)
+        return rv
 
 
 def as_json(help: str = "Print the result as JSON.") -> Decorator:

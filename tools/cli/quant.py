@@ -10,7 +10,7 @@ import click
 
 from ...convert import parse_lora_spec, resolve_model
 from ...errors import ForgeError
-from ...files import format_size, read_text_file
+from ...files import check_not_an_input, format_size, read_text_file
 from ...quant import compute_imatrix, evaluate, parse_types, quantize, write_gguf, write_legacy
 from . import options as opt
 
@@ -81,7 +81,9 @@ def imatrix(model: str, calibration: str, outfile: Path, ctx: int, chunks: int |
         raise ForgeError(f"-o {outfile}: folder {folder} does not exist or is not writable")
     with opt.option("--lora"):
         specs = [parse_lora_spec(x) for x in loras]
-    im, stats = compute_imatrix(resolve_model(model), calibration=calibration, ctx=ctx, chunks=chunks, device=device,
+    model_dir = resolve_model(model)
+    check_not_an_input(outfile, [model_dir, Path(calibration)])
+    im, stats = compute_imatrix(model_dir, calibration=calibration, ctx=ctx, chunks=chunks, device=device,
                                 loras=specs, progress=not no_progress, threads=threads)
     (write_legacy if outfile.suffix == ".dat" else write_gguf)(im, outfile)
     stats["output"] = str(outfile)

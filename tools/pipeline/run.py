@@ -131,10 +131,15 @@ class _State:
         self.path = outdir / STATE_DIR / "state.json"
         try:
             data = json.loads(self.path.read_text())
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):
             data = {}
-        self.hashes: dict[str, list] = data.get("hashes", {})
-        self.steps: dict[str, dict] = data.get("steps", {})
+        # a damaged or hand-edited record is forgotten (its steps are redone), never trusted
+        data = data if isinstance(data, dict) else {}
+        hashes, steps = data.get("hashes"), data.get("steps")
+        self.hashes: dict[str, list] = {k: v for k, v in hashes.items() if isinstance(v, list) and len(v) == 3} \
+            if isinstance(hashes, dict) else {}
+        self.steps: dict[str, dict] = {k: v for k, v in steps.items() if isinstance(v, dict)
+                                       and isinstance(v.get("files", {}), dict)} if isinstance(steps, dict) else {}
 
     def save(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -422,7 +427,7 @@ def run_pipeline(cfg: PipelineConfig, log: Callable[[str], None] = print) -> Pip
     _check_template_early(base_dir, lora_dirs, template, cfg.system)
     _check_calibration(cfg, base_dir, lora_dirs)
     name = cfg.name or default_name(base_dir, lora_dirs)
-    outdir = _prepare_outdir(Path(cfg.outdir))
+    outdir = _prepare_outdir(Path(cfg.outdir), [base_dir, *lora_dirs])
 
     overrides = []
     if template is not None:  # the template the fine-tune was trained with goes into the GGUF too
@@ -501,8 +506,12 @@ def _check_calibration(cfg: PipelineConfig, base_dir: Path, lora_dirs: list[Path
         raise e.from_option("--imatrix") from None
 
 
-def _prepare_outdir(outdir: Path) -> Path:
-    """Create the output folder (a path under a file, or where nothing can be written, is a ForgeError)."""
+def _prepare_outdir(outdir: Path, inputs: list[Path]) -> Path:
+    """Create the output folder (a path under a file, or where nothing can be written, is a ForgeError); the
+    folder of the base or of an adapter is refused (the card, Modelfile and GGUFs would land among its files)."""
+    for folder in inputs:
+        if outdir.is_dir() and os.path.samefile(outdir, folder):
+            raise ForgeError(f"-o {outdir}: is the folder of an input model ({folder}); choose another output folder")
     try:
         return files.make_folder(outdir)
     except ForgeError as e:

@@ -91,7 +91,7 @@ def read_manifest(outdir: Path) -> dict[str, Any]:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ForgeError(f"{outdir}: no manifest.json, {hint}") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise ForgeError(f"{path}: unreadable ({e}), {hint}") from None
     tool = manifest.get("tool") if isinstance(manifest, dict) else None
     if not isinstance(tool, dict) or tool.get("name") != "gguf-forge":
@@ -108,13 +108,21 @@ def _checked_outputs(outdir: Path, manifest: dict[str, Any], progress: bool) -> 
     """Every listed output as (path, entry), after checking it exists inside OUTDIR with the listed sha256."""
     root = outdir.resolve()
     found: list[tuple[Path, dict[str, Any]]] = []
+    seen: set[Path] = set()
     for entry in manifest["outputs"]:
         rel = entry["file"]
         path = (outdir / rel)
-        if Path(rel).is_absolute() or ".." in Path(rel).parts or root not in path.resolve().parents:
+        try:
+            real = path.resolve() if "\0" not in rel else None
+        except (OSError, RuntimeError):  # a symlink loop
+            real = None
+        if Path(rel).is_absolute() or ".." in Path(rel).parts or real is None or root not in real.parents:
             raise ForgeError(f"{outdir / 'manifest.json'}: output {rel!r} is outside the folder; re-run the pipeline")
         if not path.is_file():
             raise ForgeError(f"{path}: listed in manifest.json but missing; re-run the pipeline to recreate it")
+        if real in seen:
+            raise ForgeError(f"{outdir / 'manifest.json'}: output {rel!r} is listed twice; re-run the pipeline")
+        seen.add(real)
         found.append((path, entry))
     total = sum(p.stat().st_size for p, _ in found)
     with progress_bar(total, "check sha256", enabled=progress) as bar:
@@ -161,7 +169,7 @@ def _write_shards(outdir: Path, plan: PublishPlan, splits: dict[str, list[Shard]
         key = {"source": rel, "source_bytes": src.stat().st_size, "source_mtime_ns": src.stat().st_mtime_ns,
                "max_file_bytes": plan.max_file_bytes}
         sums: dict[str, str] | None = None
-        with contextlib.suppress(OSError, ValueError, KeyError):
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError):
             old = json.loads(record.read_text())
             if old["key"] == key and all((dest / s.name).stat().st_size == s.bytes for s in shards):
                 sums = old["sha256"]
