@@ -201,6 +201,11 @@ class _Recipe:
     pure: bool
     allow_requantize: bool
 
+    @property
+    def plain(self) -> bool:
+        """No per-tensor type changes: the quantizer would only re-encode the tensors as the file type says."""
+        return self.out_t < 0 and self.emb_t < 0 and not self.overrides
+
     def key(self, qtype: str) -> str:
         return sha256_text(self.ident, qtype, self.im_hash, self.out_t, self.emb_t, self.overrides, self.pure,
                            self.allow_requantize)[:32]
@@ -244,9 +249,9 @@ def quantize(
         emb_t=ggml_type(token_embedding_type, "--token-embedding-type") if token_embedding_type else -1,
         pure=pure, allow_requantize=allow_requantize)
     base = basename or _basename(inp)
-    for qtype in types:
-        out = outdir / output_name(base, qtype, im is not None)
-        if out.exists() and inp.exists() and os.path.samefile(out, inp):
+    same = {qtype for qtype in types if _is_input(outdir / output_name(base, qtype, im is not None), inp)}
+    for qtype in same:
+        if not (_file_type(inp) == FTYPES[qtype] and im is None and recipe.plain):
             raise ForgeError(f"{inp}: the {qtype} output would replace the input itself; choose another output "
                              "folder or rename the input")
     try:  # only now that the input and the options are known to be good
@@ -257,11 +262,22 @@ def quantize(
     for qtype in types:
         out = outdir / output_name(base, qtype, im is not None)
         key = recipe.key(qtype)
-        skipped = out.is_file() and not force and _existing_recipe(out) == key
+        # the input already is that type under that name (Model-F16.gguf --type F16): it is the result, untouched
+        skipped = qtype in same or (out.is_file() and not force and _existing_recipe(out) == key)
         if not skipped:
             _run_quantizer(llama_cpp, inp, out, qtype, recipe, key)
         results.append(QuantResult(qtype, out, skipped, out.stat().st_size, im is not None))
     return results
+
+
+def _is_input(out: Path, inp: Path) -> bool:
+    return out.exists() and inp.exists() and os.path.samefile(out, inp)
+
+
+def _file_type(path: Path) -> int | None:
+    """The ``general.file_type`` a GGUF records (None when it records none)."""
+    value = gguf_field(open_gguf(path), keys.GENERAL.FILE_TYPE)
+    return int(value) if isinstance(value, int) else None
 
 
 def _imatrix_param(llama_cpp: Any, im: IMatrix, keep: list) -> Any:

@@ -276,7 +276,7 @@ def _imatrix_over_calibration(tmp: Path, tiny: Path) -> tuple[list[Any], Path]:
 
 
 def _quant_over_itself(tmp: Path, tiny: Path) -> tuple[list[Any], Path]:
-    shutil.copy(tiny, tmp / "x-F16.gguf")
+    convert(fixture_dir("qwen2"), tmp / "x-F16.gguf", outtype="f32", progress=False)  # an F32 file named F16
     return ["quant", tmp / "x-F16.gguf", "--type", "F16"], tmp / "x-F16.gguf"
 
 
@@ -293,7 +293,7 @@ def _pipeline_into_the_base(tmp: Path, tiny: Path) -> tuple[list[Any], Path]:
     (_quant_over_itself, ["x-F16.gguf", "replace the input itself"]),
     (_pipeline_into_the_base, ["-o", "folder of an input model"]),
 ], ids=["convert over the weights", "convert over config.json", "imatrix over the weights",
-        "imatrix over the calibration", "quant F16 over its F16 input", "merge-convert into the base's folder"])
+        "imatrix over the calibration", "quant F16 over its misnamed F32 input", "merge-convert into the base's folder"])
 def test_an_output_that_is_an_input_is_refused_and_the_input_kept(make, words, tiny, tmp_path):
     args, victim = make(tmp_path, tiny)
     before = sha(victim)
@@ -344,3 +344,13 @@ def test_modelfile_of_a_fifo_or_device_is_refused_without_reading_it(kind, tmp_p
                        text=True, timeout=120)
     assert_user_error(r, str(model), "neither a GGUF file")
     assert not (tmp_path / "out").exists()
+
+
+def test_quantizing_to_the_type_the_input_already_is_keeps_it(tiny, tmp_path):
+    """Model-F16.gguf --type F16 names the input itself: it is the result, not rewritten (nor refused)."""
+    src = shutil.copy(tiny, tmp_path / "x-F16.gguf")
+    before = (sha(src), src.stat().st_mtime_ns)
+    r = cli("quant", src, "--type", "F16", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)[0]["output"] == str(src)
+    assert (sha(src), src.stat().st_mtime_ns) == before

@@ -50,6 +50,9 @@ def quant(infile: Path, types: str, imatrix: Path | None, outdir: Path | None, o
                         "imatrix": r.imatrix} for r in results])
         return
     for r in results:
+        if r.skipped and r.path.resolve() == infile.resolve():
+            click.echo(f"kept {r.path}: it already is {r.type} ({format_size(r.bytes)})")
+            continue
         what = "kept (same recipe; --force redoes it)" if r.skipped else "wrote"
         click.echo(f"{what} {r.path} ({format_size(r.bytes)})")
 
