@@ -16,7 +16,7 @@ import shutil
 import stat
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, NoReturn
 
 from .errors import ForgeError
 
@@ -93,9 +93,12 @@ def make_folder(folder: str | os.PathLike[str]) -> Path:
     return folder
 
 
-def _no_room(path: Path, e: OSError) -> ForgeError:
-    return ForgeError(f"{path}: {e.strerror or 'no space left'} while writing it; nothing was written under that "
-                      "name (free some space, or write elsewhere, and run again)")
+def _raise_write_error(path: Path, e: OSError) -> NoReturn:
+    """A full disk or quota while writing ``path`` is the user's to fix: one line; any other OSError as it is."""
+    if e.errno in _NO_ROOM:
+        raise ForgeError(f"{path}: {e.strerror or 'no space left'} while writing it; nothing was written under "
+                         "that name (free some space, or write elsewhere, and run again)") from None
+    raise e
 
 
 @contextlib.contextmanager
@@ -130,9 +133,7 @@ def atomic_path(path: str | os.PathLike[str], *, directory: bool = False) -> Ite
             path.rmdir()
         os.replace(tmp, path)
     except OSError as e:
-        if e.errno in _NO_ROOM:
-            raise _no_room(path, e) from None
-        raise
+        _raise_write_error(path, e)
     finally:
         if tmp.exists() or tmp.is_symlink():
             _remove(tmp)
@@ -173,9 +174,7 @@ def write_files(files: dict[Path, str | bytes], *, mode: int | None = None) -> l
         for path, tmp in temps.items():
             os.replace(tmp, path)
     except OSError as e:
-        if e.errno in _NO_ROOM:
-            raise _no_room(path, e) from None
-        raise
+        _raise_write_error(path, e)
     finally:
         for tmp in temps.values():
             tmp.unlink(missing_ok=True)
@@ -264,6 +263,19 @@ def check_not_an_input(out: str | os.PathLike[str], inputs: list[Path]) -> None:
                 if os.path.samefile(f, out) and not (in_folder and is_gguf(out)):
                     raise ForgeError(f"{out}: is one of this run's inputs; refusing to replace it, give another "
                                      "output file name")
+
+
+def parse_json_line(line: str, where: str, expected: str) -> Any:
+    """One line of a JSONL input (calibration chats, smoke prompts); a line that is not JSON, or is nested too deeply
+    to read, is a ForgeError at ``where`` (``file:line``) saying what each line must be (``expected``)."""
+    import json
+
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as e:
+        raise ForgeError(f"{where}: not JSON ({e.msg}); {expected}") from None
+    except RecursionError:
+        raise ForgeError(f"{where}: JSON nested too deeply; {expected}") from None
 
 
 def read_json_object(path: str | os.PathLike[str]) -> dict[str, Any]:

@@ -11,7 +11,6 @@ the tokenizer adds BOS), exactly as llama.cpp chunks it. JSONL chat data (OpenAI
 from __future__ import annotations
 
 import contextlib
-import json
 import time
 from importlib import resources
 from pathlib import Path
@@ -22,8 +21,8 @@ import numpy as np
 from .. import chat_template
 from ..convert import Checkpoint, LoraSpec, arch_for_config, merged_source, resolve_model
 from ..errors import ForgeError
+from ..files import parse_json_line, read_text_file
 from ..files import progress as progress_bar
-from ..files import read_text_file
 from .imatrix_file import IMatrix
 
 DEFAULT_CALIBRATION = "default"
@@ -70,12 +69,7 @@ _CHAT_SHAPE = ('a JSON object with "messages" (a list of {"role", "content"} obj
 def _chat_messages(line: str, where: str) -> list[dict[str, Any]]:
     """The OpenAI-style messages of one JSONL line (OpenAI ``messages`` or ShareGPT ``conversations``); a line of
     another shape is a ForgeError saying what is expected."""
-    try:
-        rec = json.loads(line)
-    except json.JSONDecodeError as e:
-        raise ForgeError(f"{where}: not JSON ({e.msg}); each line must be {_CHAT_SHAPE}") from None
-    except RecursionError:
-        raise ForgeError(f"{where}: JSON nested too deeply; each line must be {_CHAT_SHAPE}") from None
+    rec = parse_json_line(line, where, f"each line must be {_CHAT_SHAPE}")
     if not isinstance(rec, dict):
         raise ForgeError(f"{where}: a JSON {_json_kind(rec)}; each line must be {_CHAT_SHAPE}")
     if "messages" in rec:

@@ -10,7 +10,6 @@ Public surface: :func:`run_smoke`, :class:`SmokeReport`, :class:`SmokePrompt`, :
 
 from __future__ import annotations
 
-import json
 import re
 import resource
 import sys
@@ -23,7 +22,7 @@ import gguf
 
 from ... import keys
 from ...errors import ForgeError
-from ...files import format_size, is_gguf, read_text_file
+from ...files import format_size, is_gguf, parse_json_line, read_text_file
 from ...files import progress as progress_bar
 from ...runtime import special_texts
 from .session import ChatSession, ChatStats
@@ -144,12 +143,7 @@ def _parse(text: str, where: str, jsonl: bool) -> list[SmokePrompt]:
         if not jsonl:
             out.append(SmokePrompt(line.strip()))
             continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ForgeError(f"{where}:{n}: not a JSON object ({e.msg}); write one object per line") from None
-        except RecursionError:
-            raise ForgeError(f"{where}:{n}: not a JSON object (nested too deeply); write one object per line") from None
+        obj = parse_json_line(line, f"{where}:{n}", "write one JSON object per line")
         if not isinstance(obj, dict) or not isinstance(obj.get("prompt"), str) or not obj["prompt"].strip():
             raise ForgeError(f"{where}:{n}: expected {{\"prompt\": \"...\", \"expect\": \"REGEX\"}} "
                              "with a non-empty prompt")
