@@ -73,6 +73,7 @@ class _Planned:
     src_dtype: str
     qtype: T
     data: np.ndarray | None = None
+    assembly: arch_registry.Assembly | None = None  # built from several Hugging Face tensors (hf_name: the first)
 
     @property
     def nbytes(self) -> int:
@@ -202,20 +203,34 @@ def _encoded_chunks(ckpt, arch: arch_registry.Architecture, plan: list[_Planned]
 
     Each slab is checked for NaN and infinity before it is encoded (unless ``allow_nonfinite``)."""
     for p in plan:
+        if p.assembly is not None:
+            for chunk, chunk_dtype, src, row in p.assembly.chunks(ckpt, SLAB_BYTES):
+                if p.assembly.qtype is not None:  # already GGML data (e.g. MXFP4 blocks)
+                    yield memoryview(np.array(chunk, copy=True, order="C")).cast("B")
+                else:
+                    yield _encoded(chunk, chunk_dtype, p.qtype, src, row, allow_nonfinite)
+            yield None
+            continue
         row = 0
         for chunk, chunk_dtype in _tensor_chunks(ckpt, arch, p):
-            if not allow_nonfinite:
-                check_finite(chunk, chunk_dtype, p.hf_name or p.gguf_name, row)
-            data = encode(chunk, chunk_dtype, p.qtype)
-            if not allow_nonfinite and p.qtype == T.F16 and chunk_dtype != "F16" \
-                    and nonfinite_at(data, "F16") is not None:
-                raise NonFiniteError(f"tensor {p.hf_name}: values beyond float16's range (65504) would be written "
-                                     f"as infinity (from row {row}); convert to bf16 or f32 instead")
+            yield _encoded(chunk, chunk_dtype, p.qtype, p.hf_name or p.gguf_name, row, allow_nonfinite)
             row += chunk.shape[0] if chunk.ndim else 1
-            # copy: the reader reuses its slab buffer for the next rows while this one waits to be written
-            yield memoryview(np.array(data, copy=True, order="C")).cast("B") if data is chunk \
-                else memoryview(np.ascontiguousarray(data)).cast("B")
         yield None
+
+
+def _encoded(chunk: np.ndarray, chunk_dtype: str, qtype: T, name: str, row: int,
+             allow_nonfinite: bool) -> memoryview:
+    """One slab checked for NaN/infinity (unless allowed) and encoded to ``qtype``; ``row``: its first row in the
+    tensor ``name`` (for messages)."""
+    if not allow_nonfinite:
+        check_finite(chunk, chunk_dtype, name, row)
+    data = encode(chunk, chunk_dtype, qtype)
+    if not allow_nonfinite and qtype == T.F16 and chunk_dtype != "F16" and nonfinite_at(data, "F16") is not None:
+        raise NonFiniteError(f"tensor {name}: values beyond float16's range (65504) would be written "
+                             f"as infinity (from row {row}); convert to bf16 or f32 instead")
+    # copy: the reader reuses its slab buffer for the next rows while this one waits to be written
+    return memoryview(np.array(data, copy=True, order="C")).cast("B") if data is chunk \
+        else memoryview(np.ascontiguousarray(data)).cast("B")
 
 
 def _prefetch(items: Iterator, depth: int) -> Iterator:
@@ -278,7 +293,17 @@ def _check_output_dir(out: Path) -> None:
 def _plan(ckpt: Checkpoint, arch: arch_registry.Architecture, outtype: str) -> list[_Planned]:
     plan: list[_Planned] = []
     seen: dict[str, str] = {}
+    assembled = _assembled(ckpt, arch)  # first piece's name -> assemblies written there
+    consumed = {n for group in assembled.values() for a in group for n in a.hf_names}
     for hf_name in ckpt.names():
+        for a in assembled.get(hf_name, []):
+            if a.gguf_name in seen:
+                raise ForgeError(f"tensors {seen[a.gguf_name]} and {hf_name} both map to {a.gguf_name}")
+            seen[a.gguf_name] = hf_name
+            qtype = a.qtype if a.qtype is not None else _target_type(outtype, a.gguf_name, a.shape)
+            plan.append(_Planned(a.gguf_name, hf_name, a.shape, ckpt.tensors[hf_name].dtype, qtype, assembly=a))
+        if hf_name in consumed:
+            continue
         gname = arch.gguf_name(hf_name)
         if gname is None:
             continue
@@ -302,6 +327,23 @@ def _plan(ckpt: Checkpoint, arch: arch_registry.Architecture, outtype: str) -> l
     for gname, data in arch.extra_tensors().items():
         plan.append(_Planned(gname, None, data.shape, "F32", T.F32, data))
     return plan
+
+
+def _assembled(ckpt: Checkpoint, arch: arch_registry.Architecture) -> dict[str, list[arch_registry.Assembly]]:
+    """The architecture's assembled tensors (see :meth:`Architecture.assemblies`), keyed by the piece read first."""
+    order = {n: i for i, n in enumerate(ckpt.names())}
+    out: dict[str, list[arch_registry.Assembly]] = {}
+    for a in arch.assemblies(ckpt.tensors):
+        for n in a.hf_names:
+            if n not in ckpt.tensors:
+                raise ForgeError(f"the checkpoint lacks tensor {n} that {a.gguf_name} is built from")
+            dtype = ckpt.tensors[n].dtype
+            if a.qtype is None and dtype not in ("F32", "F16", "BF16"):
+                raise ForgeError(f"tensor {n}: dtype {dtype} is not a float type; "
+                                 "quantized checkpoints are not supported")
+        first = min(a.hf_names, key=order.__getitem__)
+        out.setdefault(first, []).append(a)
+    return out
 
 
 def _tensor_chunks(

@@ -12,12 +12,14 @@ import importlib
 import math
 import pkgutil
 import re
-from typing import Callable, ClassVar
+from dataclasses import dataclass
+from typing import Callable, ClassVar, Iterator, Mapping
 
 import gguf
 import numpy as np
 
 from ...errors import ForgeError
+from ..checkpoint import TensorRef
 from ..config import check_config
 
 _REGISTRY: dict[str, type["Architecture"]] = {}
@@ -79,11 +81,67 @@ def rope_settings(config: dict) -> tuple[float, dict | None]:
     return theta, scaling
 
 
+@dataclass(frozen=True)
+class Piece:
+    """One source of an :class:`Assembly`: the Hugging Face tensor ``hf_name``, read in slabs along its first axis.
+
+    ``pick`` (optional) turns each slab (the raw data of a range of the source's first axis, BF16 as uint16 bits)
+    into the part of the output it supplies, keeping the leading axis: e.g. ``lambda s: s[:, :n_ff]`` takes the gate
+    half of fused ``[n_expert, 2 x n_ff, n_embd]`` experts, ``lambda s: s.transpose(0, 2, 1)`` turns ``[n_expert, in,
+    out]`` experts into llama.cpp's ``[n_expert, out, in]``. It must not change values (only select or move them).
+    """
+
+    hf_name: str
+    pick: Callable[[np.ndarray], np.ndarray] | None = None
+
+
+@dataclass(frozen=True)
+class Assembly:
+    """A GGUF tensor written from several Hugging Face tensors, or from parts of them, streaming.
+
+    The output is the row-major concatenation of every piece's (picked) slabs, in order, of shape ``shape`` (rows
+    first, as Hugging Face shapes are; the GGUF file stores it reversed, as every tensor). The converter reads one
+    slab of one piece at a time (a slab is at most the converter's slab size, and at least one step of the
+    source's first axis: one expert of a 3-D expert tensor, a few rows of a 2-D one), so peak memory is bounded by
+    one expert (or one slab), never the layer or the model. llama.cpp's 3-D expert tensors
+    (``blk.N.ffn_{gate,up,down}_exps.weight``, shape ``[n_expert, rows, cols]``) are the main use: see
+    :meth:`Architecture.expert_assemblies`, which builds them from per-expert 2-D tensors or fused 3-D ones.
+
+    ``qtype`` set: the pieces already hold GGML data of that type (e.g. MXFP4 blocks repacked by ``pick``), written
+    as they are; ``shape`` is then still in elements. Otherwise every slab is checked for NaN/infinity and encoded
+    to the output type like any other tensor. ``dtype`` is None unless every piece has the same stored dtype.
+    """
+
+    gguf_name: str
+    shape: tuple[int, ...]
+    pieces: tuple[Piece, ...]
+    qtype: gguf.GGMLQuantizationType | None = None
+
+    @property
+    def hf_names(self) -> list[str]:
+        return [p.hf_name for p in self.pieces]
+
+    def chunks(self, ckpt, slab_bytes: int) -> Iterator[tuple[np.ndarray, str, str, int]]:
+        """(2-D slab of output rows, its safetensors dtype, the source tensor's name, the slab's first row in that
+        source); the slab's last axis is the output's last axis (for a raw ``qtype``: its bytes per row)."""
+        for piece in self.pieces:
+            dtype = ckpt.tensors[piece.hf_name].dtype
+            row = 0
+            for slab in ckpt.iter_rows(piece.hf_name, slab_bytes):
+                n = slab.shape[0]
+                if piece.pick is not None:
+                    slab = np.ascontiguousarray(piece.pick(slab))
+                yield slab.reshape(-1, slab.shape[-1]), dtype, piece.hf_name, row
+                row += n
+
+
 class Architecture:
     """How one Hugging Face architecture maps to a GGUF architecture.
 
     Subclasses set :attr:`gguf_arch` and may override :meth:`transform`,
-    :meth:`add_hparams` and :meth:`extra_tensors`.
+    :meth:`add_hparams`, :meth:`extra_tensors` and :meth:`assemblies` (GGUF tensors built from several Hugging
+    Face tensors, e.g. llama.cpp's 3-D expert tensors; MoE architectures set :attr:`fused_experts` and call
+    :meth:`expert_assemblies`).
     """
 
     hf_architectures: ClassVar[tuple[str, ...]] = ()
@@ -95,6 +153,12 @@ class Architecture:
     )
     #: Hugging Face tensors that carry no weights llama.cpp needs
     ignored_tensor_suffixes: ClassVar[tuple[str, ...]] = ("rotary_emb.inv_freq",)
+    #: how fused 3-D expert tensors (``<experts>.gate_up_proj`` / ``<experts>.down_proj``) are laid out, see
+    #: :meth:`expert_assemblies`: "out_in" (transformers 5 Qwen-MoE: ``gate_up_proj`` ``[n_expert, 2 x n_ff,
+    #: n_embd]``, gate rows first, then up; ``down_proj`` ``[n_expert, n_embd, n_ff]``) or "in_out_interleaved"
+    #: (gpt-oss: ``gate_up_proj`` ``[n_expert, n_embd, 2 x n_ff]`` with gate and up in alternate columns,
+    #: ``down_proj`` ``[n_expert, n_ff, n_embd]``)
+    fused_experts: ClassVar[str] = "out_in"
 
     def __init__(self, config: dict):
         check_config(config)  # done by Checkpoint already, with the file's path; a config from elsewhere too
@@ -167,6 +231,118 @@ class Architecture:
     def extra_tensors(self) -> dict[str, np.ndarray]:
         """Tensors llama.cpp needs that the checkpoint does not store (float32)."""
         return {}
+
+    def assemblies(self, tensors: Mapping[str, TensorRef]) -> list[Assembly]:
+        """GGUF tensors built from several Hugging Face tensors (or parts of them), given every tensor of the
+        checkpoint (name -> :class:`~..checkpoint.TensorRef`: dtype and shape; nothing is read here).
+
+        The Hugging Face tensors an assembly names are not mapped one by one (:meth:`gguf_name` is not asked about
+        them); each assembly is written where its first piece is in storage order. Raise :class:`ForgeError` (one
+        line naming the tensor) for missing or mis-shaped pieces: this runs before anything is written. An
+        assembled tensor counts for :meth:`check_complete` under its GGUF name; :meth:`expected_shape` is checked
+        against ``Assembly.shape``. Default: none. MoE architectures return :meth:`expert_assemblies` per layer.
+        """
+        return []
+
+    def expert_assemblies(self, tensors: Mapping[str, TensorRef], bid: int, prefix: str, n_expert: int,
+                          n_ff_exp: int, bias: bool = False) -> list[Assembly]:
+        """llama.cpp's ``blk.{bid}.ffn_{gate,up,down}_exps.weight`` (``[n_expert, n_ff_exp, n_embd]`` and
+        ``[n_expert, n_embd, n_ff_exp]``) from the experts under ``prefix`` (e.g. ``model.layers.3.mlp.experts``),
+        whichever way the checkpoint stores them:
+
+        - per expert, 2-D (transformers 4 and transformers 5's ``save_pretrained`` for Qwen-MoE, hub checkpoints):
+          ``{prefix}.{e}.gate_proj.weight`` ``[n_ff_exp, n_embd]``, ``up_proj``, ``down_proj`` ``[n_embd, n_ff_exp]``:
+          one piece per expert, read whole (one expert at a time);
+        - fused, 3-D (transformers 5 in memory; gpt-oss on disk): ``{prefix}.gate_up_proj`` and
+          ``{prefix}.down_proj``, laid out as :attr:`fused_experts` says; gate and up are each read from the fused
+          tensor in slabs of whole experts (so it is read twice: the GGUF file needs gate before up).
+
+        ``bias``: also ``ffn_{gate,up,down}_exps.bias`` from ``{prefix}.gate_up_proj_bias`` / ``down_proj_bias``
+        (gpt-oss; ``[n_expert, 2 x n_ff_exp]`` split like the weight's output axis). Returns [] when the layer has
+        no experts in either form (a dense layer); raises on a partial or mixed set, naming the first missing tensor.
+        """
+        e, f, h = n_expert, n_ff_exp, self.n_embd
+        per = [f"{prefix}.{x}.{w}.weight" for x in range(e) for w in ("gate_proj", "up_proj", "down_proj")]
+        fused = [f"{prefix}.gate_up_proj", f"{prefix}.down_proj"]
+        expert_re = re.compile(rf"{re.escape(prefix)}\.(\d+)\.")
+        indexed = sorted((int(m.group(1)), n) for n in tensors if (m := expert_re.match(n)))
+        has_per = bool(indexed)
+        has_fused = any(n in tensors for n in fused)
+        if not has_per and not has_fused:
+            return []
+        if has_per and has_fused:
+            raise ForgeError(f"tensor {fused[0] if fused[0] in tensors else fused[1]}: the checkpoint holds layer "
+                             f"{bid}'s experts both fused and per expert ({per[0]}); keep one copy")
+        want = per if has_per else fused
+        missing = [n for n in want if n not in tensors]
+        if missing:
+            raise ForgeError(f"the checkpoint lacks tensor {missing[0]} and {len(missing) - 1} more that "
+                             f"{self.arch_name} needs for layer {bid}'s {e} experts; is the download complete?")
+        beyond = [n for x, n in indexed if x >= e]
+        if beyond:
+            raise ForgeError(f"tensor {beyond[0]}: expert index beyond the {e} experts config.json declares")
+        out = f"blk.{bid}.ffn_%s_exps.weight"
+        gate_shape, down_shape = (e, f, h), (e, h, f)
+        if has_per:
+            def check(name: str, shape: tuple[int, ...], how: str) -> None:
+                got = tuple(tensors[name].shape)
+                if got != shape:
+                    raise ForgeError(f"tensor {name}: shape {list(got)}, but config.json implies {list(shape)} "
+                                     f"({how}); the weights do not match the config")
+            ff = "moe_intermediate_size" if "moe_intermediate_size" in self.config else "intermediate_size"
+            for x in range(e):
+                check(f"{prefix}.{x}.gate_proj.weight", (f, h), f"{ff}, hidden_size")
+                check(f"{prefix}.{x}.up_proj.weight", (f, h), f"{ff}, hidden_size")
+                check(f"{prefix}.{x}.down_proj.weight", (h, f), f"hidden_size, {ff}")
+            result = [Assembly(out % w, shp, tuple(Piece(f"{prefix}.{x}.{w}_proj.weight") for x in range(e)))
+                      for w, shp in (("gate", gate_shape), ("up", gate_shape), ("down", down_shape))]
+        else:
+            result = self._fused_expert_assemblies(tensors, prefix, out, e, f, h)
+        if bias:
+            result += self._expert_bias_assemblies(tensors, bid, prefix, e, f, h)
+        return result
+
+    def _fused_expert_assemblies(self, tensors: Mapping[str, TensorRef], prefix: str, out: str, e: int, f: int,
+                                 h: int) -> list[Assembly]:
+        gate_up, down = f"{prefix}.gate_up_proj", f"{prefix}.down_proj"
+        layout = self.fused_experts
+        if layout == "out_in":
+            want_gu, want_d = (e, 2 * f, h), (e, h, f)
+            gate, up = (lambda s: s[:, :f]), (lambda s: s[:, f:])
+            down_pick = None
+        elif layout == "in_out_interleaved":
+            want_gu, want_d = (e, h, 2 * f), (e, f, h)
+            gate, up = (lambda s: s[:, :, 0::2].transpose(0, 2, 1)), (lambda s: s[:, :, 1::2].transpose(0, 2, 1))
+            down_pick = _swap_last
+        else:  # a programming error in an architecture module
+            raise TypeError(f"unknown fused_experts layout {layout!r}")
+        for name, shape in ((gate_up, want_gu), (down, want_d)):
+            got = tuple(tensors[name].shape)
+            if got != shape:
+                raise ForgeError(f"tensor {name}: shape {list(got)}, but config.json implies {list(shape)} "
+                                 f"(experts x {'2 x ' if name == gate_up else ''}expert width x hidden_size, "
+                                 f"layout {layout}); the weights do not match the config")
+        return [Assembly(out % "gate", (e, f, h), (Piece(gate_up, gate),)),
+                Assembly(out % "up", (e, f, h), (Piece(gate_up, up),)),
+                Assembly(out % "down", (e, h, f), (Piece(down, down_pick),))]
+
+    def _expert_bias_assemblies(self, tensors: Mapping[str, TensorRef], bid: int, prefix: str, e: int, f: int,
+                                h: int) -> list[Assembly]:
+        gu, d = f"{prefix}.gate_up_proj_bias", f"{prefix}.down_proj_bias"
+        for name, shape in ((gu, (e, 2 * f)), (d, (e, h))):
+            if name not in tensors:
+                raise ForgeError(f"the checkpoint lacks tensor {name} that {self.arch_name} needs; "
+                                 "is the download complete?")
+            if tuple(tensors[name].shape) != shape:
+                raise ForgeError(f"tensor {name}: shape {list(tensors[name].shape)}, but config.json implies "
+                                 f"{list(shape)}; the weights do not match the config")
+        if self.fused_experts == "in_out_interleaved":
+            gate, up = (lambda s: s[:, 0::2]), (lambda s: s[:, 1::2])
+        else:
+            gate, up = (lambda s: s[:, :f]), (lambda s: s[:, f:])
+        out = f"blk.{bid}.ffn_%s_exps.bias"
+        return [Assembly(out % "gate", (e, f), (Piece(gu, gate),)), Assembly(out % "up", (e, f), (Piece(gu, up),)),
+                Assembly(out % "down", (e, h), (Piece(d),))]
 
     def expected_shape(self, gguf_name: str) -> tuple[tuple[int, ...], str] | None:
         """The Hugging Face (rows first) shape ``config.json`` implies for a tensor, and how; None: not checked."""
@@ -283,6 +459,11 @@ def permute_rope_rows(data: np.ndarray, n_head: int) -> np.ndarray:
         .swapaxes(1, 2)
         .reshape(data.shape)
     )
+
+
+def _swap_last(slab: np.ndarray) -> np.ndarray:
+    """``[n, in, out]`` -> ``[n, out, in]`` (a :class:`Piece` pick for experts stored input-major)."""
+    return slab.transpose(0, 2, 1)
 
 
 def _import_architectures() -> None:
