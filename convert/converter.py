@@ -179,6 +179,7 @@ def convert(
                 pass
             raise
     warnings = list(getattr(ckpt, "warnings", [])) + vocab.warnings
+    warnings += getattr(arch, "warnings", [])  # e.g. a multimodal checkpoint's left-out vision tower
     return ConvertResult(out, arch.arch_name, outtype, len(plan), n_params, out.stat().st_size, vocab.pre, warnings)
 
 
@@ -314,7 +315,9 @@ def _plan(ckpt: Checkpoint, arch: arch_registry.Architecture, outtype: str) -> l
         if ref.dtype not in ("F32", "F16", "BF16"):
             raise ForgeError(f"tensor {hf_name}: dtype {ref.dtype} is not a float type; "
                              "quantized checkpoints are not supported")
-        plan.append(_Planned(gname, hf_name, ref.shape, ref.dtype, _target_type(outtype, gname, ref.shape)))
+        shape = arch.gguf_shape(gname, ref.shape)
+        qtype = T.F32 if gname.endswith(arch.f32_tensors) else _target_type(outtype, gname, shape)
+        plan.append(_Planned(gname, hf_name, shape, ref.dtype, qtype))
     if "token_embd.weight" in seen:
         embd_rows = ckpt.tensors[seen["token_embd.weight"]].shape[0]
         if embd_rows != arch.n_vocab:
@@ -360,7 +363,7 @@ def _tensor_chunks(
         dtype = p.src_dtype if data.dtype == raw.dtype else "F32"
         if data.dtype != raw.dtype and data.dtype != np.float32:
             raise ForgeError(f"tensor {p.hf_name}: internal error, transform returned {data.dtype}")
-        if data.shape != raw.shape:
+        if data.shape != tuple(p.shape):
             raise ForgeError(f"tensor {p.hf_name}: internal error, shape changed in transform")
         for slab in row_slabs(data, SLAB_BYTES):
             yield slab, dtype

@@ -153,6 +153,8 @@ class Architecture:
     )
     #: Hugging Face tensors that carry no weights llama.cpp needs
     ignored_tensor_suffixes: ClassVar[tuple[str, ...]] = ("rotary_emb.inv_freq",)
+    #: GGUF names (suffixes) written as float32 whatever the output type (e.g. ggml's ssm_conv kernel, routers)
+    f32_tensors: ClassVar[tuple[str, ...]] = ()
     #: how fused 3-D expert tensors (``<experts>.gate_up_proj`` / ``<experts>.down_proj``) are laid out, see
     #: :meth:`expert_assemblies`: "out_in" (transformers 5 Qwen-MoE: ``gate_up_proj`` ``[n_expert, 2 x n_ff,
     #: n_embd]``, gate rows first, then up; ``down_proj`` ``[n_expert, n_embd, n_ff]``) or "in_out_interleaved"
@@ -221,6 +223,11 @@ class Architecture:
     def rearranges(self, gguf_name: str) -> bool:
         """True when :meth:`transform` changes this tensor (it is then read whole, not in slabs)."""
         return False
+
+    def gguf_shape(self, gguf_name: str, shape: tuple[int, ...]) -> tuple[int, ...]:
+        """The shape (rows first) the GGUF stores for a tensor of Hugging Face shape ``shape``; :meth:`transform`
+        returns data of this shape (same elements, e.g. a ``[channels, 1, kernel]`` conv squeezed). Default: same."""
+        return tuple(shape)
 
     def transform(self, gguf_name: str, data: np.ndarray, dtype: str) -> np.ndarray:
         """Rearrange a tensor for llama.cpp. ``data`` is raw (``dtype`` is its safetensors name,
