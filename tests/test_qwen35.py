@@ -1,0 +1,293 @@
+"""Qwen3.5 / Qwen3.6 (dense ``qwen35``, MoE ``qwen35moe``, and the text part of the multimodal checkpoints): the
+GGUF computes what transformers computes, tokenizes like the Hugging Face tokenizer, merges LoRA like peft, and a
+Q4_K_M of it loads and generates."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import fixtures_qwen35
+
+from helpers import assert_user_error, run
+from parity import N_TOKENS, gguf_logits, hf_logits, probe_tokens
+
+# float32 GGUF vs float32 transformers. The Gated DeltaNet recurrence is computed differently on each side
+# (transformers' chunked WY form with a triangular solve per 64-token chunk; llama.cpp's own chunked/fused kernel), so
+# the differences are larger than for plain attention models: on the dense fixture the measured max |diff| is 1.9e-3
+# (logits -27..26, relative 1e-4), the same order as transformers' own two algorithms differ by on the same model
+# (recurrent vs chunked: 1.1e-3). In the MoE fixture float32 itself is the limit: at probe tokens 230-234 a routing
+# choice (layer 1, 2nd vs 3rd expert, logit gap 0.015 in float32 but 0.0006 in float64) differs between transformers
+# in float32 and in float64, which are 0.18 apart there; the GGUF is 0.075 from float32 transformers at those tokens
+# and within 1e-2 everywhere else (median 4e-4). The median bound catches any systematic error (a wrong tensor
+# transform costs > 1 everywhere: without the V-head reorder the dense max |diff| is 41 and argmax agrees on 34%).
+BOUNDS = {"qwen35": (5e-3, 5e-4), "qwen35_moe": (0.25, 2e-3)}  # (max, median of per-position max)
+CASES = ["qwen35", "qwen35_moe"]
+
+_converted: dict[tuple[str, str], Path] = {}
+_hf: dict[str, np.ndarray] = {}
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("qwen35")
+
+
+def converted(work: Path, name: str, outtype: str = "f32") -> Path:
+    from gguf_forge.convert import convert
+
+    key = (name, outtype)
+    if key not in _converted:
+        out = work / f"{name}-{outtype.upper()}.gguf"
+        convert(fixtures_qwen35.ALL[name](), out, outtype=outtype, progress=False)
+        _converted[key] = out
+    return _converted[key]
+
+
+def tokens_for(model_dir: Path) -> list[int]:
+    from transformers import AutoTokenizer
+
+    return probe_tokens(AutoTokenizer.from_pretrained(model_dir))
+
+
+def reference_logits(name: str) -> np.ndarray:
+    """transformers in float32 (its torch fallback of the Gated DeltaNet kernels: no fla / causal-conv1d needed)."""
+    if name not in _hf:
+        model_dir = fixtures_qwen35.ALL[name]()
+        _hf[name] = hf_logits(model_dir, tokens_for(model_dir))
+    return _hf[name]
+
+
+def margins(logits: np.ndarray) -> np.ndarray:
+    top = np.sort(logits, -1)
+    return top[:, -1] - top[:, -2]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", CASES)
+def test_f32_gguf_matches_transformers_logits(name, work):
+    model_dir = fixtures_qwen35.ALL[name]()
+    want = reference_logits(name)
+    got = gguf_logits(converted(work, name), tokens_for(model_dir))
+    assert got.shape == want.shape == (N_TOKENS, want.shape[1])
+    per_pos = np.abs(got - want).max(-1)
+    same = got.argmax(-1) == want.argmax(-1)
+    print(f"{name}: max |logit diff| {per_pos.max():.2e} at token {int(per_pos.argmax())}, median {np.median(per_pos):.1e}"
+          f" (logits {want.min():.1f}..{want.max():.1f}), argmax agreement {same.mean():.1%}, smallest top-2 margin "
+          f"{margins(want).min():.3f}")
+    assert same.all(), f"{name}: argmax differs at positions {np.where(~same)[0].tolist()}"
+    bound, median = BOUNDS[name]
+    assert per_pos.max() < bound and np.median(per_pos) < median
+
+
+@pytest.mark.slow
+def test_multimodal_checkpoint_converts_its_text_part_with_a_notice(work):
+    """A Qwen3_5ForConditionalGeneration checkpoint (text config under text_config, tensors under
+    model.language_model., a vision tower) converts to exactly the tensors of the same text model saved alone, with
+    one warning naming what was left out."""
+    import gguf
+
+    out = work / "vl-F32.gguf"
+    r = run("convert", str(fixtures_qwen35.qwen35_vl()), "-o", str(out), "--outtype", "f32", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    notes = [x for x in r.stderr.splitlines() if "only the text model" in x]
+    assert len(notes) == 1 and "model.visual" in notes[0] and "Traceback" not in r.stderr, r.stderr
+    ours = {t.name: t for t in gguf.GGUFReader(out).tensors}
+    alone = {t.name: t for t in gguf.GGUFReader(converted(work, "qwen35")).tensors}
+    assert ours.keys() == alone.keys()
+    for n, t in ours.items():
+        assert np.array_equal(np.asarray(t.data), np.asarray(alone[n].data)), n
+    assert gguf.GGUFReader(out).fields["general.architecture"].contents() == "qwen35"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", CASES)
+def test_metadata_and_tensor_types_llama_cpp_reads(name, work):
+    import gguf
+
+    cfg = json.loads((fixtures_qwen35.ALL[name]() / "config.json").read_text())
+    reader = gguf.GGUFReader(converted(work, name, "f16"))
+    arch = reader.fields["general.architecture"].contents()
+    assert arch == ("qwen35moe" if "moe" in name else "qwen35")
+
+    def get(key):
+        return reader.fields[f"{arch}.{key}"].contents()
+
+    assert get("attention.recurrent_layers") == [t == "linear_attention" for t in cfg["layer_types"]]
+    assert get("full_attention_interval") == 4
+    assert get("rope.dimension_count") == cfg["head_dim"] // 4  # partial_rotary_factor 0.25
+    assert get("rope.dimension_sections") == [2, 1, 1, 0]
+    assert get("attention.key_length") == get("attention.value_length") == cfg["head_dim"]
+    assert (get("ssm.conv_kernel"), get("ssm.state_size"), get("ssm.group_count"), get("ssm.time_step_rank"),
+            get("ssm.inner_size")) == (4, 16, 2, 4, 64)
+    if "moe" in name:
+        assert (get("expert_count"), get("expert_used_count"), get("expert_feed_forward_length"),
+                get("expert_shared_feed_forward_length")) == (8, 2, 32, 48)
+    types = {t.name: (t.tensor_type, tuple(int(x) for x in t.shape)) for t in reader.tensors}
+    f32 = gguf.GGMLQuantizationType.F32
+    assert types["blk.0.ssm_conv1d.weight"] == (f32, (4, 128))  # GGUF order: {kernel, channels}
+    assert types["blk.0.ssm_a"][0] == types["blk.0.ssm_dt.bias"][0] == f32
+    assert "blk.3.attn_q.weight" in types and "blk.3.attn_qkv.weight" not in types  # full attention at layer 3
+    if "moe" in name:
+        assert types["blk.0.ffn_gate_exps.weight"][1] == (64, 32, 8)
+        assert types["blk.0.ffn_gate_inp.weight"][0] == f32 and types["blk.0.ffn_gate_inp_shexp.weight"] == (f32, (64,))
+
+
+@pytest.mark.slow
+def test_llama_cpp_tokenizes_like_hugging_face(work):
+    from llama_cpp import Llama
+    from transformers import AutoTokenizer
+
+    from test_tokenizer_parity import first_difference, probe_for
+
+    hf = AutoTokenizer.from_pretrained(fixtures_qwen35.qwen35())
+    llm = Llama(model_path=str(converted(work, "qwen35")), vocab_only=True, verbose=False)
+    text = probe_for(hf)
+    want = hf.encode(text, add_special_tokens=False)
+    got = llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
+    i = first_difference(want, got)
+    assert want == got, f"token {i} differs: HF {want[i:i + 6]} vs llama.cpp {got[i:i + 6]}"
+    assert llm.metadata["tokenizer.ggml.pre"] == "qwen2"
+    for t in hf.all_special_tokens:
+        assert llm.tokenize(t.encode(), add_bos=False, special=True) == [hf.convert_tokens_to_ids(t)], t
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", CASES)
+def test_q4_k_m_loads_and_generates(name, work):
+    from gguf_forge.runtime import load_model
+
+    r = run("quant", str(converted(work, name, "f16")), "--type", "Q4_K_M", "-o", str(work / "q"), "--json")
+    assert r.returncode == 0, r.stderr
+    path = json.loads(r.stdout)[0]["output"]
+    llm = load_model(path, n_ctx=256)
+    assert llm.metadata["general.file_type"] == "15"  # MOSTLY_Q4_K_M
+    out = llm.create_completion("The capital of France is", max_tokens=8, temperature=0.0)
+    assert out["usage"]["completion_tokens"] >= 1 and out["choices"][0]["text"]
+
+
+# -- LoRA on attention and linear-attention projections ------------------------------------------
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "in_proj_qkv", "in_proj_z", "in_proj_a", "in_proj_b",
+                "out_proj"]
+
+
+def qwen35_adapter() -> Path:
+    """A peft LoRA (random, non-zero factors) on every attention and Gated DeltaNet projection of the dense fixture."""
+    base = fixtures_qwen35.qwen35()
+
+    def build(out: Path) -> None:
+        import torch
+        from peft import LoraConfig, get_peft_model
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+        cfg = LoraConfig(r=4, lora_alpha=8, target_modules=LORA_TARGETS, init_lora_weights=False,
+                         base_model_name_or_path="Tiny-Qwen3.5")
+        pm = get_peft_model(model, cfg)
+        g = torch.Generator().manual_seed(35)
+        with torch.no_grad():
+            for n, p in pm.named_parameters():
+                if "lora_" in n:
+                    p.copy_(0.1 * torch.randn(p.shape, generator=g))
+        pm.save_pretrained(out)
+
+    return fixtures_qwen35._cached("lora-qwen35", build, base.name, fixtures_qwen35._SOURCE)
+
+
+@pytest.mark.slow
+def test_lora_merge_equals_peft_and_the_gguf_agrees(work, tmp_path):
+    import torch
+    from peft import PeftModel
+    from safetensors.numpy import load_file
+    from transformers import AutoModelForCausalLM
+
+    base, adapter = fixtures_qwen35.qwen35(), qwen35_adapter()
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    reference = PeftModel.from_pretrained(model, adapter).merge_and_unload().eval()
+    ref_sd = {k: v.detach().float().numpy() for k, v in reference.state_dict().items()}
+
+    merged = tmp_path / "merged"
+    r = run("merge", "--base", str(base), "--lora", str(adapter), "-o", str(merged), "--dtype", "f32", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    ours = {}
+    for f in merged.glob("*.safetensors"):
+        ours.update(load_file(f))
+    touched = [k for k in ours if any(f".{t}." in k for t in LORA_TARGETS)]
+    assert len(touched) == 6 * 5 + 2 * 4  # 6 linear-attention layers x 5 projections, 2 attention layers x 4
+    worst = max(float(np.abs(v - ref_sd[k]).max()) for k, v in ours.items())
+    print(f"qwen35 LoRA: max |ours - peft| {worst:.2e} over {len(ours)} tensors")
+    assert worst <= 1e-5
+
+    out = tmp_path / "lora-F32.gguf"
+    r = run("convert", str(base), "--lora", str(adapter), "-o", str(out), "--outtype", "f32", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    tokens = tokens_for(base)
+    with torch.no_grad():
+        want = reference(torch.tensor([tokens])).logits[0].numpy()
+    got = gguf_logits(out, tokens)
+    same = got.argmax(-1) == want.argmax(-1)
+    changed = (want.argmax(-1) != reference_logits("qwen35").argmax(-1)).mean()
+    print(f"qwen35 LoRA GGUF: argmax agreement {same.mean():.1%}, max |logit diff| {np.abs(got - want).max():.2e}; "
+          f"the adapter changes the next token at {changed:.0%} of positions")
+    assert changed > 0.2  # the adapter really matters
+    assert same.all()
+
+
+# -- layouts and refusals --------------------------------------------------------------------------
+@pytest.mark.slow
+def test_fused_3d_experts_convert_like_per_expert(work, tmp_path):
+    """transformers 5's in-memory layout (``experts.gate_up_proj`` [E, 2 x F, H], ``experts.down_proj`` [E, H, F]) on
+    disk gives the very tensors the per-expert layout (what save_pretrained writes) gives."""
+    import gguf
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from gguf_forge.convert import convert
+
+    src = fixtures_qwen35.qwen35_moe()
+    fused = tmp_path / "fused"
+    shutil.copytree(src, fused, ignore=shutil.ignore_patterns("*.safetensors", "*.index.json", ".complete"))
+    tensors = {}
+    for f in src.glob("*.safetensors"):
+        tensors.update(load_file(f))
+    for b in range(8):
+        p = f"model.layers.{b}.mlp.experts"
+        gate_up = [torch.cat([tensors.pop(f"{p}.{e}.gate_proj.weight"), tensors.pop(f"{p}.{e}.up_proj.weight")])
+                   for e in range(8)]
+        tensors[f"{p}.gate_up_proj"] = torch.stack(gate_up)
+        tensors[f"{p}.down_proj"] = torch.stack([tensors.pop(f"{p}.{e}.down_proj.weight") for e in range(8)])
+    save_file(tensors, fused / "model.safetensors", metadata={"format": "pt"})
+    out = tmp_path / "fused-F32.gguf"
+    convert(fused, out, outtype="f32", progress=False)
+    ours = {t.name: np.asarray(t.data) for t in gguf.GGUFReader(out).tensors}
+    per = {t.name: np.asarray(t.data) for t in gguf.GGUFReader(converted(work, "qwen35_moe")).tensors}
+    assert ours.keys() == per.keys()
+    for n in ours:
+        assert np.array_equal(ours[n], per[n]), n
+
+
+def _edited(tmp_path: Path, src: Path, **changes) -> Path:
+    d = tmp_path / "edited"
+    shutil.copytree(src, d, ignore=shutil.ignore_patterns(".complete"))
+    cfg = json.loads((d / "config.json").read_text())
+    cfg.update(changes)
+    (d / "config.json").write_text(json.dumps(cfg))
+    return d
+
+
+@pytest.mark.parametrize("changes,words", [
+    ({"layer_types": ["full_attention"] * 8}, ["blk.0.", "full_attention layer 0", "layer_types"]),
+    ({"layer_types": ["linear_attention"] * 7}, ["layer_types", "8"]),
+    ({"layer_types": ["linear_attention"] * 7 + ["sliding_attention"]}, ["sliding_attention"]),
+    ({"linear_value_head_dim": 32}, ["linear_value_head_dim", "llama.cpp"]),
+    ({"linear_num_value_heads": 3}, ["linear_num_value_heads", "multiple"]),
+])
+def test_configs_llama_cpp_cannot_run_are_one_line_errors(tmp_path, changes, words):
+    model = _edited(tmp_path, fixtures_qwen35.qwen35(), **changes)
+    out = tmp_path / "x.gguf"
+    assert_user_error(run("convert", str(model), "-o", str(out), "--no-progress"), *words)
+    assert not out.exists()
