@@ -291,3 +291,49 @@ def test_configs_llama_cpp_cannot_run_are_one_line_errors(tmp_path, changes, wor
     out = tmp_path / "x.gguf"
     assert_user_error(run("convert", str(model), "-o", str(out), "--no-progress"), *words)
     assert not out.exists()
+
+
+def test_released_configuration_maps_hub_tensor_names():
+    """Qwen3.5-35B-A3B's / Qwen3.6-35B-A3B's config.json (Qwen3_5MoeForConditionalGeneration, text under
+    text_config, an MTP head and a vision tower in the checkpoint): hparams and names as llama.cpp wants them."""
+    import gguf
+
+    from gguf_forge.convert.arch import for_config
+
+    n = 40
+    text = dict(
+        hidden_size=2048, num_hidden_layers=n, num_attention_heads=16, num_key_value_heads=2, head_dim=256,
+        linear_conv_kernel_dim=4, linear_key_head_dim=128, linear_value_head_dim=128, linear_num_key_heads=16,
+        linear_num_value_heads=32, moe_intermediate_size=512, shared_expert_intermediate_size=512, num_experts=256,
+        num_experts_per_tok=8, full_attention_interval=4, vocab_size=248320, max_position_embeddings=262144,
+        rms_norm_eps=1e-6, mtp_num_hidden_layers=1, model_type="qwen3_5_moe_text", hidden_act="silu",
+        layer_types=["linear_attention" if (i + 1) % 4 else "full_attention" for i in range(n)],
+        rope_parameters={"rope_type": "default", "rope_theta": 10000000, "partial_rotary_factor": 0.25,
+                         "mrope_section": [11, 11, 10], "mrope_interleaved": True},
+    )
+    arch = for_config({"architectures": ["Qwen3_5MoeForConditionalGeneration"], "model_type": "qwen3_5_moe",
+                       "text_config": text, "vision_config": {"depth": 27}, "tie_word_embeddings": False})
+    assert arch.arch_name == "qwen35moe" and arch.n_rot == 64 and arch.sections == [11, 11, 10, 0]
+    p = "model.language_model.layers"
+    assert arch.gguf_name(f"{p}.0.linear_attn.dt_bias") == "blk.0.ssm_dt.bias"
+    assert arch.gguf_name(f"{p}.0.linear_attn.A_log") == "blk.0.ssm_a"
+    assert arch.gguf_name(f"{p}.3.self_attn.q_proj.weight") == "blk.3.attn_q.weight"
+    assert arch.gguf_name(f"{p}.1.mlp.shared_expert_gate.weight") == "blk.1.ffn_gate_inp_shexp.weight"
+    assert arch.gguf_name("model.language_model.norm.weight") == "output_norm.weight"
+    assert arch.gguf_name("lm_head.weight") == "output.weight"
+    for left in ("model.visual.blocks.0.attn.qkv.weight", "mtp.fc.weight", "mtp.layers.0.mlp.gate.weight"):
+        assert arch.gguf_name(left) is None
+    assert len(arch.warnings) == 1 and "model.visual (1 tensors)" in arch.warnings[0] and "mtp (2" in arch.warnings[0]
+    w = gguf.GGUFWriter(path=None, arch=arch.arch_name)
+    arch.add_hparams(w)
+    kv = {k: v.value for k, v in w.kv_data[0].items()}
+    assert kv["qwen35moe.ssm.inner_size"] == 4096 and kv["qwen35moe.ssm.time_step_rank"] == 32
+    assert kv["qwen35moe.ssm.group_count"] == 16 and kv["qwen35moe.full_attention_interval"] == 4
+    assert kv["qwen35moe.expert_count"] == 256 and kv["qwen35moe.expert_used_count"] == 8
+    # value heads: grouped by key head in HF, tiled in llama.cpp (2 value heads per key head here)
+    v = np.arange(32 * 128 * 2).reshape(32 * 128, 2)
+    tiled = arch.transform("blk.0.attn_gate.weight", v, "F32")
+    assert np.array_equal(tiled[128:256], v[256:384])  # llama.cpp's 2nd head is key head 1's first value head
+    cols = v[:, 0].reshape(1, -1)
+    assert np.array_equal(arch.imatrix_columns("blk.0.ssm_out.weight", cols),
+                          arch.transform("blk.0.ssm_out.weight", cols, "F32"))

@@ -235,6 +235,11 @@ class Architecture:
         Default: unchanged."""
         return data
 
+    def imatrix_columns(self, gguf_name: str, values: np.ndarray) -> np.ndarray:
+        """Per-input-column statistics of a Hugging Face weight (e.g. imatrix sums, last axis) in the column order
+        :meth:`transform` gives the GGUF tensor. Default: unchanged (transforms that permute columns override)."""
+        return values
+
     def extra_tensors(self) -> dict[str, np.ndarray]:
         """Tensors llama.cpp needs that the checkpoint does not store (float32)."""
         return {}

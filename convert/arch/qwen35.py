@@ -232,6 +232,12 @@ class _Qwen35(Architecture):
             return reorder_v_heads(data, 1, self.n_k, r, self.v_dim)
         return data
 
+    def imatrix_columns(self, gguf_name: str, values: np.ndarray) -> np.ndarray:
+        """``ssm_out``'s input columns are value heads, reordered grouped -> tiled like the weight."""
+        if self._reorders and gguf_name.endswith("ssm_out.weight"):
+            return reorder_v_heads(values, -1, self.n_k, self.n_v // self.n_k, self.v_dim)
+        return values
+
     def expected_shape(self, gguf_name: str) -> tuple[tuple[int, ...], str] | None:
         e, q = self.n_embd, self.n_head * self.head_dim
         key_dim, value_dim = self.n_k * self.k_dim, self.n_v * self.v_dim
