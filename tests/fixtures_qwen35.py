@@ -101,4 +101,40 @@ def qwen35_vl() -> Path:
     return _cached("qwen35_vl", build, _SOURCE, text_src.name)
 
 
-ALL = {"qwen35": qwen35, "qwen35_moe": qwen35_moe, "qwen35_vl": qwen35_vl}
+def _wide(name: str, moe: bool) -> Path:
+    """256-wide variants (every row a whole number of K-quant blocks, so a Q4_K_M really holds Q4_K/Q6_K tensors
+    for the Gated DeltaNet, attention and expert weights rather than llama.cpp's fallback types); 4 layers, the
+    tokenizer of :func:`qwen35`."""
+    tok_src = qwen35()
+
+    def build(out: Path) -> None:
+        import torch
+        from transformers import Qwen3_5ForCausalLM, Qwen3_5MoeForCausalLM, Qwen3_5MoeTextConfig, Qwen3_5TextConfig
+
+        for f in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+            if (tok_src / f).is_file():
+                (out / f).write_bytes((tok_src / f).read_bytes())
+        n = json.loads((tok_src / "config.json").read_text())["vocab_size"]
+        kw = dict(TEXT, hidden_size=256, intermediate_size=512, num_hidden_layers=4, head_dim=64,
+                  linear_key_head_dim=64, linear_value_head_dim=64)
+        if moe:
+            kw.pop("intermediate_size")
+            kw.update(MOE, moe_intermediate_size=256, shared_expert_intermediate_size=256)
+        cls, cfg_cls = (Qwen3_5MoeForCausalLM, Qwen3_5MoeTextConfig) if moe else (Qwen3_5ForCausalLM, Qwen3_5TextConfig)
+        model = _random_model(cls, cfg_cls(vocab_size=n, eos_token_id=n - 1, tie_word_embeddings=False, **kw), 0.15)
+        _save_model(model, out, torch.bfloat16)
+        _write_card(out, "apache-2.0", ["zh", "en"], "Qwen/Qwen3.5-9B", f"Tiny-Qwen3.5{'-MoE' if moe else ''}-K")
+
+    return _cached(name, build, _SOURCE, tok_src.name)
+
+
+def qwen35_k() -> Path:
+    return _wide("qwen35_k", False)
+
+
+def qwen35_moe_k() -> Path:
+    return _wide("qwen35_moe_k", True)
+
+
+ALL = {"qwen35": qwen35, "qwen35_moe": qwen35_moe, "qwen35_vl": qwen35_vl, "qwen35_k": qwen35_k,
+       "qwen35_moe_k": qwen35_moe_k}

@@ -157,17 +157,34 @@ def test_llama_cpp_tokenizes_like_hugging_face(work):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", CASES)
+@pytest.mark.parametrize("name", ["qwen35_k", "qwen35_moe_k"])
 def test_q4_k_m_loads_and_generates(name, work):
+    """On the 256-wide variants, so the Q4_K_M really holds K-quant blocks for every kind of weight (on 64-wide rows
+    llama.cpp falls back to Q5_0/Q8_0 throughout)."""
+    import gguf
+
     from gguf_forge.runtime import load_model
 
     r = run("quant", str(converted(work, name, "f16")), "--type", "Q4_K_M", "-o", str(work / "q"), "--json")
     assert r.returncode == 0, r.stderr
     path = json.loads(r.stdout)[0]["output"]
+    types = {t.name: t.tensor_type.name for t in gguf.GGUFReader(path).tensors}
+    k_quants = ("Q4_K", "Q5_K", "Q6_K")
+    assert types["blk.0.ssm_out.weight"] in k_quants and types["blk.0.attn_gate.weight"] in k_quants
+    assert types["blk.3.attn_q.weight"] in k_quants and types["blk.0.ssm_conv1d.weight"] == "F32"
+    if "moe" in name:
+        assert types["blk.0.ffn_gate_exps.weight"] in k_quants and types["blk.0.ffn_down_shexp.weight"] in k_quants
     llm = load_model(path, n_ctx=256)
-    assert llm.metadata["general.file_type"] == "15"  # MOSTLY_Q4_K_M
     out = llm.create_completion("The capital of France is", max_tokens=8, temperature=0.0)
     assert out["usage"]["completion_tokens"] >= 1 and out["choices"][0]["text"]
+    del llm
+    # the 4-bit file computes the same function, roughly: random weights make tiny models chaotic, so this is a
+    # sanity bound (measured correlation with the f32 file's logits 0.84 dense, 0.62 MoE; garbled blocks give ~0)
+    tokens = tokens_for(fixtures_qwen35.ALL[name]())
+    a, b = gguf_logits(converted(work, name), tokens), gguf_logits(path, tokens)
+    corr = float(np.corrcoef(a.ravel(), b.ravel())[0, 1])
+    print(f"{name} Q4_K_M: logit correlation with f32 {corr:.2f}, argmax agreement {(a.argmax(-1) == b.argmax(-1)).mean():.0%}")
+    assert corr > 0.4
 
 
 # -- LoRA on attention and linear-attention projections ------------------------------------------
