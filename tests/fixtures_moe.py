@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+import fixtures
 from fixtures import _cached, _qwen_tokenizer, _random_model, _save_model, _write_card
 
 _SOURCE = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
@@ -35,4 +36,133 @@ def qwen3_moe() -> Path:
     return _cached("qwen3_moe", build, _SOURCE)
 
 
-ALL = {"qwen3_moe": qwen3_moe}
+
+
+
+# -- gpt-oss -----------------------------------------------------------------------------------------------------
+#: o200k's split (what gpt-oss's tokenizer.json applies before byte-level BPE; llama.cpp's "gpt-4o")
+O200K_SPLIT = (
+    r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?"
+    r"|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?"
+    r"|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+HARMONY_SPECIALS = ("<|startoftext|>", "<|endoftext|>", "<|return|>", "<|constrain|>", "<|channel|>", "<|start|>",
+                    "<|end|>", "<|message|>", "<|call|>")
+#: a reduced harmony template (roles and the final channel; gpt-oss's full template adds the system preamble)
+HARMONY_TEMPLATE = (
+    "{% for message in messages %}<|start|>{{ message['role'] }}{% if message['role'] == 'assistant' %}"
+    "<|channel|>final{% endif %}<|message|>{{ message['content'] }}{% if message['role'] == 'assistant' %}"
+    "<|return|>{% else %}<|end|>{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}<|start|>assistant<|channel|>final<|message|>{% endif %}"
+)
+
+
+def _harmony_tokenizer(out: Path) -> int:
+    """A byte-level BPE trained here with o200k_harmony's pre-tokenizer and special tokens (the real 201k-token
+    vocabulary is a download from OpenAI's blob store that no registry package ships; see the closing note)."""
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tk = Tokenizer(models.BPE(byte_fallback=False))
+    tk.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(O200K_SPLIT), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+    tk.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=3000, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  show_progress=False, min_frequency=2)
+    tk.train_from_iterator([fixtures.corpus()], trainer=trainer)
+    tk.add_special_tokens([AddedToken(s, special=True, normalized=False) for s in HARMONY_SPECIALS])
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<|startoftext|>", eos_token="<|return|>",
+                                  pad_token="<|endoftext|>", clean_up_tokenization_spaces=False,
+                                  model_max_length=131072)
+    tok.chat_template = HARMONY_TEMPLATE
+    tok.save_pretrained(out)
+    return len(tok)
+
+
+def _gpt_oss_model(n_vocab: int):
+    from transformers import GptOssConfig, GptOssForCausalLM
+
+    cfg = GptOssConfig(
+        vocab_size=n_vocab, hidden_size=64, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=32, num_local_experts=8, num_experts_per_tok=2, sliding_window=16,
+        layer_types=["sliding_attention", "full_attention"] * 2, rms_norm_eps=1e-5, max_position_embeddings=131072,
+        rope_parameters={"rope_type": "yarn", "rope_theta": 150000.0, "factor": 32.0, "beta_fast": 32.0,
+                         "beta_slow": 1.0, "original_max_position_embeddings": 4096, "truncate": True},
+        tie_word_embeddings=False, eos_token_id=n_vocab - 1, swiglu_limit=7.0,
+    )
+    return _random_model(GptOssForCausalLM, cfg, 0.35)
+
+
+def gpt_oss() -> Path:
+    """gpt-oss-20b shrunk: 4 layers alternating sliding (window 16, so it matters within the 256 probe tokens) and
+    full attention, 8 experts (2 used), attention sinks, yarn rope as released, head_dim 32 != hidden/heads; bf16
+    weights with the experts fused as transformers 5 saves them (``gate_up_proj`` ``[E, hidden, 2 x ff]``)."""
+
+    def build(out: Path) -> None:
+        import torch
+
+        n = _harmony_tokenizer(out)
+        _save_model(_gpt_oss_model(n), out, torch.bfloat16)
+        _write_card(out, "apache-2.0", ["en"], "openai/gpt-oss-20b", "Tiny-gpt-oss")
+
+    return _cached("gpt_oss", build, _SOURCE)
+
+
+_FP4 = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
+
+
+def mxfp4_quantize(w):
+    """float32 ``[..., n]`` (n a multiple of 32) -> (blocks ``[..., n / 32, 16]``, scales ``[..., n / 32]``) in
+    OpenAI's MXFP4 layout (OCP MX spec): per 32 values one E8M0 scale 2^(floor(log2(amax)) - 2), each value the
+    nearest FP4 E2M1 code (sign bit 3) of value / scale; element 2j in the low nibble of byte j, 2j + 1 high."""
+    import numpy as np
+
+    w = np.asarray(w, dtype=np.float32)
+    g = w.reshape(*w.shape[:-1], w.shape[-1] // 32, 32)
+    amax = np.abs(g).max(axis=-1)
+    exp = np.where(amax > 0, np.floor(np.log2(np.maximum(amax, 1e-30))) - 2, -127).clip(-127, 127)
+    scaled = g / np.exp2(exp)[..., None]
+    grid = np.asarray(_FP4, dtype=np.float32)
+    mag = np.abs(np.clip(scaled, -6.0, 6.0))
+    code = np.abs(mag[..., None] - grid).argmin(axis=-1).astype(np.uint8) | (np.signbit(scaled) << 3).astype(np.uint8)
+    blocks = (code[..., 0::2] | (code[..., 1::2] << 4)).astype(np.uint8)
+    return blocks, (exp + 127).astype(np.uint8)
+
+
+def gpt_oss_mxfp4() -> Path:
+    """The gpt_oss() fixture's weights with the experts stored as gpt-oss-20b ships them: MXFP4 ``*_blocks`` /
+    ``*_scales`` (quantized here from the bf16 weights), biases and everything else bf16, quantization_config
+    ``mxfp4``."""
+
+    def build(out: Path) -> None:
+        import json
+
+        import numpy as np
+        import torch
+        from safetensors.torch import load_file, save_file
+
+        src = gpt_oss()
+        for f in src.iterdir():
+            if f.is_file() and f.name != "model.safetensors" and not f.name.startswith("."):
+                (out / f.name).write_bytes(f.read_bytes())
+        sd = load_file(src / "model.safetensors")
+        new = {}
+        for k, v in sd.items():
+            if k.endswith(("experts.gate_up_proj", "experts.down_proj")):
+                blocks, scales = mxfp4_quantize(v.float().transpose(1, 2).numpy())  # [E, out, in] rows
+                new[k + "_blocks"] = torch.from_numpy(np.ascontiguousarray(blocks))
+                new[k + "_scales"] = torch.from_numpy(np.ascontiguousarray(scales))
+            else:
+                new[k] = v
+        save_file(new, out / "model.safetensors", metadata={"format": "pt"})
+        cfg = json.loads((src / "config.json").read_text())
+        cfg["quantization_config"] = {"quant_method": "mxfp4", "modules_to_not_convert": [
+            "model.layers.*.self_attn", "model.layers.*.mlp.router", "model.embed_tokens", "lm_head"]}
+        (out / "config.json").write_text(json.dumps(cfg, indent=2))
+
+    return _cached("gpt_oss_mxfp4", build, _SOURCE)
+
+
+ALL = {"qwen3_moe": qwen3_moe, "gpt_oss": gpt_oss, "gpt_oss_mxfp4": gpt_oss_mxfp4}
