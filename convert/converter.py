@@ -98,6 +98,8 @@ def resolve_outtype(outtype: str, ckpt: Checkpoint) -> str:
 def _target_type(outtype: str, gguf_name: str, shape: tuple[int, ...]) -> T:
     if len(shape) < 2 or gguf_name.startswith("rope_freqs"):
         return T.F32  # norms, biases and rope factors stay float32, as llama.cpp expects
+    if not gguf_name.endswith(".weight") or ".ffn_gate_inp." in gguf_name:
+        return T.F32  # 2-D biases (per-expert) and MoE routers too, as llama.cpp's converter writes them
     qtype = OUTTYPES[outtype][0]
     if qtype == T.Q8_0 and shape[-1] % gguf.GGML_QUANT_SIZES[T.Q8_0][0] != 0:
         return T.F16
@@ -179,7 +181,7 @@ def convert(
             except Exception:
                 pass
             raise
-    warnings = list(getattr(ckpt, "warnings", [])) + vocab.warnings
+    warnings = list(getattr(ckpt, "warnings", [])) + list(getattr(arch, "warnings", [])) + vocab.warnings
     return ConvertResult(out, arch.arch_name, outtype, len(plan), n_params, out.stat().st_size, vocab.pre, warnings)
 
 

@@ -71,6 +71,14 @@ class GptOss(Architecture):
             raise ForgeError(f"config.json: layer_types must list sliding_attention or full_attention for each of "
                              f"the {self.n_layer} layers")
         self.sliding = [t == "sliding_attention" for t in types]
+        #: notices for the user (ConvertResult.warnings)
+        self.warnings: list[str] = []
+        s = self.rope_scaling or {}
+        if s.get("rope_type") == "yarn" and s.get("truncate") is False:
+            self.warnings.append(
+                "config.json: yarn rope with truncate false (as gpt-oss ships); llama.cpp always rounds yarn's "
+                "correction range to whole dimensions, so its rope angles (and logits) differ slightly from "
+                "transformers', as in every gpt-oss GGUF")
 
     def gguf_name(self, hf_name: str) -> str | None:
         if hf_name.endswith(".self_attn.sinks"):
