@@ -166,3 +166,72 @@ def gpt_oss_mxfp4() -> Path:
 
 
 ALL = {"qwen3_moe": qwen3_moe, "gpt_oss": gpt_oss, "gpt_oss_mxfp4": gpt_oss_mxfp4}
+
+
+# -- LoRA adapters on experts -------------------------------------------------------------------------------------
+def _perturb_lora(model, seed: int) -> None:
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_A" in n or "lora_B" in n:
+                p.copy_(0.1 * torch.randn(p.shape, generator=g))
+
+
+def moe_lora(name: str, layout: str) -> Path:
+    """A LoRA adapter on fixture ``name``'s attention and experts, in one of the two layouts peft produces with
+    transformers 5:
+
+    - "params": ``target_parameters`` on the fused 3-D expert parameters (``mlp.experts.gate_up_proj`` and
+      ``mlp.experts.down_proj``), made with peft's ``get_peft_model`` (what training with transformers 5 saves);
+    - "experts": per-expert Linear modules (``mlp.experts.{e}.gate_proj`` ...), the layout of every adapter trained
+      with transformers 4 (Qwen3-MoE's experts were Linear modules then); peft converts it when it loads it onto a
+      transformers 5 model. Written here in that layout with seeded random factors.
+    """
+
+    def build(out: Path) -> None:
+        import json
+
+        import torch
+
+        base = ALL[name]()
+        if layout == "params":
+            from peft import LoraConfig, get_peft_model
+            from transformers import AutoModelForCausalLM
+
+            model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+            cfg = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "o_proj"],
+                             target_parameters=["mlp.experts.gate_up_proj", "mlp.experts.down_proj"],
+                             init_lora_weights=False, base_model_name_or_path=base.name)
+            pm = get_peft_model(model, cfg)
+            _perturb_lora(pm, seed=7)
+            pm.save_pretrained(out)
+            return
+        from safetensors.torch import save_file
+
+        c = json.loads((base / "config.json").read_text())
+        h, f, r = c["hidden_size"], c["moe_intermediate_size"], 4
+        q = c["num_attention_heads"] * c["head_dim"]
+        g = torch.Generator().manual_seed(11)
+        sd = {}
+
+        def add(module: str, n_in: int, n_out: int) -> None:
+            sd[f"base_model.model.{module}.lora_A.weight"] = 0.1 * torch.randn(r, n_in, generator=g)
+            sd[f"base_model.model.{module}.lora_B.weight"] = 0.1 * torch.randn(n_out, r, generator=g)
+
+        for b in range(c["num_hidden_layers"]):
+            add(f"model.layers.{b}.self_attn.q_proj", h, q)
+            for e in range(c.get("num_experts") or c["num_local_experts"]):
+                p = f"model.layers.{b}.mlp.experts.{e}"
+                add(f"{p}.gate_proj", h, f)
+                add(f"{p}.up_proj", h, f)
+                add(f"{p}.down_proj", f, h)
+        save_file(sd, out / "adapter_model.safetensors", metadata={"format": "pt"})
+        (out / "adapter_config.json").write_text(json.dumps({
+            "peft_type": "LORA", "task_type": "CAUSAL_LM", "r": r, "lora_alpha": 8, "lora_dropout": 0.0,
+            "target_modules": ["q_proj", "gate_proj", "up_proj", "down_proj"], "bias": "none",
+            "base_model_name_or_path": base.name, "fan_in_fan_out": False, "use_rslora": False, "use_dora": False,
+        }, indent=2))
+
+    return _cached(f"lora-{name}-{layout}", build, ALL[name]().name, _SOURCE)
