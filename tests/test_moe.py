@@ -194,3 +194,84 @@ def test_gpt_oss_truncate_false_is_noted(tmp_path):
     r = run("convert", str(m), "-o", str(tmp_path / "o.gguf"), "--outtype", "f16")
     assert r.returncode == 0, r.stderr
     assert "truncate" in r.stderr
+
+
+# -- LoRA on experts -------------------------------------------------------------------------------------------------
+LORA_CASES = [("qwen3_moe", "params"), ("qwen3_moe", "experts"), ("gpt_oss", "params")]
+
+
+def _peft_merged(name: str, layout: str):
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(fixtures_moe.ALL[name](), dtype=torch.float32)
+    return PeftModel.from_pretrained(model, fixtures_moe.moe_lora(name, layout)).merge_and_unload()
+
+
+def _max_merge_diff(merged_model, read) -> float:
+    """max |ours - peft| over every tensor; ``read(name)`` gives our merged tensor (per-expert names where the
+    checkpoint stores experts that way, the fused parameter's otherwise)."""
+    worst = 0.0
+    for k, v in merged_model.state_dict().items():
+        v = v.float().numpy()
+        p = k.rsplit(".", 1)[0]
+        got = read(k)
+        if got is None and k.endswith("experts.gate_up_proj"):
+            got = np.stack([np.concatenate([read(f"{p}.{e}.gate_proj.weight"), read(f"{p}.{e}.up_proj.weight")])
+                            for e in range(v.shape[0])])
+        elif got is None and k.endswith("experts.down_proj"):
+            got = np.stack([read(f"{p}.{e}.down_proj.weight") for e in range(v.shape[0])])
+        assert got is not None, k
+        worst = max(worst, float(np.abs(got.reshape(v.shape) - v).max()))
+    return worst
+
+
+@pytest.mark.parametrize(("name", "layout"), LORA_CASES)
+def test_lora_on_experts_merges_like_peft(name, layout, tmp_path):
+    import torch
+    from transformers import AutoTokenizer
+
+    from gguf_forge.convert import convert
+    from gguf_forge.convert.checkpoint import Checkpoint
+    from gguf_forge.convert.lora import LoraSpec, merged_source
+
+    base, adapter = fixtures_moe.ALL[name](), fixtures_moe.moe_lora(name, layout)
+    peft_model = _peft_merged(name, layout)
+    ours = merged_source(Checkpoint(base), [LoraSpec(str(adapter))])
+    diff = _max_merge_diff(peft_model, lambda n: ours.read_float32(n) if n in ours.tensors else None)
+    print(f"{name}/{layout}: max |merged - peft| {diff:.1e}")
+    assert diff <= 1e-5
+
+    out = tmp_path / "merged.gguf"
+    convert(base, out, outtype="f32", loras=[LoraSpec(str(adapter))], progress=False)
+    tokens = probe_tokens(AutoTokenizer.from_pretrained(base))
+    with torch.no_grad():
+        want = peft_model(torch.tensor([tokens])).logits[0].float().numpy()
+    got = gguf_logits(out, tokens)
+    plain = hf_logits(base, tokens)
+    assert (want.argmax(-1) != plain.argmax(-1)).mean() > 0.5  # the adapter really changes the model
+    same = got.argmax(-1) == want.argmax(-1)
+    print(f"{name}/{layout}: GGUF vs peft max |logit diff| {float(np.abs(got - want).max()):.2e}")
+    assert same.all(), f"argmax differs at {int((~same).sum())} of {N_TOKENS} positions"
+
+
+def test_quantize_merge_writes_what_peft_merges(tmp_path):
+    """``quantize merge`` with LoRA on fused 3-D experts (gpt-oss): the written checkpoint loads in transformers and
+    holds peft's merged weights."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "merged"
+    r = run("merge", "--base", str(fixtures_moe.gpt_oss()), "--lora", str(fixtures_moe.moe_lora("gpt_oss", "params")),
+            "-o", str(out), "--dtype", "f32")
+    assert r.returncode == 0, r.stderr
+    sd = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).state_dict()
+    diff = _max_merge_diff(_peft_merged("gpt_oss", "params"), lambda n: sd[n].float().numpy() if n in sd else None)
+    assert diff <= 1e-5
+
+
+def test_lora_on_mxfp4_experts_is_refused(tmp_path):
+    r = run("convert", str(fixtures_moe.gpt_oss_mxfp4()), "--lora", str(fixtures_moe.moe_lora("gpt_oss", "params")),
+            "-o", str(tmp_path / "x.gguf"))
+    assert_user_error(r, "MXFP4", "gate_up_proj")
