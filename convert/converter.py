@@ -98,6 +98,8 @@ def resolve_outtype(outtype: str, ckpt: Checkpoint) -> str:
 def _target_type(outtype: str, gguf_name: str, shape: tuple[int, ...]) -> T:
     if len(shape) < 2 or gguf_name.startswith("rope_freqs"):
         return T.F32  # norms, biases and rope factors stay float32, as llama.cpp expects
+    if not gguf_name.endswith(".weight") or ".ffn_gate_inp." in gguf_name:
+        return T.F32  # 2-D biases (per-expert) and MoE routers too, as llama.cpp's converter writes them
     qtype = OUTTYPES[outtype][0]
     if qtype == T.Q8_0 and shape[-1] % gguf.GGML_QUANT_SIZES[T.Q8_0][0] != 0:
         return T.F16
@@ -145,11 +147,12 @@ def convert(
     out = Path(out)
     overrides = list(overrides or [])
     arch = arch_registry.for_config(ckpt.config)
+    keep_quantized = outtype.lower() not in ("f32", "f16", "bf16")  # quantized experts (MXFP4) stay as they are
     outtype = resolve_outtype(outtype, getattr(ckpt, "base", ckpt))
     _check_output_dir(out)
     check_not_an_input(out, [ckpt.path, *(ad.path for ad in getattr(ckpt, "adapters", []))])
 
-    plan = _plan(ckpt, arch, outtype)
+    plan = _plan(ckpt, arch, outtype, keep_quantized)
     pre_override = next((o.value for o in overrides if o.key == TOKENIZER.PRE), None)
     vocab = load_vocab(ckpt.tokenizer_path, arch.n_vocab, pre_override=str(pre_override) if pre_override else None)
 
@@ -178,8 +181,7 @@ def convert(
             except Exception:
                 pass
             raise
-    warnings = list(getattr(ckpt, "warnings", [])) + vocab.warnings
-    warnings += getattr(arch, "warnings", [])  # e.g. a multimodal checkpoint's left-out vision tower
+    warnings = list(getattr(ckpt, "warnings", [])) + list(getattr(arch, "warnings", [])) + vocab.warnings
     return ConvertResult(out, arch.arch_name, outtype, len(plan), n_params, out.stat().st_size, vocab.pre, warnings)
 
 
@@ -291,10 +293,11 @@ def _check_output_dir(out: Path) -> None:
         raise ForgeError(f"{out}: exists and is not writable")
 
 
-def _plan(ckpt: Checkpoint, arch: arch_registry.Architecture, outtype: str) -> list[_Planned]:
+def _plan(ckpt: Checkpoint, arch: arch_registry.Architecture, outtype: str,
+          keep_quantized: bool = True) -> list[_Planned]:
     plan: list[_Planned] = []
     seen: dict[str, str] = {}
-    assembled = _assembled(ckpt, arch)  # first piece's name -> assemblies written there
+    assembled = _assembled(ckpt, arch, keep_quantized)  # first piece's name -> assemblies written there
     consumed = {n for group in assembled.values() for a in group for n in a.hf_names}
     for hf_name in ckpt.names():
         for a in assembled.get(hf_name, []):
@@ -332,8 +335,10 @@ def _plan(ckpt: Checkpoint, arch: arch_registry.Architecture, outtype: str) -> l
     return plan
 
 
-def _assembled(ckpt: Checkpoint, arch: arch_registry.Architecture) -> dict[str, list[arch_registry.Assembly]]:
-    """The architecture's assembled tensors (see :meth:`Architecture.assemblies`), keyed by the piece read first."""
+def _assembled(ckpt: Checkpoint, arch: arch_registry.Architecture,
+               keep_quantized: bool = True) -> dict[str, list[arch_registry.Assembly]]:
+    """The architecture's assembled tensors (see :meth:`Architecture.assemblies`), keyed by the piece read first;
+    already-quantized ones that can be dequantized exactly are, unless ``keep_quantized``."""
     order = {n: i for i, n in enumerate(ckpt.names())}
     out: dict[str, list[arch_registry.Assembly]] = {}
     for a in arch.assemblies(ckpt.tensors):
@@ -344,9 +349,26 @@ def _assembled(ckpt: Checkpoint, arch: arch_registry.Architecture) -> dict[str, 
             if a.qtype is None and dtype not in ("F32", "F16", "BF16"):
                 raise ForgeError(f"tensor {n}: dtype {dtype} is not a float type; "
                                  "quantized checkpoints are not supported")
+        if a.qtype is not None and a.dequant is not None and not keep_quantized:
+            a = _dequantized(a)
         first = min(a.hf_names, key=order.__getitem__)
         out.setdefault(first, []).append(a)
     return out
+
+
+def _dequantized(a: arch_registry.Assembly) -> arch_registry.Assembly:
+    """``a`` with every piece's GGML data turned into its exact float32 values (then encoded like any tensor)."""
+    dequant = a.dequant
+    assert dequant is not None
+
+    def wrap(pick):
+        def run(*slabs: np.ndarray) -> np.ndarray:
+            raw = np.ascontiguousarray(pick(*slabs) if pick is not None else slabs[0])
+            return dequant(raw.reshape(-1, raw.shape[-1]))
+        return run
+
+    pieces = tuple(arch_registry.Piece(p.hf_name, wrap(p.pick), p.also) for p in a.pieces)
+    return arch_registry.Assembly(a.gguf_name, a.shape, pieces)
 
 
 def _tensor_chunks(

@@ -28,6 +28,7 @@ import numpy as np
 
 from ..errors import ForgeError
 from ..files import read_json_object
+from . import arch as arch_registry
 from .checkpoint import Checkpoint, TensorRef, read_safetensors_header, read_tensor, row_slabs, to_float32, torch_load
 from .config import F32_MAX, is_int, is_number, shown
 from .resolve import resolve_model
@@ -35,7 +36,7 @@ from .resolve import resolve_model
 PREFIX = "base_model.model."
 SUPPORTED_PEFT = "LORA"
 _UNSUPPORTED_OPTIONS = {
-    "use_qalora": "QA-LoRA", "trainable_token_indices": "trainable tokens", "target_parameters": "LoRA on parameters",
+    "use_qalora": "QA-LoRA", "trainable_token_indices": "trainable tokens",
     "layer_replication": "layer replication", "alora_invocation_tokens": "activated LoRA", "use_bdlora": "BD-LoRA",
 }
 
@@ -85,6 +86,8 @@ class Adapter:
     refs: dict[str, TensorRef] = field(default_factory=dict)
     modules: dict[str, _Module] = field(default_factory=dict)  # by base tensor name (module + ".weight")
     replacements: dict[str, str] = field(default_factory=dict)  # base tensor name -> adapter tensor key
+    #: LoRA on 3-D expert parameters (peft ``target_parameters``), by (module, parameter name)
+    param_modules: dict[tuple[str, str], "_ParamModule"] = field(default_factory=dict)
 
     @classmethod
     def load(cls, path: str | Path, weight: float = 1.0) -> "Adapter":
@@ -166,6 +169,8 @@ class Adapter:
             if wrapped != name and wrapped in self.replacements:
                 continue  # the plain key (what peft loads) wins over the wrapper's copy
             self.replacements[wrapped] = key
+        for module in [m for m in parts if _is_param_wrapper(m, self.config)]:
+            self._classify_param(module, parts.pop(module))
         for module, p in parts.items():
             if "lora_A" in p and "lora_B" in p:
                 mod = _Module(module, p["lora_A"], p["lora_B"], "linear", p.get("lora_magnitude_vector"),
@@ -182,6 +187,22 @@ class Adapter:
                                      "LoRA factors are matrices")
             mod.scale = self._scale(module, self.refs[mod.a].shape[0])
             self.modules[module + ".weight"] = mod
+
+    def _classify_param(self, module: str, p: dict[str, str]) -> None:
+        """A peft ``ParamWrapper`` (``target_parameters``): ``lora_A`` ``[r x n_expert, in]``, ``lora_B`` ``[out, r x
+        n_expert]`` on one 3-D parameter of ``module`` (nested wrappers: ``module.base_layer``...). Which parameter
+        is resolved against the base's shapes in :class:`MergedCheckpoint`."""
+        if set(p) != {"lora_A", "lora_B"}:
+            raise ForgeError(f"{self.path}: adapter tensor {next(iter(p.values()))}: LoRA on parameters "
+                             "(target_parameters) supports plain lora_A/lora_B factors only")
+        for key in p.values():
+            if len(self.refs[key].shape) != 2:
+                raise ForgeError(f"{self.path}: adapter tensor {key} has shape {list(self.refs[key].shape)}; "
+                                 "LoRA factors are matrices")
+        base = re.sub(r"(\.base_layer)+$", "", module)
+        depth = (len(module) - len(base)) // len(".base_layer")
+        params = _target_params(base, self.config)
+        self.param_modules[(base, f"#{depth}")] = _ParamModule(base, params, depth, p["lora_A"], p["lora_B"])
 
     def _scale(self, module: str, rank_in_file: int) -> float:
         from_pattern = _pattern_value(self.config.get("rank_pattern") or {}, module)
@@ -271,6 +292,8 @@ class MergedCheckpoint:
         self.tensors: dict[str, TensorRef] = dict(base.tensors)
         self._check_names()
         self._build()
+        self._param_loras: dict[str, list[_ExpertDelta]] = _build_param_loras(self)
+        self._factor_cache: dict[tuple[int, str], tuple] = {}
 
     # -- validation and structure ----------------------------------------------------------
     def _check_names(self) -> None:
@@ -378,6 +401,9 @@ class MergedCheckpoint:
 
     def iter_rows(self, name: str, slab_bytes: int) -> Iterator[np.ndarray]:
         """Rows of the merged tensor (float32 when an adapter touches it, raw base data otherwise)."""
+        if name in self._param_loras:  # LoRA on 3-D expert parameters (target_parameters)
+            yield from self._param_merged_rows(name, slab_bytes)
+            return
         loras = self._loras.get(name, [])
         source = self._sources.get(name)
         if not loras and source is None:
@@ -420,6 +446,43 @@ class MergedCheckpoint:
             yield w.numpy()
 
 
+    def _param_merged_rows(self, name: str, slab_bytes: int) -> Iterator[np.ndarray]:
+        """Rows of a tensor that LoRA on a 3-D expert parameter changes: a fused ``[n_expert, ...]`` tensor read in
+        slabs of whole experts, or one expert's 2-D tensor (or its half of a fused gate/up parameter), each plus
+        ``scale x B_e @ A_e`` (transposed for parameters stored ``[in, out]``), as peft's merge computes it."""
+        import torch
+
+        deltas = self._param_loras[name]
+        dtype = self.base.tensors[name].dtype
+        start = 0
+        for slab in self.base.iter_rows(name, slab_bytes):
+            w = torch.from_numpy(np.array(to_float32(slab, dtype), dtype=np.float32, copy=True))
+            n = w.shape[0]
+            for d in deltas:
+                a, b = self._param_factors(d)
+                if d.expert is None:  # fused: the slab's rows are experts start..start + n
+                    for i in range(n):
+                        w[i] += d.scale * _expert_delta(a, b, d, start + i)
+                else:
+                    w += d.scale * _expert_delta(a, b, d, d.expert, d.row0 + start, n)
+            start += n
+            yield w.numpy()
+
+    def _param_factors(self, d: "_ExpertDelta"):
+        """lora_A / lora_B of one parameter LoRA as float32 tensors; the last few are kept (a layer's experts read
+        one after another use the same factors)."""
+        import torch
+
+        key = (id(d.adapter), d.module.a)
+        got = self._factor_cache.get(key)
+        if got is None:
+            got = (torch.from_numpy(d.adapter.read(d.module.a)), torch.from_numpy(d.adapter.read(d.module.b)))
+            if len(self._factor_cache) >= 4:
+                self._factor_cache.pop(next(iter(self._factor_cache)))
+            self._factor_cache[key] = got
+        return got
+
+
 def _factors(ad: Adapter, mod: _Module, name: str):
     import torch
 
@@ -434,3 +497,131 @@ def merged_source(base: Checkpoint, specs: list[LoraSpec]) -> MergedCheckpoint:
     """Resolve ``--lora`` specs (paths or hub ids) and wrap ``base``."""
     adapters = [Adapter.load(resolve_model(s.path, what="--lora"), s.weight) for s in specs]
     return MergedCheckpoint(base, adapters)
+
+
+# -- LoRA on 3-D expert parameters (peft target_parameters) -------------------------------------------------------
+@dataclass
+class _ParamModule:
+    """One peft ``ParamWrapper`` of an adapter: LoRA on a 3-D expert parameter of ``module``."""
+
+    module: str  # e.g. model.layers.0.mlp.experts
+    params: list[str]  # the parameter names target_parameters names for this module, in order
+    depth: int  # 0: the outermost wrapper (the last of params), 1: the one inside it...
+    a: str
+    b: str
+
+
+@dataclass
+class _ExpertDelta:
+    """``scale x B_e @ A_e`` rows ``row0..`` (of expert ``expert``; None: every expert of a fused tensor) added to one
+    base tensor; ``transposed``: the parameter is stored ``[in, out]`` (gpt-oss)."""
+
+    adapter: Adapter
+    module: _ParamModule
+    param: str
+    n_expert: int
+    scale: float
+    transposed: bool
+    expert: int | None = None
+    row0: int = 0
+
+
+def _target_params(module: str, config: dict) -> list[str]:
+    """Parameter names of ``module`` that ``target_parameters`` names (peft: ``module.param`` equals a target or ends
+    with ``.`` + target)."""
+    out = []
+    for t in config.get("target_parameters") or []:
+        pname = str(t).rsplit(".", 1)[-1]
+        key = f"{module}.{pname}"
+        if key == t or key.endswith("." + str(t)):
+            out.append(pname)
+    return out
+
+
+def _is_param_wrapper(module: str, config: dict) -> bool:
+    if not config.get("target_parameters"):
+        return False
+    base = re.sub(r"(\.base_layer)+$", "", module)
+    return base != module or bool(_target_params(base, config))
+
+
+def _expert_delta(a, b, d: _ExpertDelta, e: int, row: int = 0, n: int | None = None):
+    """Rows ``row..row + n`` of expert ``e``'s delta in the parameter's layout (peft: ``lora_A`` is expert-major
+    ``[e x r + i]``, ``lora_B`` rank-major ``[:, i x n_expert + e]``)."""
+    r = a.shape[0] // d.n_expert
+    a_e = a[e * r:(e + 1) * r]  # [r, in]
+    b_e = b[:, e::d.n_expert]  # [out, r]
+    if d.transposed:  # stored [in, out]: rows are inputs
+        a_e = a_e if n is None else a_e[:, row:row + n]
+        return (b_e @ a_e).T
+    return b_e @ a_e if n is None else b_e[row:row + n] @ a_e
+
+
+def _build_param_loras(merged: "MergedCheckpoint") -> dict[str, list[_ExpertDelta]]:
+    """Where each adapter's parameter LoRAs land in the base checkpoint: the fused tensor ``module.param`` itself,
+    or (Qwen-MoE saved per expert) ``module.{e}.gate_proj/up_proj/down_proj.weight``. The parameter's layout
+    (``[n_expert, out, in]`` or ``[n_expert, in, out]``) comes from the architecture (``fused_experts``)."""
+    out: dict[str, list[_ExpertDelta]] = {}
+    adapters_with = [ad for ad in merged.adapters if ad.param_modules]
+    if not adapters_with:
+        return out
+    layout = getattr(arch_registry.for_config(merged.base.config), "fused_experts", "out_in")
+    tensors = merged.base.tensors
+    for ad in adapters_with:
+        for pm in ad.param_modules.values():
+            a_shape, b_shape = ad.refs[pm.a].shape, ad.refs[pm.b].shape
+            for name, delta in _param_targets(ad, pm, a_shape, b_shape, tensors, layout):
+                if name in merged._loras or name in merged._sources:
+                    raise ForgeError(f"adapter tensor {pm.a}: {name} is also changed by a LoRA on the per-expert "
+                                     "module or replaced; merge these adapters one at a time")
+                out.setdefault(name, []).append(delta)
+                merged.tensors[name] = TensorRef(name, tensors[name].file, "F32", tensors[name].shape)
+    return out
+
+
+def _param_targets(ad: Adapter, pm: _ParamModule, a_shape, b_shape, tensors: dict[str, TensorRef], layout: str):
+    """(base tensor, delta) pairs for one parameter LoRA, after matching its factors to one targeted parameter."""
+    transposed = layout != "out_in"
+    candidates = []
+    for param in pm.params:
+        fused = f"{pm.module}.{param}"
+        if f"{fused}_blocks" in tensors:
+            raise ForgeError(f"adapter tensor {pm.a}: LoRA on {fused}, which the base stores as MXFP4; merging into "
+                             "quantized experts is not supported (merge into a bf16 copy of the model)")
+        if fused in tensors and len(tensors[fused].shape) == 3:
+            e, x, y = tensors[fused].shape
+            out_f, in_f = (y, x) if transposed else (x, y)
+            candidates.append((param, e, out_f, in_f, [(fused, None, 0)]))
+            continue
+        per = [n for n in tensors if re.fullmatch(rf"{re.escape(pm.module)}\.\d+\.(gate|up|down)_proj\.weight", n)]
+        if not per:
+            continue
+        e = 1 + max(int(n[len(pm.module) + 1:].split(".")[0]) for n in per)
+        if param == "gate_up_proj" and not transposed:
+            g = tensors.get(f"{pm.module}.0.gate_proj.weight")
+            if g is not None:
+                rows, cols = g.shape
+                targets = [(f"{pm.module}.{x}.{w}_proj.weight", x, off)
+                           for x in range(e) for w, off in (("gate", 0), ("up", rows))]
+                candidates.append((param, e, 2 * rows, cols, targets))
+        elif param == "down_proj" and not transposed:
+            dn = tensors.get(f"{pm.module}.0.down_proj.weight")
+            if dn is not None:
+                candidates.append((param, e, dn.shape[0], dn.shape[1],
+                                   [(f"{pm.module}.{x}.down_proj.weight", x, 0) for x in range(e)]))
+    fits = [c for c in candidates if a_shape[1] == c[3] and b_shape[0] == c[2] and a_shape[0] == b_shape[1]
+            and a_shape[0] % c[1] == 0]
+    if len(fits) > 1:  # same shapes: peft nests wrappers in target_parameters order (the last one outermost)
+        want = pm.params[len(pm.params) - 1 - pm.depth] if pm.depth < len(pm.params) else None
+        fits = [c for c in fits if c[0] == want]
+    if len(fits) != 1:
+        raise ForgeError(f"adapter tensor {pm.a}: LoRA factors {list(a_shape)} x {list(b_shape)} fit no expert "
+                         f"parameter {pm.params} of the base's {pm.module}; was the adapter trained on another model?")
+    param, e, _, _, targets = fits[0]
+    scale = ad.weight * ad._scale(pm.module, a_shape[0] // e)
+    if not abs(scale) <= F32_MAX:
+        raise ForgeError(f"{ad.path}: the LoRA scale of {pm.module}.{param} does not fit a float32")
+    for name, x, off in targets:
+        if name not in tensors:
+            raise ForgeError(f"adapter tensor {pm.a}: the base model has no tensor {name}")
+        yield name, _ExpertDelta(ad, pm, param, e, scale, transposed, x, off)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+import fixtures
 from fixtures import _cached, _qwen_tokenizer, _random_model, _save_model, _write_card
 
 _SOURCE = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
@@ -35,4 +36,202 @@ def qwen3_moe() -> Path:
     return _cached("qwen3_moe", build, _SOURCE)
 
 
-ALL = {"qwen3_moe": qwen3_moe}
+
+
+
+# -- gpt-oss -----------------------------------------------------------------------------------------------------
+#: o200k's split (what gpt-oss's tokenizer.json applies before byte-level BPE; llama.cpp's "gpt-4o")
+O200K_SPLIT = (
+    r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?"
+    r"|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?"
+    r"|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+HARMONY_SPECIALS = ("<|startoftext|>", "<|endoftext|>", "<|return|>", "<|constrain|>", "<|channel|>", "<|start|>",
+                    "<|end|>", "<|message|>", "<|call|>")
+#: a reduced harmony template (roles and the final channel; gpt-oss's full template adds the system preamble)
+HARMONY_TEMPLATE = (
+    "{% for message in messages %}<|start|>{{ message['role'] }}{% if message['role'] == 'assistant' %}"
+    "<|channel|>final{% endif %}<|message|>{{ message['content'] }}{% if message['role'] == 'assistant' %}"
+    "<|return|>{% else %}<|end|>{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}<|start|>assistant<|channel|>final<|message|>{% endif %}"
+)
+
+
+def _harmony_tokenizer(out: Path) -> int:
+    """A byte-level BPE trained here with o200k_harmony's pre-tokenizer and special tokens (the real 201k-token
+    vocabulary is a download from OpenAI's blob store that no registry package ships; see the closing note)."""
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tk = Tokenizer(models.BPE(byte_fallback=False))
+    tk.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(O200K_SPLIT), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+    tk.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=3000, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  show_progress=False, min_frequency=2)
+    tk.train_from_iterator([fixtures.corpus()], trainer=trainer)
+    tk.add_special_tokens([AddedToken(s, special=True, normalized=False) for s in HARMONY_SPECIALS])
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<|startoftext|>", eos_token="<|return|>",
+                                  pad_token="<|endoftext|>", clean_up_tokenization_spaces=False,
+                                  model_max_length=131072)
+    tok.chat_template = HARMONY_TEMPLATE
+    tok.save_pretrained(out)
+    return len(tok)
+
+
+def _gpt_oss_model(n_vocab: int):
+    from transformers import GptOssConfig, GptOssForCausalLM
+
+    cfg = GptOssConfig(
+        vocab_size=n_vocab, hidden_size=64, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=32, num_local_experts=8, num_experts_per_tok=2, sliding_window=16,
+        layer_types=["sliding_attention", "full_attention"] * 2, rms_norm_eps=1e-5, max_position_embeddings=131072,
+        rope_parameters={"rope_type": "yarn", "rope_theta": 150000.0, "factor": 32.0, "beta_fast": 32.0,
+                         "beta_slow": 1.0, "original_max_position_embeddings": 4096, "truncate": True},
+        tie_word_embeddings=False, eos_token_id=n_vocab - 1, swiglu_limit=7.0,
+    )
+    return _random_model(GptOssForCausalLM, cfg, 0.35)
+
+
+def gpt_oss() -> Path:
+    """gpt-oss-20b shrunk: 4 layers alternating sliding (window 16, so it matters within the 256 probe tokens) and
+    full attention, 8 experts (2 used), attention sinks, yarn rope as released, head_dim 32 != hidden/heads; bf16
+    weights with the experts fused as transformers 5 saves them (``gate_up_proj`` ``[E, hidden, 2 x ff]``)."""
+
+    def build(out: Path) -> None:
+        import torch
+
+        n = _harmony_tokenizer(out)
+        _save_model(_gpt_oss_model(n), out, torch.bfloat16)
+        _write_card(out, "apache-2.0", ["en"], "openai/gpt-oss-20b", "Tiny-gpt-oss")
+
+    return _cached("gpt_oss", build, _SOURCE)
+
+
+_FP4 = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
+
+
+def mxfp4_quantize(w):
+    """float32 ``[..., n]`` (n a multiple of 32) -> (blocks ``[..., n / 32, 16]``, scales ``[..., n / 32]``) in
+    OpenAI's MXFP4 layout (OCP MX spec): per 32 values one E8M0 scale 2^(floor(log2(amax)) - 2), each value the
+    nearest FP4 E2M1 code (sign bit 3) of value / scale; element 2j in the low nibble of byte j, 2j + 1 high."""
+    import numpy as np
+
+    w = np.asarray(w, dtype=np.float32)
+    g = w.reshape(*w.shape[:-1], w.shape[-1] // 32, 32)
+    amax = np.abs(g).max(axis=-1)
+    exp = np.where(amax > 0, np.floor(np.log2(np.maximum(amax, 1e-30))) - 2, -127).clip(-127, 127)
+    scaled = g / np.exp2(exp)[..., None]
+    grid = np.asarray(_FP4, dtype=np.float32)
+    mag = np.abs(np.clip(scaled, -6.0, 6.0))
+    code = np.abs(mag[..., None] - grid).argmin(axis=-1).astype(np.uint8) | (np.signbit(scaled) << 3).astype(np.uint8)
+    blocks = (code[..., 0::2] | (code[..., 1::2] << 4)).astype(np.uint8)
+    return blocks, (exp + 127).astype(np.uint8)
+
+
+def gpt_oss_mxfp4() -> Path:
+    """The gpt_oss() fixture's weights with the experts stored as gpt-oss-20b ships them: MXFP4 ``*_blocks`` /
+    ``*_scales`` (quantized here from the bf16 weights), biases and everything else bf16, quantization_config
+    ``mxfp4``."""
+
+    def build(out: Path) -> None:
+        import json
+
+        import numpy as np
+        import torch
+        from safetensors.torch import load_file, save_file
+
+        src = gpt_oss()
+        for f in src.iterdir():
+            if f.is_file() and f.name != "model.safetensors" and not f.name.startswith("."):
+                (out / f.name).write_bytes(f.read_bytes())
+        sd = load_file(src / "model.safetensors")
+        new = {}
+        for k, v in sd.items():
+            if k.endswith(("experts.gate_up_proj", "experts.down_proj")):
+                blocks, scales = mxfp4_quantize(v.float().transpose(1, 2).numpy())  # [E, out, in] rows
+                new[k + "_blocks"] = torch.from_numpy(np.ascontiguousarray(blocks))
+                new[k + "_scales"] = torch.from_numpy(np.ascontiguousarray(scales))
+            else:
+                new[k] = v
+        save_file(new, out / "model.safetensors", metadata={"format": "pt"})
+        cfg = json.loads((src / "config.json").read_text())
+        cfg["quantization_config"] = {"quant_method": "mxfp4", "modules_to_not_convert": [
+            "model.layers.*.self_attn", "model.layers.*.mlp.router", "model.embed_tokens", "lm_head"]}
+        (out / "config.json").write_text(json.dumps(cfg, indent=2))
+
+    return _cached("gpt_oss_mxfp4", build, _SOURCE)
+
+
+ALL = {"qwen3_moe": qwen3_moe, "gpt_oss": gpt_oss, "gpt_oss_mxfp4": gpt_oss_mxfp4}
+
+
+# -- LoRA adapters on experts -------------------------------------------------------------------------------------
+def _perturb_lora(model, seed: int) -> None:
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_A" in n or "lora_B" in n:
+                p.copy_(0.1 * torch.randn(p.shape, generator=g))
+
+
+def moe_lora(name: str, layout: str) -> Path:
+    """A LoRA adapter on fixture ``name``'s attention and experts, in one of the two layouts peft produces with
+    transformers 5:
+
+    - "params": ``target_parameters`` on the fused 3-D expert parameters (``mlp.experts.gate_up_proj`` and
+      ``mlp.experts.down_proj``), made with peft's ``get_peft_model`` (what training with transformers 5 saves);
+    - "experts": per-expert Linear modules (``mlp.experts.{e}.gate_proj`` ...), the layout of every adapter trained
+      with transformers 4 (Qwen3-MoE's experts were Linear modules then); peft converts it when it loads it onto a
+      transformers 5 model. Written here in that layout with seeded random factors.
+    """
+
+    def build(out: Path) -> None:
+        import json
+
+        import torch
+
+        base = ALL[name]()
+        if layout == "params":
+            from peft import LoraConfig, get_peft_model
+            from transformers import AutoModelForCausalLM
+
+            model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+            cfg = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "o_proj"],
+                             target_parameters=["mlp.experts.gate_up_proj", "mlp.experts.down_proj"],
+                             init_lora_weights=False, base_model_name_or_path=base.name)
+            pm = get_peft_model(model, cfg)
+            _perturb_lora(pm, seed=7)
+            pm.save_pretrained(out)
+            return
+        from safetensors.torch import save_file
+
+        c = json.loads((base / "config.json").read_text())
+        h, f, r = c["hidden_size"], c["moe_intermediate_size"], 4
+        q = c["num_attention_heads"] * c["head_dim"]
+        g = torch.Generator().manual_seed(11)
+        sd = {}
+
+        def add(module: str, n_in: int, n_out: int) -> None:
+            sd[f"base_model.model.{module}.lora_A.weight"] = 0.1 * torch.randn(r, n_in, generator=g)
+            sd[f"base_model.model.{module}.lora_B.weight"] = 0.1 * torch.randn(n_out, r, generator=g)
+
+        for b in range(c["num_hidden_layers"]):
+            add(f"model.layers.{b}.self_attn.q_proj", h, q)
+            for e in range(c.get("num_experts") or c["num_local_experts"]):
+                p = f"model.layers.{b}.mlp.experts.{e}"
+                add(f"{p}.gate_proj", h, f)
+                add(f"{p}.up_proj", h, f)
+                add(f"{p}.down_proj", f, h)
+        save_file(sd, out / "adapter_model.safetensors", metadata={"format": "pt"})
+        (out / "adapter_config.json").write_text(json.dumps({
+            "peft_type": "LORA", "task_type": "CAUSAL_LM", "r": r, "lora_alpha": 8, "lora_dropout": 0.0,
+            "target_modules": ["q_proj", "gate_proj", "up_proj", "down_proj"], "bias": "none",
+            "base_model_name_or_path": base.name, "fan_in_fan_out": False, "use_rslora": False, "use_dora": False,
+        }, indent=2))
+
+    return _cached(f"lora-{name}-{layout}", build, ALL[name]().name, _SOURCE)

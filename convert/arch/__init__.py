@@ -92,7 +92,10 @@ class Piece:
     """
 
     hf_name: str
-    pick: Callable[[np.ndarray], np.ndarray] | None = None
+    pick: Callable[..., np.ndarray] | None = None
+    #: further sources read in lockstep (same slabs of the same first axis) and passed to ``pick`` after the
+    #: first, e.g. the ``_scales`` beside MXFP4 ``_blocks``
+    also: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -108,30 +111,45 @@ class Assembly:
     :meth:`Architecture.expert_assemblies`, which builds them from per-expert 2-D tensors or fused 3-D ones.
 
     ``qtype`` set: the pieces already hold GGML data of that type (e.g. MXFP4 blocks repacked by ``pick``), written
-    as they are; ``shape`` is then still in elements. Otherwise every slab is checked for NaN/infinity and encoded
-    to the output type like any other tensor. ``dtype`` is None unless every piece has the same stored dtype.
+    as they are (or through ``dequant`` when a float output type was asked for); ``shape`` is in elements.
+    Otherwise every slab is checked for NaN/infinity and encoded to the output type like any other tensor (pieces
+    may differ in stored dtype, e.g. experts a LoRA merge touched are float32, the others bf16).
     """
 
     gguf_name: str
     shape: tuple[int, ...]
     pieces: tuple[Piece, ...]
     qtype: gguf.GGMLQuantizationType | None = None
+    #: with ``qtype``: the exact float32 values of a slab of that data (rows x bytes -> rows x elements), used when
+    #: the user asks for a float output type (``--outtype f32/f16/bf16``); None: always written as ``qtype``
+    dequant: Callable[[np.ndarray], np.ndarray] | None = None
 
     @property
     def hf_names(self) -> list[str]:
-        return [p.hf_name for p in self.pieces]
+        return [n for p in self.pieces for n in (p.hf_name, *p.also)]
 
     def chunks(self, ckpt, slab_bytes: int) -> Iterator[tuple[np.ndarray, str, str, int]]:
         """(2-D slab of output rows, its safetensors dtype, the source tensor's name, the slab's first row in that
         source); the slab's last axis is the output's last axis (for a raw ``qtype``: its bytes per row)."""
         for piece in self.pieces:
-            dtype = ckpt.tensors[piece.hf_name].dtype
+            ref = ckpt.tensors[piece.hf_name]
+            dtype = ref.dtype
+            step = max(1, slab_bytes // max(1, ref.nbytes // max(1, ref.shape[0]))) if ref.nbytes else ref.shape[0]
+            others = []
+            for name in piece.also:
+                o = ckpt.tensors[name]
+                if o.shape[:1] != ref.shape[:1]:
+                    raise ForgeError(f"tensor {name}: first axis {o.shape[0]}, but {piece.hf_name} has {ref.shape[0]}")
+                others.append(ckpt.iter_rows(name, step * max(1, o.nbytes // max(1, o.shape[0]))))
             row = 0
             for slab in ckpt.iter_rows(piece.hf_name, slab_bytes):
                 n = slab.shape[0]
+                out_dtype = dtype
                 if piece.pick is not None:
-                    slab = np.ascontiguousarray(piece.pick(slab))
-                yield slab.reshape(-1, slab.shape[-1]), dtype, piece.hf_name, row
+                    slab = np.ascontiguousarray(piece.pick(slab, *(next(it) for it in others)))
+                    if slab.dtype == np.float32 and dtype not in ("F32", "F16", "BF16"):
+                        out_dtype = "F32"  # e.g. quantized data dequantized by the pick
+                yield slab.reshape(-1, slab.shape[-1]), out_dtype, piece.hf_name, row
                 row += n
 
 

@@ -79,8 +79,8 @@ def reorder_v_heads(data: np.ndarray, axis: int, n_k: int, per_k: int, head_dim:
 class _Qwen35(Architecture):
     gguf_arch = gguf.MODEL_ARCH.QWEN35
     moe = False
-    #: ggml's ssm_conv reads a float32 kernel; llama.cpp's converter keeps routers float32 too
-    f32_tensors = ("ssm_conv1d.weight", "ffn_gate_inp.weight", "ffn_gate_inp_shexp.weight")
+    #: ggml's ssm_conv reads a float32 kernel (routers stay float32 through the converter's own rule)
+    f32_tensors = ("ssm_conv1d.weight",)
 
     def __init__(self, config: dict):
         config = dict(text_config(config))
