@@ -254,6 +254,71 @@ def test_lora_merge_equals_peft_and_the_gguf_agrees(work, tmp_path):
     assert same.all()
 
 
+def qwen35_moe_adapter() -> Path:
+    """peft LoRA on the MoE fixture as transformers 5 trains it: ``target_parameters`` on the fused 3-D expert
+    parameters plus attention and Gated DeltaNet projections (the checkpoint stores experts per expert)."""
+    base = fixtures_qwen35.qwen35_moe()
+
+    def build(out: Path) -> None:
+        import torch
+        from peft import LoraConfig, get_peft_model
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+        cfg = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "in_proj_qkv", "out_proj"],
+                         target_parameters=["mlp.experts.gate_up_proj", "mlp.experts.down_proj"],
+                         init_lora_weights=False, base_model_name_or_path="Tiny-Qwen3.5-MoE")
+        pm = get_peft_model(model, cfg)
+        g = torch.Generator().manual_seed(7)
+        with torch.no_grad():
+            for n, p in pm.named_parameters():
+                if "lora_" in n:
+                    p.copy_(0.1 * torch.randn(p.shape, generator=g))
+        pm.save_pretrained(out)
+
+    return fixtures_qwen35._cached("lora-qwen35-moe", build, base.name, fixtures_qwen35._SOURCE)
+
+
+@pytest.mark.slow
+def test_lora_on_experts_and_linear_attention_merges_like_peft(work, tmp_path):
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from gguf_forge.convert import convert
+    from gguf_forge.convert.checkpoint import Checkpoint
+    from gguf_forge.convert.lora import LoraSpec, merged_source
+
+    base, adapter = fixtures_qwen35.qwen35_moe(), qwen35_moe_adapter()
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    reference = PeftModel.from_pretrained(model, adapter).merge_and_unload().eval()
+    ours = merged_source(Checkpoint(base), [LoraSpec(str(adapter))])
+    worst = 0.0
+    for k, v in reference.state_dict().items():
+        v, p = v.float().numpy(), k.rsplit(".", 1)[0]
+        if k.endswith("experts.gate_up_proj"):  # peft's fused parameter; the checkpoint's per-expert tensors
+            got = np.stack([np.concatenate([ours.read_float32(f"{p}.{e}.gate_proj.weight"),
+                                            ours.read_float32(f"{p}.{e}.up_proj.weight")]) for e in range(len(v))])
+        elif k.endswith("experts.down_proj"):
+            got = np.stack([ours.read_float32(f"{p}.{e}.down_proj.weight") for e in range(len(v))])
+        else:
+            got = ours.read_float32(k)
+        worst = max(worst, float(np.abs(got.reshape(v.shape) - v).max()))
+    assert worst <= 1e-5
+
+    out = tmp_path / "moe-lora-F32.gguf"
+    convert(base, out, outtype="f32", loras=[LoraSpec(str(adapter))], progress=False)
+    tokens = tokens_for(base)
+    with torch.no_grad():
+        want = reference(torch.tensor([tokens])).logits[0].numpy()
+    got = gguf_logits(out, tokens)
+    changed = (want.argmax(-1) != reference_logits("qwen35_moe").argmax(-1)).mean()
+    same = got.argmax(-1) == want.argmax(-1)
+    print(f"qwen35_moe LoRA: max |ours - peft| {worst:.1e}; GGUF argmax agreement {same.mean():.1%}, max |logit diff| "
+          f"{np.abs(got - want).max():.2e}; the adapter changes the next token at {changed:.0%} of positions")
+    assert changed > 0.5 and same.all()
+
+
 # -- layouts and refusals --------------------------------------------------------------------------
 @pytest.mark.slow
 def test_fused_3d_experts_convert_like_per_expert(work, tmp_path):
