@@ -290,6 +290,8 @@ class MergedCheckpoint:
         self._sources: dict[str, tuple[Adapter, str] | None] = {}  # name -> replacement (last wins)
         self._loras: dict[str, list[tuple[Adapter, _Module]]] = {}
         self.tensors: dict[str, TensorRef] = dict(base.tensors)
+        for ad in adapters:
+            _match_text_prefix(ad, base.tensors)
         self._check_names()
         self._build()
         self._param_loras: dict[str, list[_ExpertDelta]] = _build_param_loras(self)
@@ -491,6 +493,42 @@ def _factors(ad: Adapter, mod: _Module, name: str):
     mag = torch.from_numpy(ad.read(mod.magnitude).reshape(-1)) if mod.magnitude else None
     bias = torch.from_numpy(ad.read(mod.bias).reshape(-1)) if mod.bias and name.endswith(".bias") else None
     return a, b, mag, bias
+
+
+#: where a multimodal checkpoint (transformers 5) keeps its text model, and that model's own names
+_TEXT_IN_MULTIMODAL, _TEXT_ALONE = "model.language_model.", "model."
+
+
+def _match_text_prefix(ad: Adapter, tensors: dict[str, TensorRef]) -> None:
+    """Rename an adapter's targets to the base's names when one side is a multimodal checkpoint and the other its
+    text model alone: an adapter trained on ``AutoModelForCausalLM.from_pretrained`` of a Qwen3.5 checkpoint names
+    ``model.layers...`` while the checkpoint stores ``model.language_model.layers...``, and the reverse. Only names
+    absent from the base whose counterpart is present change."""
+    def fix(name: str, exists) -> str:
+        if exists(name):
+            return name
+        for src, dst in ((_TEXT_ALONE, _TEXT_IN_MULTIMODAL), (_TEXT_IN_MULTIMODAL, _TEXT_ALONE)):
+            if name.startswith(src) and not (src == _TEXT_ALONE and name.startswith(_TEXT_IN_MULTIMODAL)):
+                other = dst + name[len(src):]
+                if exists(other):
+                    return other
+        return name
+
+    def module_exists(module: str) -> bool:
+        return any(n.startswith(module + ".") for n in tensors)
+
+    modules = {}
+    for key, mod in ad.modules.items():
+        key = fix(key, tensors.__contains__)
+        mod.name = key[: -len(".weight")]
+        modules[key] = mod
+    ad.modules = modules
+    ad.replacements = {fix(k, tensors.__contains__): v for k, v in ad.replacements.items()}
+    params = {}
+    for (module, param), pm in ad.param_modules.items():
+        pm.module = fix(module, module_exists)
+        params[(pm.module, param)] = pm
+    ad.param_modules = params
 
 
 def merged_source(base: Checkpoint, specs: list[LoraSpec]) -> MergedCheckpoint:

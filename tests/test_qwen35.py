@@ -319,6 +319,56 @@ def test_lora_on_experts_and_linear_attention_merges_like_peft(work, tmp_path):
     assert changed > 0.5 and same.all()
 
 
+def text_only_adapter() -> Path:
+    """A peft LoRA trained the way text fine-tunes of Qwen3.5 are: the multimodal checkpoint loaded with
+    AutoModelForCausalLM (its text model alone, so the adapter names ``model.layers...``, not the checkpoint's
+    ``model.language_model.layers...``)."""
+    base = fixtures_qwen35.qwen35_vl()
+
+    def build(out: Path) -> None:
+        import torch
+        from peft import LoraConfig, get_peft_model
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+        assert type(model).__name__ == "Qwen3_5ForCausalLM"
+        pm = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "in_proj_qkv", "out_proj"],
+                                              init_lora_weights=False))
+        g = torch.Generator().manual_seed(3)
+        with torch.no_grad():
+            for n, p in pm.named_parameters():
+                if "lora_" in n:
+                    p.copy_(0.1 * torch.randn(p.shape, generator=g))
+        pm.save_pretrained(out)
+
+    return fixtures_qwen35._cached("lora-qwen35-text-only", build, base.name, fixtures_qwen35._SOURCE)
+
+
+@pytest.mark.slow
+def test_text_only_adapter_merges_into_the_multimodal_checkpoint(work, tmp_path):
+    """The adapter's ``model.layers.N`` targets are the checkpoint's ``model.language_model.layers.N`` tensors: the
+    merged GGUF equals the same adapter merged into the text model saved alone (whose names match the adapter's, the
+    path checked against peft above)."""
+    import gguf
+
+    from gguf_forge.convert import convert
+    from gguf_forge.convert.lora import LoraSpec
+
+    adapter = text_only_adapter()
+    out = tmp_path / "vl-lora.gguf"
+    r = run("convert", str(fixtures_qwen35.qwen35_vl()), "--lora", str(adapter), "-o", str(out), "--outtype", "f32",
+            "--no-progress")
+    assert r.returncode == 0, r.stderr
+    alone_out = tmp_path / "alone-lora.gguf"
+    convert(fixtures_qwen35.qwen35(), alone_out, outtype="f32", loras=[LoraSpec(str(adapter))], progress=False)
+    vl = {t.name: np.asarray(t.data) for t in gguf.GGUFReader(out).tensors}
+    alone = {t.name: np.asarray(t.data) for t in gguf.GGUFReader(alone_out).tensors}
+    assert vl.keys() == alone.keys() and all(np.array_equal(vl[n], alone[n]) for n in vl)
+    plain = {t.name: np.asarray(t.data) for t in gguf.GGUFReader(converted(work, "qwen35")).tensors}
+    changed = [n for n in vl if not np.array_equal(vl[n], plain[n])]
+    assert len(changed) == 6 * 2 + 2  # in_proj_qkv + out_proj in 6 linear-attention layers, q_proj in 2 attention
+
+
 # -- layouts and refusals --------------------------------------------------------------------------
 @pytest.mark.slow
 def test_fused_3d_experts_convert_like_per_expert(work, tmp_path):
