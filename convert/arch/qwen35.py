@@ -182,9 +182,12 @@ class _Qwen35(Architecture):
     def _note_left_out(self) -> None:
         parts = ", ".join(f"{p} ({len(n)} tensors)" for p, n in self._left_out.items())
         arch = (self.config.get("architectures") or ["the model"])[0]
-        self.warnings[:] = [f"{arch}: only the text model is converted; left out: {parts} (llama.cpp runs the "
-                            "vision tower from a separate mmproj file, which this tool does not write; the "
-                            "multi-token-prediction head is not needed to generate)"]
+        why = []
+        if any(p != "mtp" for p in self._left_out):
+            why.append("llama.cpp runs a vision tower from a separate mmproj file, which this tool does not write")
+        if "mtp" in self._left_out:
+            why.append("the multi-token-prediction head only serves speculative decoding")
+        self.warnings[:] = [f"{arch}: only the text model is converted; left out: {parts} ({'; '.join(why)})"]
 
     @property
     def _reorders(self) -> bool:
