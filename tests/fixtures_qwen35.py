@@ -31,6 +31,21 @@ TEXT = dict(
 MOE = dict(num_experts=8, num_experts_per_tok=2, moe_intermediate_size=32, shared_expert_intermediate_size=48)
 
 
+def _qwen35_tokenizer(out: Path) -> int:
+    """The Qwen-style trained tokenizer with Qwen3.5's pre-tokenizer split (letters take combining marks along:
+    ``[\\p{L}\\p{M}]+``), as the released tokenizer.json has it; llama.cpp knows it as pre ``qwen35``."""
+    from gguf_forge.convert.pretokenizer import QWEN35
+
+    n = _qwen_tokenizer(out)
+    path = out / "tokenizer.json"
+    data = json.loads(path.read_text(encoding="utf-8"))
+    split = data["pre_tokenizer"]["pretokenizers"][0]
+    assert split["type"] == "Split", split
+    split["pattern"] = {"Regex": QWEN35}
+    path.write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
+    return n
+
+
 def _text_config(cls, n: int, moe: bool, tied: bool):
     kw = {k: v for k, v in TEXT.items() if not (moe and k == "intermediate_size")}
     if moe:
@@ -45,7 +60,7 @@ def qwen35() -> Path:
         import torch
         from transformers import Qwen3_5ForCausalLM, Qwen3_5TextConfig
 
-        n = _qwen_tokenizer(out)
+        n = _qwen35_tokenizer(out)
         model = _random_model(Qwen3_5ForCausalLM, _text_config(Qwen3_5TextConfig, n, False, True), 0.35)
         _save_model(model, out, torch.bfloat16)
         _write_card(out, "apache-2.0", ["zh", "en"], "Qwen/Qwen3.5-9B", "Tiny-Qwen3.5")
@@ -61,7 +76,7 @@ def qwen35_moe() -> Path:
         import torch
         from transformers import Qwen3_5MoeForCausalLM, Qwen3_5MoeTextConfig
 
-        n = _qwen_tokenizer(out)
+        n = _qwen35_tokenizer(out)
         model = _random_model(Qwen3_5MoeForCausalLM, _text_config(Qwen3_5MoeTextConfig, n, True, False), 0.35)
         _save_model(model, out, torch.bfloat16)
         _write_card(out, "apache-2.0", ["zh", "en"], "Qwen/Qwen3.5-35B-A3B", "Tiny-Qwen3.5-MoE")

@@ -151,7 +151,7 @@ def test_llama_cpp_tokenizes_like_hugging_face(work):
     got = llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
     i = first_difference(want, got)
     assert want == got, f"token {i} differs: HF {want[i:i + 6]} vs llama.cpp {got[i:i + 6]}"
-    assert llm.metadata["tokenizer.ggml.pre"] == "qwen2"
+    assert llm.metadata["tokenizer.ggml.pre"] == "qwen35"  # Qwen3.5's own split, as in the released tokenizer
     for t in hf.all_special_tokens:
         assert llm.tokenize(t.encode(), add_bos=False, special=True) == [hf.convert_tokens_to_ids(t)], t
 
