@@ -84,15 +84,17 @@ def qwen35_moe() -> Path:
     return _cached("qwen35_moe", build, _SOURCE)
 
 
-def qwen35_vl() -> Path:
-    """``Qwen3_5ForConditionalGeneration`` with a tiny vision tower, whose language model holds exactly the weights
-    of :func:`qwen35` (so its text part must convert to the same GGUF tensors)."""
-    text_src = qwen35()
+def _multimodal(name: str, moe: bool) -> Path:
+    """``Qwen3_5[Moe]ForConditionalGeneration`` with a tiny vision tower, whose language model holds exactly the
+    weights of :func:`qwen35` / :func:`qwen35_moe` (so its text part must convert to the same GGUF tensors)."""
+    text_src = qwen35_moe() if moe else qwen35()
 
     def build(out: Path) -> None:
         import torch
-        from transformers import AutoModelForCausalLM, Qwen3_5Config, Qwen3_5ForConditionalGeneration
+        import transformers
+        from transformers import AutoModelForCausalLM
 
+        kind = "Qwen3_5Moe" if moe else "Qwen3_5"
         for f in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
             if (text_src / f).is_file():
                 (out / f).write_bytes((text_src / f).read_bytes())
@@ -100,20 +102,31 @@ def qwen35_vl() -> Path:
         text_cfg = json.loads((text_src / "config.json").read_text())
         for k in ("architectures", "dtype", "torch_dtype", "transformers_version"):
             text_cfg.pop(k, None)
-        cfg = Qwen3_5Config(
-            text_config=text_cfg, tie_word_embeddings=True,
+        cfg = getattr(transformers, f"{kind}Config")(
+            text_config=text_cfg, tie_word_embeddings=text_cfg["tie_word_embeddings"],
             vision_config=dict(depth=1, hidden_size=32, intermediate_size=64, num_heads=2, patch_size=4,
                                spatial_merge_size=2, temporal_patch_size=2, out_hidden_size=64,
                                num_position_embeddings=16),
         )
-        model = _random_model(Qwen3_5ForConditionalGeneration, cfg, 0.35)
+        model = _random_model(getattr(transformers, f"{kind}ForConditionalGeneration"), cfg, 0.35)
         missing, unexpected = model.model.language_model.load_state_dict(text.model.state_dict(), strict=False)
         assert not missing and not unexpected, (missing, unexpected)
+        model.lm_head.load_state_dict(text.lm_head.state_dict())
         model.tie_weights()
         _save_model(model, out, torch.bfloat16)
-        _write_card(out, "apache-2.0", ["zh", "en"], "Qwen/Qwen3.5-9B", "Tiny-Qwen3.5-VL")
+        base = "Qwen/Qwen3.6-35B-A3B" if moe else "Qwen/Qwen3.5-9B"
+        _write_card(out, "apache-2.0", ["zh", "en"], base, f"Tiny-{kind}-VL")
 
-    return _cached("qwen35_vl", build, _SOURCE, text_src.name)
+    return _cached(name, build, _SOURCE, text_src.name)
+
+
+def qwen35_vl() -> Path:
+    return _multimodal("qwen35_vl", False)
+
+
+def qwen35_moe_vl() -> Path:
+    """The MoE one, as Qwen3.5-35B-A3B / Qwen3.6-35B-A3B are released."""
+    return _multimodal("qwen35_moe_vl", True)
 
 
 def _wide(name: str, moe: bool) -> Path:
@@ -151,5 +164,5 @@ def qwen35_moe_k() -> Path:
     return _wide("qwen35_moe_k", True)
 
 
-ALL = {"qwen35": qwen35, "qwen35_moe": qwen35_moe, "qwen35_vl": qwen35_vl, "qwen35_k": qwen35_k,
-       "qwen35_moe_k": qwen35_moe_k}
+ALL = {"qwen35": qwen35, "qwen35_moe": qwen35_moe, "qwen35_vl": qwen35_vl, "qwen35_moe_vl": qwen35_moe_vl,
+       "qwen35_k": qwen35_k, "qwen35_moe_k": qwen35_moe_k}

@@ -85,23 +85,25 @@ def test_f32_gguf_matches_transformers_logits(name, work):
 
 
 @pytest.mark.slow
-def test_multimodal_checkpoint_converts_its_text_part_with_a_notice(work):
-    """A Qwen3_5ForConditionalGeneration checkpoint (text config under text_config, tensors under
+@pytest.mark.parametrize("name", CASES)
+def test_multimodal_checkpoint_converts_its_text_part_with_a_notice(name, work):
+    """A Qwen3_5[Moe]ForConditionalGeneration checkpoint (text config under text_config, tensors under
     model.language_model., a vision tower) converts to exactly the tensors of the same text model saved alone, with
     one warning naming what was left out."""
     import gguf
 
-    out = work / "vl-F32.gguf"
-    r = run("convert", str(fixtures_qwen35.qwen35_vl()), "-o", str(out), "--outtype", "f32", "--no-progress")
+    out = work / f"{name}-vl-F32.gguf"
+    r = run("convert", str(fixtures_qwen35.ALL[f"{name}_vl"]()), "-o", str(out), "--outtype", "f32", "--no-progress")
     assert r.returncode == 0, r.stderr
     notes = [x for x in r.stderr.splitlines() if "only the text model" in x]
     assert len(notes) == 1 and "model.visual" in notes[0] and "Traceback" not in r.stderr, r.stderr
     ours = {t.name: t for t in gguf.GGUFReader(out).tensors}
-    alone = {t.name: t for t in gguf.GGUFReader(converted(work, "qwen35")).tensors}
+    alone = {t.name: t for t in gguf.GGUFReader(converted(work, name)).tensors}
     assert ours.keys() == alone.keys()
     for n, t in ours.items():
         assert np.array_equal(np.asarray(t.data), np.asarray(alone[n].data)), n
-    assert gguf.GGUFReader(out).fields["general.architecture"].contents() == "qwen35"
+    assert gguf.GGUFReader(out).fields["general.architecture"].contents() == ("qwen35moe" if "moe" in name
+                                                                             else "qwen35")
 
 
 @pytest.mark.slow
