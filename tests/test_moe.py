@@ -275,3 +275,21 @@ def test_lora_on_mxfp4_experts_is_refused(tmp_path):
     r = run("convert", str(fixtures_moe.gpt_oss_mxfp4()), "--lora", str(fixtures_moe.moe_lora("gpt_oss", "params")),
             "-o", str(tmp_path / "x.gguf"))
     assert_user_error(r, "MXFP4", "gate_up_proj")
+
+
+def test_params_lora_merges_the_same_into_fused_experts(tmp_path):
+    """The same target_parameters adapter merged into a checkpoint holding fused experts gives, expert by expert,
+    what it gives merged into the per-expert tensors (whose equality with peft is tested above)."""
+    from gguf_forge.convert.checkpoint import Checkpoint
+    from gguf_forge.convert.lora import LoraSpec, merged_source
+
+    spec = [LoraSpec(str(fixtures_moe.moe_lora("qwen3_moe", "params")))]
+    per = merged_source(Checkpoint(fixtures_moe.qwen3_moe()), spec)
+    fused = merged_source(Checkpoint(_fused_copy(tmp_path / "fused")), spec)
+    for b in (0, 3):
+        p = f"model.layers.{b}.mlp.experts"
+        gate_up, down = fused.read_float32(f"{p}.gate_up_proj"), fused.read_float32(f"{p}.down_proj")
+        for e in range(8):
+            np.testing.assert_array_equal(gate_up[e, :48], per.read_float32(f"{p}.{e}.gate_proj.weight"))
+            np.testing.assert_array_equal(gate_up[e, 48:], per.read_float32(f"{p}.{e}.up_proj.weight"))
+            np.testing.assert_array_equal(down[e], per.read_float32(f"{p}.{e}.down_proj.weight"))
