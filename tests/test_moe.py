@@ -131,6 +131,9 @@ def test_mxfp4_experts_stay_mxfp4_by_default_and_load(converted):
         np.testing.assert_array_equal(values.reshape(-1), np.asarray(f32[f"blk.3.ffn_{w}_exps.weight"].data).reshape(-1))
     llm = load_model(auto, n_ctx=64)
     assert llm.create_completion("The", max_tokens=4, temperature=0.0)["usage"]["completion_tokens"] >= 1
+    from gguf_forge.files import gguf_field, open_gguf
+
+    assert gguf_field(open_gguf(auto), "general.file_type") == gguf.LlamaFileType.MOSTLY_MXFP4_MOE
 
 
 @pytest.mark.parametrize("name", ["qwen3_moe", "gpt_oss"])
