@@ -178,6 +178,7 @@ def convert(
                 pass
             raise
     warnings = list(getattr(ckpt, "warnings", [])) + vocab.warnings
+    warnings += getattr(arch, "warnings", [])  # e.g. a multimodal checkpoint's left-out vision tower
     return ConvertResult(out, arch.arch_name, outtype, len(plan), n_params, out.stat().st_size, vocab.pre, warnings)
 
 
