@@ -259,3 +259,36 @@ def load_hf(model_dir: Path):
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     model.eval()
     return model
+
+
+# -- Gemma 4 (dense) ----------------------------------------------------------------------------------
+def gemma4() -> Path:
+    """E2B-like: per-layer embeddings, the last two layers sharing K/V (one sliding, one global) with double-wide
+    MLPs, global layers with their own head size, K=V and fewer KV heads (31B-like), proportional rope."""
+    tok_src = fixtures.gemma3()  # Gemma's SentencePiece tokenizer (262144 tokens)
+
+    def build(out: Path) -> None:
+        import torch
+        from transformers import Gemma4ForCausalLM, Gemma4TextConfig
+
+        for f in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "chat_template.jinja"):
+            if (tok_src / f).is_file():
+                shutil.copy(tok_src / f, out / f)
+        types = ["sliding_attention", "full_attention"] * 3
+        cfg = Gemma4TextConfig(
+            vocab_size=262144, vocab_size_per_layer_input=262144, hidden_size=64, intermediate_size=128,
+            num_hidden_layers=6, num_attention_heads=4, num_key_value_heads=2, head_dim=16, global_head_dim=32,
+            num_global_key_value_heads=1, attention_k_eq_v=True, hidden_size_per_layer_input=8,
+            num_kv_shared_layers=2, use_double_wide_mlp=True, layer_types=types, sliding_window=64,
+            final_logit_softcapping=30.0, max_position_embeddings=131072, tie_word_embeddings=True,
+            bos_token_id=2, eos_token_id=1, pad_token_id=0,
+        )
+        model = _random_model(Gemma4ForCausalLM, cfg, 0.35)
+        _save_model(model, out, torch.bfloat16)
+        _write_card(out, "gemma", ["en"], "google/gemma-4-E2B-it", "Tiny-Gemma-4")
+
+    return _cached("gemma4", build, _SOURCE, tok_src.name)
+
+
+ALL["gemma4"] = gemma4
+LORA_TARGETS["gemma4"] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
