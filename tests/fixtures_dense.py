@@ -268,7 +268,6 @@ def gemma4() -> Path:
     tok_src = fixtures.gemma3()  # Gemma's SentencePiece tokenizer (262144 tokens)
 
     def build(out: Path) -> None:
-        import torch
         from transformers import Gemma4ForCausalLM, Gemma4TextConfig
 
         for f in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "chat_template.jinja"):
@@ -283,12 +282,53 @@ def gemma4() -> Path:
             final_logit_softcapping=30.0, max_position_embeddings=131072, tie_word_embeddings=True,
             bos_token_id=2, eos_token_id=1, pad_token_id=0,
         )
-        model = _random_model(Gemma4ForCausalLM, cfg, 0.35)
-        _save_model(model, out, torch.bfloat16)
+        _save_gemma4(_random_model(Gemma4ForCausalLM, cfg, 0.35), out)
         _write_card(out, "gemma", ["en"], "google/gemma-4-E2B-it", "Tiny-Gemma-4")
 
     return _cached("gemma4", build, _SOURCE, tok_src.name)
 
 
+def _copy_tokenizer(src: Path, out: Path) -> None:
+    for f in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "chat_template.jinja"):
+        if (src / f).is_file():
+            shutil.copy(src / f, out / f)
+
+
+def _save_gemma4(model, out: Path) -> None:
+    """Save with ``layer_scalar`` (a buffer _random_model leaves at 1) set to 0.6..1.4, so that it is tested too."""
+    import torch
+
+    g = torch.Generator().manual_seed(5)  # a seed whose probe logits have no near tie (min top-2 gap 0.014)
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.layer_scalar.copy_(0.6 + 0.8 * torch.rand(1, generator=g))
+    _save_model(model, out, torch.bfloat16)
+
+
+def gemma4_moe() -> Path:
+    """26B-A4B-like: every layer a dense MLP plus 4 routed experts (top 2), no per-layer embeddings, K=V globals."""
+    tok_src = fixtures.gemma3()
+
+    def build(out: Path) -> None:
+        from transformers import Gemma4ForCausalLM, Gemma4TextConfig
+
+        _copy_tokenizer(tok_src, out)
+        cfg = Gemma4TextConfig(
+            vocab_size=262144, vocab_size_per_layer_input=262144, hidden_size=64, intermediate_size=96,
+            num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=16, global_head_dim=32,
+            num_global_key_value_heads=1, attention_k_eq_v=True, hidden_size_per_layer_input=0,
+            layer_types=["sliding_attention", "full_attention"], sliding_window=64, final_logit_softcapping=30.0,
+            enable_moe_block=True, num_experts=4, top_k_experts=2, moe_intermediate_size=32,
+            max_position_embeddings=131072, tie_word_embeddings=True, bos_token_id=2, eos_token_id=1, pad_token_id=0,
+        )
+        _save_gemma4(_random_model(Gemma4ForCausalLM, cfg, 0.35), out)
+        _write_card(out, "gemma", ["en"], "google/gemma-4-26B-A4B-it", "Tiny-Gemma-4-MoE")
+
+    return _cached("gemma4_moe", build, _SOURCE, tok_src.name)
+
+
 ALL["gemma4"] = gemma4
+ALL["gemma4_moe"] = gemma4_moe
 LORA_TARGETS["gemma4"] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+# attention and the dense MLP (LoRA on the fused 3-D experts is peft's target_parameters: see issue11-moe)
+LORA_TARGETS["gemma4_moe"] = LORA_TARGETS["gemma4"]

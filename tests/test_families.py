@@ -20,7 +20,7 @@ FAMILIES = list(fixtures_dense.ALL)
 # float32 GGUF vs float32 PyTorch: summation order and llama.cpp's rope/softmax kernels; measured <= 1.6e-4
 F32_MAX_ABS_DIFF = 1e-3
 # Gemma's GELU goes through llama.cpp's float16 lookup table (see test_numerical_parity.BOUNDS)
-BOUNDS = {"gemma4": 0.1}
+BOUNDS = {"gemma4": 0.1, "gemma4_moe": 0.1}
 # what the GGUF's metadata must say for each family (arch, and keys that carry the family's specifics)
 EXPECTED_META = {
     "phi3": {"general.architecture": "phi3", "phi3.rope.dimension_count": 24,
@@ -36,9 +36,11 @@ EXPECTED_META = {
                "gemma4.attention.key_length_swa": 16, "gemma4.rope.dimension_count": 32,
                "gemma4.rope.dimension_count_swa": 16, "gemma4.attention.head_count_kv": [2, 1, 2, 1, 2, 1],
                "gemma4.feed_forward_length": [128, 128, 128, 128, 256, 256]},
+    "gemma4_moe": {"general.architecture": "gemma4", "gemma4.expert_count": 4, "gemma4.expert_used_count": 2,
+                   "gemma4.expert_feed_forward_length": 32},
 }
 #: fixtures whose rows are too narrow for K-quants (a 262k vocabulary at hidden 256 would be large)
-NARROW = {"gemma4"}
+NARROW = {"gemma4", "gemma4_moe"}
 
 _converted: dict[tuple[str, str], object] = {}
 
@@ -187,7 +189,7 @@ def _config(name: str, **changes) -> dict:
     ("glm4", {"hidden_act": "gelu"}, "hidden_act"),
     ("ministral3", {"rope_parameters": {"rope_type": "yarn", "rope_theta": 1e6, "factor": 16.0, "truncate": False,
                                         "original_max_position_embeddings": 64}}, "truncate"),
-    ("gemma4", {"enable_moe_block": True}, "enable_moe_block"),
+    ("gemma4", {"enable_moe_block": True}, "num_experts"),
     ("gemma4", {"layer_types": ["sliding_attention"] * 5}, "layer_types"),
 ])
 def test_configs_llama_cpp_would_compute_differently_are_refused(name, changes, words):

@@ -16,7 +16,11 @@ Facts (llama.cpp's ``gemma4`` model and transformers' Gemma 4):
   no K/V projections); ``attention_k_eq_v`` layers have no V projection (llama.cpp then uses K as V);
   ``use_double_wide_mlp`` doubles the shared layers' MLP width (``feed_forward_length`` per layer).
 - Final logit soft-capping; embeddings scaled by sqrt(hidden) at run time by llama.cpp.
-The MoE variant (``enable_moe_block``, 26B-A4B) is refused: its 3-D expert stacks are not written by this module.
+- MoE (``enable_moe_block``, 26B-A4B): every layer adds to its dense MLP a routed expert block; the router
+  (``ffn_gate_inp`` + its input ``scale``), the per-expert output scale (``ffn_down_exps.scale``) and the fused 3-D
+  experts, which transformers stores in llama.cpp's layout already (``ffn_gate_up_exps``, gate rows first;
+  ``ffn_down_exps``), streamed one slab of experts at a time; ``expert_count``/``expert_used_count``/
+  ``expert_feed_forward_length``. llama.cpp normalises the top-k weights, as transformers does.
 """
 
 from __future__ import annotations
@@ -44,9 +48,14 @@ class Gemma4(TextPart, Architecture):
     def __init__(self, config: dict):
         super().__init__(config)
         c = self.config
-        if c.get("enable_moe_block"):
-            raise ForgeError("config.json: enable_moe_block is set (Gemma 4 MoE, e.g. 26B-A4B); only the dense Gemma 4 "
-                             "variants are supported so far")
+        self.moe = bool(c.get("enable_moe_block"))
+        if self.moe:
+            self.n_expert = _int(c.get("num_experts") or 0, "num_experts")
+            self.n_expert_used = _int(c.get("top_k_experts") or 0, "top_k_experts")
+            self.n_ff_exp = _int(c.get("moe_intermediate_size") or 0, "moe_intermediate_size")
+            if not 0 < self.n_expert_used <= self.n_expert or not self.n_ff_exp:
+                raise ForgeError(f"config.json: Gemma 4 MoE needs num_experts, top_k_experts (1..num_experts) and "
+                                 f"moe_intermediate_size; got {self.n_expert}, {self.n_expert_used}, {self.n_ff_exp}")
         act = c.get("hidden_activation") or c.get("hidden_act") or "gelu_pytorch_tanh"
         if act not in ("gelu_pytorch_tanh", "gelu"):
             raise ForgeError(f"config.json: hidden_activation {act!r} is not what llama.cpp's gemma4 computes")
@@ -123,6 +132,15 @@ class Gemma4(TextPart, Architecture):
                              f"num_key_value_heads {self.n_head_kv}")
 
     def gguf_name(self, hf_name: str) -> str | None:
+        m = re.match(r"^(?:model\.language_model\.|language_model\.model\.|model\.)layers\.(\d+)\.(router\.scale|"
+                     r"router\.per_expert_scale|experts\.gate_up_proj|experts\.down_proj)$", hf_name)
+        if m is not None and self.moe:
+            # the MoE router's input scale, the per-expert output scale and the fused 3-D experts (written as
+            # stored: [n_expert, 2 x n_ff_exp (gate rows, then up), n_embd] and [n_expert, n_embd, n_ff_exp])
+            return f"blk.{m.group(1)}." + {"router.scale": "ffn_gate_inp.scale",
+                                           "router.per_expert_scale": "ffn_down_exps.scale",
+                                           "experts.gate_up_proj": "ffn_gate_up_exps.weight",
+                                           "experts.down_proj": "ffn_down_exps.weight"}[m.group(2)]
         name = super().gguf_name(hf_name)
         if name is not None and name.endswith("layer_output_scale"):
             return name + ".weight"
@@ -161,6 +179,14 @@ class Gemma4(TextPart, Architecture):
             "proj.weight": ((e, self.n_ple), "hidden_size, hidden_size_per_layer_input"),
             "layer_output_scale.weight": ((1,), "one value"),
         }
+        if self.moe:
+            x, fx = self.n_expert, self.n_ff_exp
+            table.update({
+                "ffn_gate_inp.weight": ((x, e), "num_experts, hidden_size"),
+                "ffn_gate_inp.scale": ((e,), "hidden_size"), "ffn_down_exps.scale": ((x,), "num_experts"),
+                "ffn_gate_up_exps.weight": ((x, 2 * fx, e), "num_experts, 2 x moe_intermediate_size, hidden_size"),
+                "ffn_down_exps.weight": ((x, e, fx), "num_experts, hidden_size, moe_intermediate_size"),
+            })
         if t in table:
             return table[t]
         return super().expected_shape(f"blk.{b}.{t}")
@@ -178,6 +204,10 @@ class Gemma4(TextPart, Architecture):
                 block += ["attn_k", "attn_k_norm"]
             if self.n_ple:
                 block += ["inp_gate", "proj", "post_norm"]
+            if self.moe:
+                block += ["ffn_gate_inp", "ffn_gate_up_exps", "ffn_down_exps", "pre_ffw_norm_2", "post_ffw_norm_1",
+                          "post_ffw_norm_2"]
+                need += [f"blk.{b}.ffn_gate_inp.scale", f"blk.{b}.ffn_down_exps.scale"]
             need += [f"blk.{b}.{t}.weight" for t in block]
         missing = [n for n in need if n not in names]
         if missing:
@@ -210,6 +240,10 @@ class Gemma4(TextPart, Architecture):
         w.add_embedding_length_per_layer_input(self.n_ple)
         if c.get("final_logit_softcapping"):
             w.add_final_logit_softcapping(float(c["final_logit_softcapping"]))
+        if self.moe:
+            w.add_expert_count(self.n_expert)
+            w.add_expert_used_count(self.n_expert_used)
+            w.add_expert_feed_forward_length(self.n_ff_exp)
 
     def extra_tensors(self) -> dict[str, np.ndarray]:
         return {gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS] + ".weight": self.rope_freqs}
