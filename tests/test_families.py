@@ -118,7 +118,7 @@ def test_multimodal_checkpoint_converts_its_text_model_with_a_notice(family_gguf
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", FAMILIES)
+@pytest.mark.parametrize("name", [f for f in FAMILIES if f != "gemma4_moe"])  # same LoRA modules as gemma4
 def test_lora_merge_equals_peft(name, tmp_path):
     """``convert --lora`` on attention and MLP (fused qkv/gate_up where the family fuses them)."""
     from peft import PeftModel
