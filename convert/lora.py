@@ -313,6 +313,7 @@ class MergedCheckpoint:
         embed = "model.embed_tokens.weight"
         for ad in self.adapters:
             for name, key in ad.replacements.items():
+                name = _stored_name(name, self.tensors)
                 ref = ad.refs[key]
                 base_ref = self.tensors.get(name)
                 if base_ref is None and not (name == "lm_head.weight" and tied and embed in self.tensors):
@@ -330,6 +331,7 @@ class MergedCheckpoint:
                 self._sources[name] = (ad, key)
                 self.tensors[name] = TensorRef(name, ref.file, "F32", ref.shape)
             for name, mod in ad.modules.items():
+                name = _stored_name(name, self.tensors)
                 if name not in self.tensors and not (name == "lm_head.weight" and tied and embed in self.tensors):
                     raise ForgeError(f"adapter tensor {mod.a}: the base model has no module {mod.name}")
                 target = self.tensors.get(name) or self.tensors[embed]
@@ -346,7 +348,7 @@ class MergedCheckpoint:
                         f"{name} {list(target.shape)}; was the adapter trained on another model?"
                     )
                 if mod.bias is not None:
-                    bias = mod.name + ".bias"
+                    bias = _stored_name(mod.name + ".bias", self.tensors)
                     if bias not in self.tensors:
                         raise ForgeError(f"adapter tensor {mod.bias}: lora_bias needs a bias in the base's {mod.name}")
                     self._loras.setdefault(bias, []).append((ad, mod))
@@ -483,6 +485,22 @@ class MergedCheckpoint:
                 self._factor_cache.pop(next(iter(self._factor_cache)))
             self._factor_cache[key] = got
         return got
+
+
+# -- issue 11 (multimodal checkpoints): peft names modules by transformers' runtime layout
+# (model.language_model.*), which may differ from the layout the checkpoint stores (language_model.model.*)
+_LAYOUTS = (("model.language_model.", "language_model.model."), ("lm_head.", "language_model.lm_head."))
+
+
+def _stored_name(name: str, tensors: dict) -> str:
+    """The checkpoint's name for a tensor an adapter names in the other multimodal layout (else ``name``)."""
+    if name in tensors:
+        return name
+    for a, b in _LAYOUTS:
+        for src, dst in ((a, b), (b, a)):
+            if name.startswith(src) and dst + name[len(src):] in tensors:
+                return dst + name[len(src):]
+    return name
 
 
 def _factors(ad: Adapter, mod: _Module, name: str):

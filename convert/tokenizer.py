@@ -135,6 +135,10 @@ def load_vocab(path: Path, n_vocab: int, pre_override: str | None = None) -> Voc
                          f"({one_line(e)})") from None
     if vocab.model == "gpt2" and not vocab.special.merges:
         raise ForgeError(f"{tj_file}: BPE tokenizer without merges")
+    if vocab.model == "gpt2":
+        # neither tokenizer_config.json nor a post-processor adds BOS: transformers adds none, but llama.cpp
+        # defaults to adding one for some pre-tokenizers (llama-bpe: GLM-4's), so say so explicitly
+        vocab.special.add_special_token.setdefault("bos", False)
     _check_chat_templates(path, vocab.special.chat_template)
     # gguf-py reads tokenizer_config.json's template before chat_template.jinja/.json; transformers (and
     # chat_template.from_hf_dir, which the Modelfile and imatrix use) read them the other way round
