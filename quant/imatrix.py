@@ -1,4 +1,11 @@
-"""Compute an importance matrix on the (fine-tuned) Hugging Face model itself, in torch.
+"""Compute an importance matrix on the (fine-tuned) model: llama.cpp's own statistic, two engines.
+
+- ``llama`` (default): llama.cpp in-process on a memory-mapped GGUF (:mod:`.imatrix_llama`), the weights in
+  the page cache, not in the process's memory: a Hugging Face folder (adapters merged) is first converted,
+  streaming, to a temporary F16 GGUF (bf16 when a weight overflows float16), removed afterwards; a GGUF is used
+  as it is. ``merge-convert --imatrix`` hands it the intermediate GGUF it already wrote.
+- ``torch``: the whole Hugging Face model loaded with transformers (float32 on the CPU, bfloat16 on CUDA),
+  hooks on every block linear layer; the one for ``--device cuda``.
 
 The statistic is llama.cpp's ``llama-imatrix`` one: for every matmul weight inside the blocks, the sum
 over tokens of x_j^2 for each input column j, and the number of tokens. Calibration text is tokenized
@@ -11,6 +18,8 @@ the tokenizer adds BOS), exactly as llama.cpp chunks it. JSONL chat data (OpenAI
 from __future__ import annotations
 
 import contextlib
+import shutil
+import tempfile
 import time
 from importlib import resources
 from pathlib import Path
@@ -19,13 +28,16 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from .. import chat_template
-from ..convert import Checkpoint, LoraSpec, arch_for_config, merged_source, resolve_model
+from ..convert import Checkpoint, LoraSpec, NonFiniteError, arch_for_config, convert, merged_source, resolve_model
 from ..errors import ForgeError
-from ..files import parse_json_line, read_text_file
+from ..files import cache_dir, is_gguf, parse_json_line, read_text_file
 from ..files import progress as progress_bar
 from .imatrix_file import IMatrix
+from .imatrix_llama import run_llama
 
 DEFAULT_CALIBRATION = "default"
+#: ``--engine`` choices: llama.cpp on a memory-mapped GGUF (memory-bounded), or the whole model in torch
+ENGINES = ("llama", "torch")
 
 
 def default_calibration_text() -> str:
@@ -167,12 +179,70 @@ def _transformers_progress(enabled: bool) -> Iterator[None]:
 def compute_imatrix(
     model_dir: Path, calibration: str = DEFAULT_CALIBRATION, ctx: int = 512, chunks: int | None = None,
     device: str = "cpu", loras: list[LoraSpec] | None = None, progress: bool = True, threads: int | None = None,
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] = print, engine: str | None = None, gguf: Path | None = None,
+    work_dir: Path | None = None, gguf_type: str = "f16",
 ) -> tuple[IMatrix, dict]:
-    """Run the model over the calibration chunks with hooks on every block linear layer.
+    """The importance matrix of ``model_dir`` (a Hugging Face folder, or a GGUF file for the llama engine).
 
-    Returns the imatrix (keyed by GGUF tensor names) and run statistics (tokens, seconds, tokens/s).
+    ``engine``: ``llama`` (default on the CPU) or ``torch`` (default with ``device="cuda"``). For the llama engine
+    and a folder, ``gguf`` is an already converted (and merged) GGUF of it to use; otherwise a temporary one of
+    type ``gguf_type`` is written in ``work_dir`` (default: the cache folder) and removed afterwards.
+    Returns the imatrix (keyed by GGUF tensor names) and run statistics (tokens, seconds, tokens/s, engine).
     """
+    engine = engine or ("torch" if device.startswith("cuda") else "llama")
+    if engine not in ENGINES:
+        raise ForgeError(f"--engine {engine}: choose one of {', '.join(ENGINES)}")
+    model_dir = Path(model_dir)
+    gguf_input = is_gguf(model_dir)
+    if engine == "torch":
+        if gguf_input:
+            raise ForgeError(f"--engine torch: {model_dir} is a GGUF; the torch engine reads a Hugging Face folder "
+                             "(use --engine llama for a GGUF)")
+        return _compute_torch(model_dir, calibration, ctx, chunks, device, loras, progress, threads)
+    if device != "cpu":
+        raise ForgeError(f"--engine llama runs on the CPU; for --device {device} use --engine torch")
+    if gguf_input:
+        if loras:
+            raise ForgeError(f"--lora: {model_dir} is a GGUF; adapters merge into a Hugging Face folder "
+                             "(give the base model's folder)")
+        im, stats = run_llama(model_dir, lambda llm: gguf_calibration_chunks(llm, calibration, ctx, chunks), ctx,
+                              threads=threads, progress=progress)
+        return im, {**stats, "gguf": str(model_dir)}
+    lora_dirs = [resolve_model(spec.path, what="--lora") for spec in loras or []]
+    work, dataset = _calibration_chunks(model_dir, lora_dirs, calibration, ctx, chunks)
+    if gguf is not None:
+        im, stats = run_llama(gguf, lambda llm: (work, dataset), ctx, threads=threads, progress=progress)
+        return im, {**stats, "gguf": str(gguf)}
+    folder = Path(work_dir) if work_dir is not None else cache_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".imatrix-", dir=folder))
+    try:
+        t0 = time.perf_counter()
+        path, used = _temporary_gguf(model_dir, tmp, loras or [], gguf_type, progress)
+        convert_s = time.perf_counter() - t0
+        im, stats = run_llama(path, lambda llm: (work, dataset), ctx, threads=threads, progress=progress)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return im, {**stats, "gguf": None, "gguf_type": used, "convert_seconds": convert_s}
+
+
+def _temporary_gguf(model_dir: Path, folder: Path, loras: list[LoraSpec], gguf_type: str,
+                    progress: bool) -> tuple[Path, str]:
+    """``model_dir`` (adapters merged) converted into ``folder``; F16 falls back to BF16 when a weight overflows."""
+    out = folder / "model.gguf"
+    try:
+        convert(model_dir, out, outtype=gguf_type, progress=progress, loras=loras)
+        return out, gguf_type
+    except NonFiniteError as e:
+        if gguf_type != "f16" or "float16" not in str(e):
+            raise
+    convert(model_dir, out, outtype="bf16", progress=progress, loras=loras)
+    return out, "bf16"
+
+
+def _compute_torch(model_dir: Path, calibration: str, ctx: int, chunks: int | None, device: str,
+                   loras: list[LoraSpec] | None, progress: bool, threads: int | None) -> tuple[IMatrix, dict]:
+    """Run the whole HF model in torch over the calibration chunks with hooks on every block linear layer."""
     import torch
 
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -192,7 +262,7 @@ def compute_imatrix(
         im.counts[name] = np.array([float(counts[name])])
     n_tok = len(work) * ctx
     return im, {"tokens": n_tok, "chunks": len(work), "seconds": seconds, "tokens_per_s": n_tok / seconds,
-                "entries": len(im.sums), "device": device}
+                "entries": len(im.sums), "device": device, "engine": "torch"}
 
 
 def _chat_template(model_dir: Path, lora_dirs: list[Path]) -> str | None:
@@ -261,3 +331,25 @@ def _collect(model: Any, arch: Any, work: list[list[int]], device: str, progress
         for h in hooks:
             h.remove()
     return sums, counts
+
+
+def gguf_calibration_chunks(llm: Any, calibration: str, ctx: int,
+                            chunks: int | None) -> tuple[list[list[int]], str]:
+    """The calibration text rendered with the GGUF's chat template, tokenized by llama.cpp and chunked (BOS first
+    when the vocabulary adds it)."""
+    from llama_cpp import llama_cpp as C
+
+    vocab = C.llama_model_get_vocab(llm.model)
+    template = llm.metadata.get("tokenizer.chat_template")
+
+    def text_of(tok: int) -> str:
+        return C.llama_vocab_get_text(vocab, tok).decode("utf-8", errors="replace") if tok >= 0 else ""
+
+    text, dataset = load_calibration(calibration, template, bos_token=text_of(C.llama_vocab_bos(vocab)),
+                                     eos_token=text_of(C.llama_vocab_eos(vocab)))
+    ids = llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
+    if len(ids) < 2 * ctx:
+        raise ForgeError(f"--calibration: the text has {len(ids)} tokens, fewer than two chunks of --ctx {ctx}; "
+                         "give more text or a smaller --ctx")
+    bos = C.llama_vocab_bos(vocab) if C.llama_vocab_get_add_bos(vocab) else None
+    return chunk_tokens(ids, ctx, bos if bos is not None and bos >= 0 else None, chunks), dataset
