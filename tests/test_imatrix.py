@@ -1,0 +1,77 @@
+"""`quantize imatrix --engine llama` (llama.cpp's evaluation callback on a memory-mapped GGUF) against the torch
+engine: the same tensors, equal counts, the same sums within float tolerance; GGUF input; MoE (MUL_MAT_ID)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from gguf_forge.quant import compute_imatrix, read_imatrix
+
+import adapters
+import fixtures
+from helpers import assert_user_error, run
+from imatrix_check import differences, engines_agree
+
+CTX, CHUNKS = 64, 4
+
+
+@pytest.fixture(scope="module")
+def qwen2_torch():
+    im, stats = compute_imatrix(fixtures.qwen2(), ctx=CTX, chunks=CHUNKS, engine="torch", progress=False)
+    assert stats["engine"] == "torch"
+    return im
+
+
+def test_llama_engine_equals_torch_on_a_dense_model(qwen2_torch, tmp_path):
+    new, stats = compute_imatrix(fixtures.qwen2(), ctx=CTX, chunks=CHUNKS, progress=False, gguf_type="f32",
+                                 work_dir=tmp_path)
+    assert stats["engine"] == "llama" and stats["tokens"] == CTX * CHUNKS
+    assert len(new.sums) == 2 * 7  # every block matmul: q k v o gate up down
+    diffs = differences(new, qwen2_torch)
+    assert max(diffs.values()) < 2e-3, diffs
+    assert new.counts["blk.0.attn_q.weight"].tolist() == [CTX * CHUNKS]
+    assert list(tmp_path.iterdir()) == []  # the temporary GGUF is gone
+
+
+def test_llama_engine_equals_torch_with_lora(tmp_path):
+    diffs = engines_agree(fixtures.smollm2(), loras=_specs(adapters.adapter("plain")), ctx=CTX, chunks=2,
+                          work_dir=tmp_path)
+    assert len(diffs) == 30 * 7
+
+
+def test_cli_on_a_gguf_and_on_a_folder_default_f16(qwen2_torch, tmp_path, converted):
+    gguf = converted("qwen2", "f32")
+    out = tmp_path / "from-gguf.gguf"
+    r = run("imatrix", str(gguf), "--ctx", str(CTX), "--chunks", str(CHUNKS), "-o", str(out), "--json",
+            "--no-progress", "--threads", "2")
+    assert r.returncode == 0, r.stderr
+    stats = json.loads(r.stdout)
+    assert stats["engine"] == "llama" and stats["gguf"] == str(gguf)
+    # llama.cpp's tokenizer and chat-free text give the tokens transformers gives: the same statistic
+    assert max(differences(read_imatrix(out), qwen2_torch).values()) < 2e-3
+    # a folder: converted to a temporary F16 GGUF beside the output (removed), F16 weights -> close, not equal
+    out16 = tmp_path / "sub" / "from-folder.gguf"
+    out16.parent.mkdir()
+    r = run("imatrix", str(fixtures.qwen2()), "--ctx", str(CTX), "--chunks", str(CHUNKS), "-o", str(out16),
+            "--no-progress")
+    assert r.returncode == 0, r.stderr
+    assert "llama engine" in r.stdout
+    assert max(differences(read_imatrix(out16), qwen2_torch).values()) < 5e-2
+    assert [p.name for p in out16.parent.iterdir()] == ["from-folder.gguf"]
+
+
+def test_engine_refusals(tmp_path, converted):
+    gguf = converted("qwen2", "f32")
+    r = run("imatrix", str(gguf), "--engine", "torch", "-o", str(tmp_path / "a.gguf"))
+    assert_user_error(r, "--engine torch", "GGUF")
+    r = run("imatrix", str(gguf), "--lora", str(adapters.adapter("plain")), "-o", str(tmp_path / "a.gguf"))
+    assert_user_error(r, "--lora", "GGUF")
+    assert list(tmp_path.iterdir()) == []
+
+
+def _specs(*paths):
+    from gguf_forge.convert import parse_lora_spec
+
+    return [parse_lora_spec(str(p)) for p in paths]
