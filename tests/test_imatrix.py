@@ -12,7 +12,7 @@ from gguf_forge.quant import compute_imatrix, read_imatrix
 import adapters
 import fixtures
 from helpers import assert_user_error, run
-from imatrix_check import differences, engines_agree
+from imatrix_check import check_moe, differences, engines_agree, moe_gguf
 
 CTX, CHUNKS = 64, 4
 
@@ -75,3 +75,18 @@ def _specs(*paths):
     from gguf_forge.convert import parse_lora_spec
 
     return [parse_lora_spec(str(p)) for p in paths]
+
+
+def test_moe_experts_through_mul_mat_id(tmp_path, converted):
+    """A Qwen3-MoE GGUF: llama.cpp runs the experts as MUL_MAT_ID; per-expert sums and counts as llama-imatrix
+    keeps them (checked through their invariants), written in llama.cpp's GGUF imatrix format and read back."""
+    moe = moe_gguf(converted("qwen3", "f32"), tmp_path / "moe.gguf")
+    out = tmp_path / "moe-imatrix.gguf"
+    r = run("imatrix", str(moe), "--ctx", str(CTX), "--chunks", str(CHUNKS), "-o", str(out), "--json",
+            "--no-progress")
+    assert r.returncode == 0, r.stderr
+    im = read_imatrix(out)
+    assert check_moe(im, n_expert=8, n_used=2, n_tokens=CTX * CHUNKS) == ["blk.0", "blk.1"]
+    assert im.sums["blk.1.ffn_down_exps.weight"].shape == (8, 32)
+    # the dense matmuls are untouched by the experts
+    assert im.counts["blk.0.attn_q.weight"].tolist() == [CTX * CHUNKS]
