@@ -18,9 +18,11 @@ the tokenizer adds BOS), exactly as llama.cpp chunks it. JSONL chat data (OpenAI
 from __future__ import annotations
 
 import contextlib
+import re
 import shutil
 import tempfile
 import time
+from functools import partial
 from importlib import resources
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -254,12 +256,8 @@ def _compute_torch(model_dir: Path, calibration: str, ctx: int, chunks: int | No
     dtype = torch.float32 if device == "cpu" else torch.bfloat16
     model, source = load_model(model_dir, loras or [], device, dtype, progress=progress)
     t0 = time.perf_counter()
-    sums, counts = _collect(model, arch_for_config(source.config), work, device, progress)
+    im = collect_torch(model, arch_for_config(source.config), work, dataset, device, progress)
     seconds = time.perf_counter() - t0
-    im = IMatrix(datasets=[dataset], chunk_count=len(work), chunk_size=ctx)
-    for name, s in sums.items():
-        im.sums[name] = s.double().cpu().numpy().reshape(1, -1)
-        im.counts[name] = np.array([float(counts[name])])
     n_tok = len(work) * ctx
     return im, {"tokens": n_tok, "chunks": len(work), "seconds": seconds, "tokens_per_s": n_tok / seconds,
                 "entries": len(im.sums), "device": device, "engine": "torch"}
@@ -297,17 +295,39 @@ def _calibration_chunks(model_dir: Path, lora_dirs: list[Path], calibration: str
     return chunk_tokens(ids, ctx, bos, chunks), dataset
 
 
+def collect_torch(model: Any, arch: Any, work: list[list[int]], dataset: str, device: str = "cpu",
+                  progress: bool = False) -> IMatrix:
+    """The torch engine's statistic of a loaded transformers ``model`` over the token chunks ``work`` (GGUF names
+    from ``arch``; MoE experts per expert)."""
+    sums, counts = _collect(model, arch, work, device, progress)
+    im = IMatrix(datasets=[dataset], chunk_count=len(work), chunk_size=len(work[0]) if work else 0)
+    for name, s in sums.items():
+        im.sums[name] = s.double().cpu().numpy().reshape(-1, s.shape[-1])  # (n_expert, cols) for MoE experts
+        im.counts[name] = np.asarray(counts[name], dtype=np.float64).reshape(-1)
+    return im
+
+
 def _collect(model: Any, arch: Any, work: list[list[int]], device: str, progress: bool) -> tuple[dict, dict]:
     """Run ``model`` over the chunks; per GGUF weight name, the sum of x_j^2 over tokens and the token count."""
     import torch
 
     sums: dict[str, torch.Tensor] = {}
-    counts: dict[str, int] = {}
+    counts: dict[str, Any] = {}
     hooks = []
     for mname, module in model.named_modules():
-        if not isinstance(module, torch.nn.Linear) or ".layers." not in f".{mname}.":
+        if ".layers." not in f".{mname}.":
             continue
-        gname = arch.gguf_name(mname + ".weight")
+        if _is_experts(module):
+            hooks.append(module.register_forward_pre_hook(partial(_experts_hook, _block(mname), sums, counts),
+                                                          with_kwargs=True))
+            continue
+        if isinstance(module, torch.nn.Linear):
+            gname = arch.gguf_name(mname + ".weight")
+        elif type(module).__name__.endswith("Router") and getattr(module, "weight", None) is not None \
+                and module.weight.dim() == 2:
+            gname = f"{_block(mname)}.ffn_gate_inp.weight"  # a MoE router (llama.cpp's name in every MoE family)
+        else:
+            continue
         if gname is None:
             continue
 
@@ -331,6 +351,58 @@ def _collect(model: Any, arch: Any, work: list[list[int]], device: str, progress
         for h in hooks:
             h.remove()
     return sums, counts
+
+
+def _block(module_name: str) -> str:
+    """``model.layers.3.mlp.experts`` -> ``blk.3``."""
+    m = re.search(r"\.layers\.(\d+)\.", f".{module_name}.")
+    if m is None:
+        raise ForgeError(f"imatrix: cannot tell the layer of {module_name}")
+    return f"blk.{m.group(1)}"
+
+
+def _is_experts(module: Any) -> bool:
+    """transformers' fused MoE experts: ``gate_up_proj`` (n_expert, 2 x ff, hidden) and ``down_proj``
+    (n_expert, hidden, ff), called with the hidden states and the selected experts (Mixtral, Qwen2/3-MoE, OLMoE...)."""
+    import torch
+
+    gu, down = getattr(module, "gate_up_proj", None), getattr(module, "down_proj", None)
+    return isinstance(gu, torch.nn.Parameter) and isinstance(down, torch.nn.Parameter) and gu.dim() == 3
+
+
+def _experts_hook(blk: str, sums: dict, counts: dict, mod: Any, args: tuple, kwargs: dict) -> None:
+    """llama-imatrix's MUL_MAT_ID bookkeeping in torch: per expert, the squared inputs of the (token, expert) pairs
+    the router selected and their number, for the gate/up experts (the hidden states) and the down experts
+    (act(gate) * up, recomputed here from the expert's weights)."""
+    import torch
+
+    hidden = args[0] if args else kwargs["hidden_states"]
+    top_k = args[1] if len(args) > 1 else kwargs["top_k_index"]
+    gu, down = mod.gate_up_proj, mod.down_proj
+    n_expert, two_ff, n_embd = gu.shape
+    ff = two_ff // 2
+    if two_ff % 2 or down.shape != (n_expert, n_embd, ff) or getattr(mod, "has_bias", False):
+        raise ForgeError(f"--engine torch: the experts of {blk} ({type(mod).__name__}, gate_up_proj "
+                         f"{list(gu.shape)}, down_proj {list(down.shape)}) have a layout this engine does not read; "
+                         "use --engine llama")
+    x = hidden.detach().reshape(-1, n_embd).float()
+    top_k = top_k.reshape(x.shape[0], -1)
+    names = [f"{blk}.ffn_{k}_exps.weight" for k in ("gate", "up", "down")]
+    for name, cols in zip(names, (n_embd, n_embd, ff)):
+        if name not in sums:
+            sums[name] = torch.zeros(n_expert, cols, dtype=torch.float32, device=x.device)
+            counts[name] = np.zeros(n_expert)
+    for e in range(n_expert):
+        rows = (top_k == e).any(dim=1).nonzero().reshape(-1)
+        if rows.numel() == 0:
+            continue
+        xe = x[rows]
+        sq = (xe * xe).sum(0)
+        gate, up = torch.nn.functional.linear(xe, gu[e].float()).chunk(2, dim=-1)
+        h = mod.act_fn(gate) * up
+        for name, s in zip(names, (sq, sq, (h * h).sum(0))):
+            sums[name][e] += s
+            counts[name][e] += rows.numel()
 
 
 def gguf_calibration_chunks(llm: Any, calibration: str, ctx: int,

@@ -206,7 +206,7 @@ class Collector:
             rows = np.arange(n_tokens)
             for idx in range(n_used):
                 np.add.at(routing, (ids[:, idx], rows, idx % ne11), 1.0)
-            x2 = sq[0].transpose(1, 0, 2).reshape(n_tokens * ne11, ne0)  # (row, slot) -> squares
+            x2 = sq[0].reshape(n_tokens * ne11, ne0)  # (token row, slot) -> squares, as routing is laid out
             sums += routing.reshape(n_as, -1) @ x2
             counts += routing.reshape(n_as, -1).sum(axis=1)
         else:

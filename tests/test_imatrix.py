@@ -12,7 +12,7 @@ from gguf_forge.quant import compute_imatrix, read_imatrix
 import adapters
 import fixtures
 from helpers import assert_user_error, run
-from imatrix_check import check_moe, differences, engines_agree, moe_gguf
+from imatrix_check import check_moe, differences, engines_agree, moe_gguf, moe_twins
 
 CTX, CHUNKS = 64, 4
 
@@ -90,3 +90,24 @@ def test_moe_experts_through_mul_mat_id(tmp_path, converted):
     assert im.sums["blk.1.ffn_down_exps.weight"].shape == (8, 32)
     # the dense matmuls are untouched by the experts
     assert im.counts["blk.0.attn_q.weight"].tolist() == [CTX * CHUNKS]
+
+
+def test_moe_torch_experts_equal_llama_mul_mat_id(tmp_path, converted):
+    """The torch engine's per-expert statistic (hooks on transformers' fused experts and the router) equals what
+    llama.cpp's MUL_MAT_ID gives on the same Qwen3-MoE weights: same tensors, counts, sums (but for a token or two
+    whose top experts tie within rounding)."""
+    import json
+
+    from gguf_forge.convert import arch_for_config
+    from gguf_forge.quant.imatrix import _calibration_chunks, collect_torch
+    from gguf_forge.quant.imatrix_llama import run_llama
+
+    moe, gguf = moe_twins(fixtures.qwen3(), converted("qwen3", "f32"), tmp_path / "moe.gguf")
+    work, dataset = _calibration_chunks(fixtures.qwen3(), [], "default", CTX, CHUNKS)
+    arch = arch_for_config(json.loads((fixtures.qwen3() / "config.json").read_text()))  # attention names
+    ref = collect_torch(moe, arch, work, dataset)
+    new, _ = run_llama(gguf, lambda llm: (work, dataset), CTX, progress=False)
+    diffs = differences(new, ref, max_flips=4)  # near-tie routing choices may differ (see differences)
+    assert max(diffs.values()) < 5e-3, diffs  # float16 K/V in llama.cpp; the down experts' inputs amplify it
+    assert check_moe(new, 8, 2, CTX * CHUNKS) == ["blk.0", "blk.1"]
+    assert check_moe(ref, 8, 2, CTX * CHUNKS) == ["blk.0", "blk.1"]
