@@ -19,10 +19,13 @@ Unlike llama-imatrix, batches under 16 tokens are not ignored (every batch here 
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import signal
+import threading
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -109,6 +112,7 @@ class Collector:
         self.sums: dict[str, np.ndarray] = {}
         self.counts: dict[str, np.ndarray] = {}
         self.error: BaseException | None = None
+        self.interrupted = False  # set by run_llama's SIGINT handler: a Python exception cannot cross the callback
         self.calls = 0
         self.seconds = 0.0  # spent summing, for the benchmark
         self._cache_key: tuple | None = None
@@ -128,7 +132,7 @@ class Collector:
         return name.startswith("blk.") or (self.process_output and name == "output.weight")
 
     def _callback(self, t: int, ask: bool) -> bool:
-        if self.error is not None:
+        if self.error is not None or self.interrupted:
             return False
         try:
             op = ctypes.c_int.from_address(t + _OP_OFFSET).value
@@ -146,7 +150,7 @@ class Collector:
             self.seconds += time.perf_counter() - t0
             self.calls += 1
             return True
-        except BaseException as e:  # Ctrl-C or a bad value: stop this graph, raised after the decode returns
+        except BaseException as e:  # a bad value: stop this graph, raised after the decode returns
             self.error = e
             return False
 
@@ -247,9 +251,37 @@ def run_llama(gguf_path: Path, tokenize: Callable[[Any], tuple[list[list[int]], 
               ) -> tuple[IMatrix, dict]:
     """Load ``gguf_path`` memory-mapped with the collector as its evaluation callback, get the chunks from
     ``tokenize(llm)`` and decode them one by one; returns the imatrix and run statistics."""
-    from llama_cpp import llama_cpp as C
 
     collector = Collector(process_output=process_output)
+    with _interrupts_to(collector):
+        return _run(collector, gguf_path, tokenize, ctx, threads, progress)
+
+
+@contextlib.contextmanager
+def _interrupts_to(collector: Collector) -> Iterator[None]:
+    """While llama.cpp decodes, Ctrl-C (and SIGTERM where a Python handler takes it, as the CLI's does) sets
+    ``collector.interrupted``: the callback then stops the graph and the decode loop raises KeyboardInterrupt (an
+    exception raised inside a ctypes callback would only be printed)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        collector.interrupted = True
+
+    signals = [signal.SIGINT] + [signal.SIGTERM] * callable(signal.getsignal(signal.SIGTERM))  # the CLI's: as Ctrl-C
+    old = {sig: signal.signal(sig, handler) for sig in signals}
+    try:
+        yield
+    finally:
+        for sig, was in old.items():
+            signal.signal(sig, was)
+
+
+def _run(collector: Collector, gguf_path: Path, tokenize: Callable[[Any], tuple[list[list[int]], str]], ctx: int,
+         threads: int | None, progress: bool) -> tuple[IMatrix, dict]:
+    from llama_cpp import llama_cpp as C
+
     ubatch = min(ctx, UBATCH)
     llm = load_model(gguf_path, n_ctx=ctx, threads=threads, n_batch=ctx, n_ubatch=ubatch, flash_attn=True,
                      cb_eval=collector.callback)
@@ -267,6 +299,8 @@ def run_llama(gguf_path: Path, tokenize: Callable[[Any], tuple[list[list[int]], 
             t0 = time.perf_counter()
             with progress_bar(len(work) * ctx, "imatrix", enabled=progress, unit="tok") as bar:
                 for c in work:
+                    if collector.interrupted:
+                        raise KeyboardInterrupt
                     C.llama_memory_clear(mem, True)
                     collector.new_batch()
                     batch.n_tokens = len(c)
@@ -277,6 +311,8 @@ def run_llama(gguf_path: Path, tokenize: Callable[[Any], tuple[list[list[int]], 
                         batch.seq_id[i][0] = 0
                         batch.logits[i] = 1
                     rc = C.llama_decode(llm.ctx, batch)
+                    if collector.interrupted:
+                        raise KeyboardInterrupt
                     if collector.error is not None:
                         raise collector.error
                     if rc != 0:

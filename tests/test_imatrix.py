@@ -111,3 +111,35 @@ def test_moe_torch_experts_equal_llama_mul_mat_id(tmp_path, converted):
     assert max(diffs.values()) < 5e-3, diffs  # float16 K/V in llama.cpp; the down experts' inputs amplify it
     assert check_moe(new, 8, 2, CTX * CHUNKS) == ["blk.0", "blk.1"]
     assert check_moe(ref, 8, 2, CTX * CHUNKS) == ["blk.0", "blk.1"]
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_interrupt_while_llama_cpp_decodes_leaves_no_file(tmp_path, converted, sig):
+    """Ctrl-C (or kill) while llama.cpp runs the calibration: stops at the next matmul, exit 130, no file."""
+    import signal
+    import subprocess
+    import threading
+    import time
+
+    from helpers import QUANTIZE
+
+    out = tmp_path / "im.gguf"
+    p = subprocess.Popen([*QUANTIZE, "imatrix", str(converted("smollm2", "f16")), "-o", str(out), "--chunks", "4",
+                          "--threads", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    err: list[str] = []
+    reader = threading.Thread(target=lambda: err.extend(iter(lambda: p.stderr.read(1), "")), daemon=True)
+    reader.start()
+    deadline = time.time() + 300
+    while time.time() < deadline and p.poll() is None and "imatrix:" not in "".join(err):
+        time.sleep(0.05)
+    assert p.poll() is None, "".join(err)
+    time.sleep(1.0)  # inside llama_decode
+    t = time.time()
+    p.send_signal(getattr(signal, sig))
+    p.wait(timeout=120)
+    reader.join(timeout=5)
+    text = "".join(err)
+    assert p.returncode == 130, text
+    assert "interrupted" in text and "Traceback" not in text and "Exception ignored" not in text
+    assert time.time() - t < 60
+    assert list(tmp_path.iterdir()) == []
