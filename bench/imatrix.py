@@ -24,6 +24,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -41,8 +42,9 @@ from convert import SHAPE_8B, drop_caches, synthetic_8b  # noqa: E402  (bench/co
 BUILD_CACHE = Path.home() / ".cache" / "gguf-forge" / "bench"
 
 
-def measure(cmd: list[str]) -> dict:
-    """Run ``cmd``; wall seconds, peak RssAnon and VmHWM (bytes), return code, stdout and stderr."""
+def measure(cmd: list[str], limit: float | None = None) -> dict:
+    """Run ``cmd``; wall seconds, peak RssAnon and VmHWM (bytes), return code, stdout and stderr. After ``limit``
+    seconds it is interrupted (SIGINT) and marked ``stopped``: its memory peak so far still counts."""
     out_f, err_f = tempfile.TemporaryFile(), tempfile.TemporaryFile()
     t = time.perf_counter()
     p = subprocess.Popen(cmd, stdout=out_f, stderr=err_f)
@@ -64,15 +66,26 @@ def measure(cmd: list[str]) -> dict:
 
     th = threading.Thread(target=sample, daemon=True)
     th.start()
-    rc = p.wait()
+    stopped = False
+    try:
+        rc = p.wait(timeout=limit)
+    except subprocess.TimeoutExpired:
+        stopped = True
+        p.send_signal(signal.SIGINT)
+        try:
+            rc = p.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            rc = p.wait()
     stop.set()
     th.join()
     dt = time.perf_counter() - t
     out_f.seek(0)
     err_f.seek(0)
-    res = dict(seconds=dt, anon=peak["anon"], hwm=peak["hwm"], rc=rc, stdout=out_f.read().decode(errors="replace"),
+    res = dict(seconds=dt, anon=peak["anon"], hwm=peak["hwm"], rc=0 if stopped else rc, stopped=stopped,
+               stdout=out_f.read().decode(errors="replace"),
                stderr=err_f.read().decode(errors="replace"))
-    if rc != 0:
+    if rc != 0 and not stopped:
         print(f"FAILED ({rc}): {' '.join(cmd)}\n{res['stderr'][-3000:]}", file=sys.stderr)
     return res
 
@@ -129,10 +142,15 @@ def texts(out: Path) -> tuple[Path, Path]:
 
 
 def row(label: str, r: dict, tps: float | None = None) -> dict:
-    return dict(label=label, seconds=r["seconds"], anon=r["anon"], hwm=r["hwm"], tps=tps, ok=r["rc"] == 0)
+    return dict(label=label, seconds=r["seconds"], anon=r["anon"], hwm=r["hwm"], tps=tps, ok=r["rc"] == 0,
+                stopped=r.get("stopped", False))
 
 
-def smollm2(out: Path, exe: Path, threads: int, chunks: int, eval_chunks: int) -> list[dict]:
+def tokens_per_s(r: dict) -> float | None:
+    return json.loads(r["stdout"])["tokens_per_s"] if r["rc"] == 0 and not r.get("stopped") else None
+
+
+def smollm2(out: Path, exe: Path, threads: int, chunks: int, eval_chunks: int, no_ppl_row: bool) -> list[dict]:
     import fixtures
 
     model = fixtures.smollm2()
@@ -147,9 +165,9 @@ def smollm2(out: Path, exe: Path, threads: int, chunks: int, eval_chunks: int) -
                                  ("quantize imatrix --engine torch", model, ["--engine", "torch"])):
         im = out / f"im-{'torch' if extra else 'llama'}.gguf"
         r = measure(quantize("imatrix", target, "-o", im, *common, *extra))
-        rows.append(row(label, r, json.loads(r["stdout"])["tokens_per_s"] if r["rc"] == 0 else None))
+        rows.append(row(label, r, tokens_per_s(r)))
         files[label] = im
-    for label, extra in (("llama-imatrix", []), ("llama-imatrix --no-ppl", ["--no-ppl"])):
+    for label, extra in (("llama-imatrix", []), ("llama-imatrix --no-ppl", ["--no-ppl"]))[:2 if no_ppl_row else 1]:
         im = out / f"im-llama-cpp{'-noppl' if extra else ''}.gguf"
         r = measure([str(exe), "-m", str(gguf), "-f", str(cal), "--chunks", str(chunks), "-t", str(threads), "-o",
                      str(im), *extra])
@@ -158,10 +176,13 @@ def smollm2(out: Path, exe: Path, threads: int, chunks: int, eval_chunks: int) -
     print(f"\nSmolLM2-135M F16, {chunks} chunks x 512, {threads} threads")
     print_rows(rows)
     ours, ref = rows[0]["tps"], rows[2]["tps"]
-    ref_noppl = rows[3]["tps"]
     if ours and ref:
-        print(f"llama engine: {ours / ref:.2f}x llama-imatrix's tokens/s (target >= 1.0x); "
-              f"{ours / ref_noppl:.2f}x llama-imatrix --no-ppl; {ours / rows[1]['tps']:.2f}x the torch engine")
+        line = f"llama engine: {ours / ref:.2f}x llama-imatrix's tokens/s (target >= 1.0x)"
+        if len(rows) > 3 and rows[3]["tps"]:
+            line += f"; {ours / rows[3]['tps']:.2f}x llama-imatrix --no-ppl"
+        if rows[1]["tps"]:
+            line += f"; {ours / rows[1]['tps']:.2f}x the torch engine"
+        print(line)
     # quality: Q4_K_M with each imatrix, KLD against F16 on held-out text
     quants = []
     for label in ("quantize imatrix GGUF (llama engine)", "quantize imatrix --engine torch", "llama-imatrix"):
@@ -195,10 +216,11 @@ def print_rows(rows: list[dict]) -> None:
     for r in rows:
         tps = f"{r['tps']:.0f}" if r.get("tps") else "-"
         print(f"{r['label']:<44} {r['seconds']:>7.1f} {tps:>9} {r['anon'] / 2**30:>9.2f} GiB "
-              f"{r['hwm'] / 2**30:>6.2f} GiB" + ("" if r["ok"] else "  FAILED"))
+              f"{r['hwm'] / 2**30:>6.2f} GiB" + ("" if r["ok"] else "  FAILED")
+              + ("  (stopped at the time limit: memory peak so far)" if r.get("stopped") else ""))
 
 
-def eight_b(out: Path, exe: Path, threads: int, folder: bool) -> list[dict]:
+def eight_b(out: Path, exe: Path, threads: int, folder: bool, limit: float | None) -> list[dict]:
     import fixtures
 
     cache = Path(os.environ["GGUF_FORGE_CACHE"]) / "bench"
@@ -209,18 +231,16 @@ def eight_b(out: Path, exe: Path, threads: int, folder: bool) -> list[dict]:
     common = ["--calibration", cal, "--chunks", "2", "--threads", threads, "--json", "--no-progress"]
     if folder:
         drop_caches()
-        r = measure(quantize("imatrix", base, "-o", out / "im8b-folder.gguf", *common))
-        rows.append(row("quantize imatrix FOLDER (temp F16 GGUF)", r,
-                        json.loads(r["stdout"])["tokens_per_s"] if r["rc"] == 0 else None))
+        r = measure(quantize("imatrix", base, "-o", out / "im8b-folder.gguf", *common), limit)
+        rows.append(row("quantize imatrix FOLDER (temp F16 GGUF)", r, tokens_per_s(r)))
     gguf = out / "llama3-8b-shape-F16.gguf"
     try:
         subprocess.run(quantize("convert", base, "-o", gguf, "--outtype", "f16", "--no-progress"), check=True,
                        stdout=subprocess.DEVNULL)
-        r = measure(quantize("imatrix", gguf, "-o", out / "im8b.gguf", *common))
-        rows.append(row("quantize imatrix GGUF (llama engine)", r,
-                        json.loads(r["stdout"])["tokens_per_s"] if r["rc"] == 0 else None))
+        r = measure(quantize("imatrix", gguf, "-o", out / "im8b.gguf", *common), limit)
+        rows.append(row("quantize imatrix GGUF (llama engine)", r, tokens_per_s(r)))
         r = measure([str(exe), "-m", str(gguf), "-f", str(cal), "--chunks", "2", "-t", str(threads), "-o",
-                     str(out / "im8b-llama-cpp.gguf")])
+                     str(out / "im8b-llama-cpp.gguf")], limit)
         rows.append(row("llama-imatrix (same GGUF)", r, llama_imatrix_speed(r["stderr"])))
     finally:
         gguf.unlink(missing_ok=True)
@@ -231,9 +251,8 @@ def eight_b(out: Path, exe: Path, threads: int, folder: bool) -> list[dict]:
     predicted = 4 * n_params
     avail = _mem_available()
     if avail > 1.2 * predicted:
-        r = measure(quantize("imatrix", base, "-o", out / "im8b-torch.gguf", "--engine", "torch", *common))
-        rows.append(row("quantize imatrix --engine torch", r,
-                        json.loads(r["stdout"])["tokens_per_s"] if r["rc"] == 0 else None))
+        r = measure(quantize("imatrix", base, "-o", out / "im8b-torch.gguf", "--engine", "torch", *common), limit)
+        rows.append(row("quantize imatrix --engine torch", r, tokens_per_s(r)))
     print(f"\nLlama-3-8B-shaped synthetic checkpoint, 2 chunks x 512, {threads} threads")
     print_rows(rows)
     if avail <= 1.2 * predicted:
@@ -260,14 +279,17 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--chunks", type=int, default=16)
     ap.add_argument("--eval-chunks", type=int, default=16)
+    ap.add_argument("--no-ppl-row", action="store_true", help="skip the llama-imatrix --no-ppl run")
+    ap.add_argument("--time-limit", type=float, help="with --8b: interrupt each 8B run after this many seconds "
+                    "(its memory peak so far is reported; on a busy machine 2 x 512 tokens of an 8B take long)")
     ap.add_argument("--out", type=Path, default=ROOT / ".cache" / "bench-imatrix")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     exe = llama_imatrix_binary()
     if not args.no_smollm2:
-        smollm2(args.out, exe, args.threads, args.chunks, args.eval_chunks)
+        smollm2(args.out, exe, args.threads, args.chunks, args.eval_chunks, not args.no_ppl_row)
     if args.eight_b:
-        eight_b(args.out, exe, args.threads, args.folder)
+        eight_b(args.out, exe, args.threads, args.folder, args.time_limit)
 
 
 if __name__ == "__main__":
