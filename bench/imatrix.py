@@ -123,7 +123,7 @@ def llama_imatrix_binary() -> Path:
 
 def llama_imatrix_speed(stderr: str) -> float | None:
     """tokens/s of llama-imatrix's decoding, from llama_perf's "prompt eval time" line."""
-    m = re.search(r"prompt eval time =\s*([\d.]+) ms /\s*(\d+) tokens", stderr)
+    m = re.search(r"prompt eval time =\s*([\d.]+) ms /\s*(\d+) tokens", stderr)  # absent: compare wall times
     return int(m.group(2)) / (float(m.group(1)) / 1000) if m else None
 
 
@@ -175,6 +175,9 @@ def smollm2(out: Path, exe: Path, threads: int, chunks: int, eval_chunks: int, n
         files[label] = im
     print(f"\nSmolLM2-135M F16, {chunks} chunks x 512, {threads} threads")
     print_rows(rows)
+    print(f"wall clock, load included: llama engine {rows[0]['seconds']:.1f} s, llama-imatrix "
+          f"{rows[2]['seconds']:.1f} s ({rows[2]['seconds'] / rows[0]['seconds']:.2f}x llama-imatrix's speed)")
+    _same_statistic(files["quantize imatrix GGUF (llama engine)"], files["llama-imatrix"])
     ours, ref = rows[0]["tps"], rows[2]["tps"]
     if ours and ref:
         line = f"llama engine: {ours / ref:.2f}x llama-imatrix's tokens/s (target >= 1.0x)"
@@ -209,6 +212,22 @@ def smollm2(out: Path, exe: Path, threads: int, chunks: int, eval_chunks: int, n
     for label in ("quantize imatrix --engine torch", "llama-imatrix"):
         print(f"  llama engine vs {label}: {new / klds[label] - 1:+.2%} (target within 2%)")
     return rows
+
+
+def _same_statistic(ours: Path, theirs: Path) -> None:
+    """How far our imatrix is from llama-imatrix's on the same GGUF and text."""
+    import numpy as np
+
+    from gguf_forge.quant import read_imatrix
+
+    if not (ours.is_file() and theirs.is_file()):
+        return
+    a, b = read_imatrix(ours), read_imatrix(theirs)
+    same_counts = set(a.sums) == set(b.sums) and all(np.array_equal(a.counts[n], b.counts[n]) for n in a.sums)
+    worst = max((float(np.abs(a.sums[n] - b.sums[n]).max() / max(np.abs(b.sums[n]).max(), 1e-30))
+                 for n in a.sums if n in b.sums), default=float("nan"))
+    print(f"llama engine vs llama-imatrix: {len(a.sums)} / {len(b.sums)} tensors, counts "
+          f"{'equal' if same_counts else 'DIFFERENT'}, sums within {worst:.1e} of each tensor's largest")
 
 
 def print_rows(rows: list[dict]) -> None:
