@@ -1,43 +1,314 @@
-"""Benchmark `quantize imatrix`: tokens/s of the torch statistic collection, CPU (and CUDA when present).
+"""Benchmark `quantize imatrix`: speed against llama.cpp's llama-imatrix, memory on an 8B shape, quant quality.
 
-    python bench/imatrix.py [--chunks N] [--ctx 512]
+    python bench/imatrix.py              # SmolLM2: 16 chunks of 512, 2 threads: tokens/s of the llama engine,
+                                         # llama-imatrix (same llama.cpp, same GGUF) and the torch engine; then the
+                                         # Q4_K_M KLD on held-out text with each of the three imatrices
+    python bench/imatrix.py --8b         # also the Llama-3-8B-shaped synthetic checkpoint (bench/convert.py),
+                                         # 2 chunks of 512: peak anonymous memory (RssAnon) of the llama engine
+                                         # and llama-imatrix on the same F16 GGUF; the torch engine's predicted
+                                         # 4 bytes per parameter (it runs only where that fits in memory)
+    python bench/imatrix.py --8b --folder   # and `quantize imatrix FOLDER` (temporary F16 GGUF) on the 8B shape
 
-Runs on the SmolLM2-135M-Instruct fixture with the default calibration text. Anchor (REFERENCE section 5):
-llama.cpp's CPU imatrix on a 7B model runs ~80 tokens/s on 32 cores; a 7B is ~50x SmolLM2's compute per token.
+Every run is a child process; its peak RssAnon (anonymous memory, not the page cache of the memory-mapped GGUF)
+is sampled from /proc/PID/status every 20 ms, its peak RSS (VmHWM, file pages included) read at the end.
+llama-imatrix is built once from the llama-cpp-python sdist that the installed llama-cpp-python came from
+(``pip download --no-binary``; only the llama-imatrix target; cached under ~/.cache/gguf-forge/bench), a
+benchmark-only dependency. Its tokens/s is its own "prompt eval" figure; ours is the `--json` tokens_per_s (both
+decode time only); wall times include loading.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import re
+import shutil
+import signal
+import subprocess
 import sys
+import tempfile
+import threading
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "bench"))
 os.environ.setdefault("GGUF_FORGE_CACHE", str(ROOT / ".cache"))
+
+from convert import SHAPE_8B, drop_caches, synthetic_8b  # noqa: E402  (bench/convert.py)
+
+BUILD_CACHE = Path.home() / ".cache" / "gguf-forge" / "bench"
+
+
+def measure(cmd: list[str], limit: float | None = None) -> dict:
+    """Run ``cmd``; wall seconds, peak RssAnon and VmHWM (bytes), return code, stdout and stderr. After ``limit``
+    seconds it is interrupted (SIGINT) and marked ``stopped``: its memory peak so far still counts."""
+    out_f, err_f = tempfile.TemporaryFile(), tempfile.TemporaryFile()
+    t = time.perf_counter()
+    p = subprocess.Popen(cmd, stdout=out_f, stderr=err_f)
+    peak = {"anon": 0, "hwm": 0}
+    stop = threading.Event()
+
+    def sample() -> None:
+        status = Path(f"/proc/{p.pid}/status")
+        while not stop.is_set():
+            try:
+                for line in status.read_text().splitlines():
+                    if line.startswith("RssAnon:"):
+                        peak["anon"] = max(peak["anon"], int(line.split()[1]) * 1024)
+                    elif line.startswith("VmHWM:"):
+                        peak["hwm"] = max(peak["hwm"], int(line.split()[1]) * 1024)
+            except (OSError, ValueError):
+                pass
+            stop.wait(0.02)
+
+    th = threading.Thread(target=sample, daemon=True)
+    th.start()
+    stopped = False
+    try:
+        rc = p.wait(timeout=limit)
+    except subprocess.TimeoutExpired:
+        stopped = True
+        p.send_signal(signal.SIGINT)
+        try:
+            rc = p.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            rc = p.wait()
+    stop.set()
+    th.join()
+    dt = time.perf_counter() - t
+    out_f.seek(0)
+    err_f.seek(0)
+    res = dict(seconds=dt, anon=peak["anon"], hwm=peak["hwm"], rc=0 if stopped else rc, stopped=stopped,
+               stdout=out_f.read().decode(errors="replace"),
+               stderr=err_f.read().decode(errors="replace"))
+    if rc != 0 and not stopped:
+        print(f"FAILED ({rc}): {' '.join(cmd)}\n{res['stderr'][-3000:]}", file=sys.stderr)
+    return res
+
+
+def quantize(*args: str) -> list[str]:
+    return [sys.executable, "-m", "gguf_forge.tools.cli", *map(str, args)]
+
+
+def llama_imatrix_binary() -> Path:
+    """llama-imatrix built from the llama-cpp-python sdist of the installed version (cached)."""
+    from importlib.metadata import version
+
+    ver = version("llama_cpp_python")
+    build = BUILD_CACHE / f"llama.cpp-{ver}-build"
+    exe = build / "bin" / "llama-imatrix"
+    if exe.is_file():
+        return exe
+    src = BUILD_CACHE / f"llama.cpp-{ver}-src"
+    if not (src / "CMakeLists.txt").is_file():
+        with tempfile.TemporaryDirectory() as tmp:
+            subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+                            f"llama-cpp-python=={ver}", "-d", tmp], check=True)
+            tar = next(Path(tmp).glob("llama_cpp_python-*.tar.gz"))
+            subprocess.run(["tar", "xzf", str(tar), "-C", tmp], check=True)
+            shutil.rmtree(src, ignore_errors=True)
+            shutil.copytree(next(Path(tmp).glob("llama_cpp_python-*/vendor/llama.cpp")), src)
+    print(f"building llama-imatrix {ver} (once, a few minutes)...", flush=True)
+    subprocess.run(["cmake", "-S", str(src), "-B", str(build), "-DCMAKE_BUILD_TYPE=Release", "-DLLAMA_OPENSSL=OFF",
+                    "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_BUILD_SERVER=OFF",
+                    "-DBUILD_SHARED_LIBS=OFF"], check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(["cmake", "--build", str(build), "--target", "llama-imatrix", "-j", str(os.cpu_count() or 2)],
+                   check=True, stdout=subprocess.DEVNULL)
+    return exe
+
+
+def llama_imatrix_speed(stderr: str) -> float | None:
+    """tokens/s of llama-imatrix's decoding, from llama_perf's "prompt eval time" line."""
+    m = re.search(r"prompt eval time =\s*([\d.]+) ms /\s*(\d+) tokens", stderr)  # absent: compare wall times
+    return int(m.group(2)) / (float(m.group(1)) / 1000) if m else None
+
+
+def texts(out: Path) -> tuple[Path, Path]:
+    """(calibration, held-out evaluation) text files: CPython's topic docs, disjoint slices, after the default
+    calibration text (Chinese, English, code) for the calibration."""
+    from pydoc_data.topics import topics
+
+    from gguf_forge.quant import default_calibration_text
+
+    prose = "\n".join(topics[k] for k in sorted(topics))
+    cal, held = out / "calibration.txt", out / "held-out.txt"
+    cal.write_text(default_calibration_text() + "\n" + prose[100_000:180_000], encoding="utf-8")
+    held.write_text(prose[:60_000], encoding="utf-8")
+    return cal, held
+
+
+def row(label: str, r: dict, tps: float | None = None) -> dict:
+    return dict(label=label, seconds=r["seconds"], anon=r["anon"], hwm=r["hwm"], tps=tps, ok=r["rc"] == 0,
+                stopped=r.get("stopped", False))
+
+
+def tokens_per_s(r: dict) -> float | None:
+    return json.loads(r["stdout"])["tokens_per_s"] if r["rc"] == 0 and not r.get("stopped") else None
+
+
+def smollm2(out: Path, exe: Path, threads: int, chunks: int, eval_chunks: int, no_ppl_row: bool) -> list[dict]:
+    import fixtures
+
+    model = fixtures.smollm2()
+    gguf = out / "SmolLM2-F16.gguf"
+    if not gguf.is_file():
+        subprocess.run(quantize("convert", model, "-o", gguf, "--outtype", "f16", "--no-progress"), check=True,
+                       stdout=subprocess.DEVNULL)
+    cal, held = texts(out)
+    rows, files = [], {}
+    common = ["--calibration", cal, "--chunks", chunks, "--threads", threads, "--json", "--no-progress"]
+    for label, target, extra in (("quantize imatrix GGUF (llama engine)", gguf, []),
+                                 ("quantize imatrix --engine torch", model, ["--engine", "torch"])):
+        im = out / f"im-{'torch' if extra else 'llama'}.gguf"
+        r = measure(quantize("imatrix", target, "-o", im, *common, *extra))
+        rows.append(row(label, r, tokens_per_s(r)))
+        files[label] = im
+    for label, extra in (("llama-imatrix", []), ("llama-imatrix --no-ppl", ["--no-ppl"]))[:2 if no_ppl_row else 1]:
+        im = out / f"im-llama-cpp{'-noppl' if extra else ''}.gguf"
+        r = measure([str(exe), "-m", str(gguf), "-f", str(cal), "--chunks", str(chunks), "-t", str(threads), "-o",
+                     str(im), *extra])
+        rows.append(row(label, r, llama_imatrix_speed(r["stderr"])))
+        files[label] = im
+    print(f"\nSmolLM2-135M F16, {chunks} chunks x 512, {threads} threads")
+    print_rows(rows)
+    print(f"wall clock, load included: llama engine {rows[0]['seconds']:.1f} s, llama-imatrix "
+          f"{rows[2]['seconds']:.1f} s ({rows[2]['seconds'] / rows[0]['seconds']:.2f}x llama-imatrix's speed)")
+    _same_statistic(files["quantize imatrix GGUF (llama engine)"], files["llama-imatrix"])
+    ours, ref = rows[0]["tps"], rows[2]["tps"]
+    if ours and ref:
+        line = f"llama engine: {ours / ref:.2f}x llama-imatrix's tokens/s (target >= 1.0x)"
+        if len(rows) > 3 and rows[3]["tps"]:
+            line += f"; {ours / rows[3]['tps']:.2f}x llama-imatrix --no-ppl"
+        if rows[1]["tps"]:
+            line += f"; {ours / rows[1]['tps']:.2f}x the torch engine"
+        print(line)
+    # quality: Q4_K_M with each imatrix, KLD against F16 on held-out text
+    quants = []
+    for label in ("quantize imatrix GGUF (llama engine)", "quantize imatrix --engine torch", "llama-imatrix"):
+        qdir = out / f"q-{files[label].stem}"
+        r = subprocess.run(quantize("quant", gguf, "--type", "Q4_K_M", "--imatrix", files[label], "-o", qdir,
+                                    "--json", "--force"), capture_output=True, text=True)
+        if r.returncode != 0:
+            print(r.stderr[-2000:], file=sys.stderr)
+            return rows
+        quants.append((label, json.loads(r.stdout)[0]["output"]))
+    r = subprocess.run(quantize("eval", gguf, *[q for _, q in quants], "--text", held, "--chunks", eval_chunks,
+                                "--json", "--no-progress", "--threads", threads), capture_output=True, text=True)
+    if r.returncode != 0:
+        print(r.stderr[-2000:], file=sys.stderr)
+        return rows
+    cands = json.loads(r.stdout)["candidates"]
+    print(f"\nQ4_K_M on held-out text ({eval_chunks} chunks x 512), against F16:")
+    klds = {}
+    for (label, _), c in zip(quants, cands):
+        klds[label] = c["mean_kld"]
+        print(f"  imatrix from {label:<40} mean KLD {c['mean_kld']:.5f}  same top {c['same_top']:.2%}  "
+              f"PPL {c['ppl']:.3f}")
+    new = klds["quantize imatrix GGUF (llama engine)"]
+    for label in ("quantize imatrix --engine torch", "llama-imatrix"):
+        print(f"  llama engine vs {label}: {new / klds[label] - 1:+.2%} (target within 2%)")
+    return rows
+
+
+def _same_statistic(ours: Path, theirs: Path) -> None:
+    """How far our imatrix is from llama-imatrix's on the same GGUF and text."""
+    import numpy as np
+
+    from gguf_forge.quant import read_imatrix
+
+    if not (ours.is_file() and theirs.is_file()):
+        return
+    a, b = read_imatrix(ours), read_imatrix(theirs)
+    same_counts = set(a.sums) == set(b.sums) and all(np.array_equal(a.counts[n], b.counts[n]) for n in a.sums)
+    worst = max((float(np.abs(a.sums[n] - b.sums[n]).max() / max(np.abs(b.sums[n]).max(), 1e-30))
+                 for n in a.sums if n in b.sums), default=float("nan"))
+    print(f"llama engine vs llama-imatrix: {len(a.sums)} / {len(b.sums)} tensors, counts "
+          f"{'equal' if same_counts else 'DIFFERENT'}, sums within {worst:.1e} of each tensor's largest")
+
+
+def print_rows(rows: list[dict]) -> None:
+    print(f"{'run':<44} {'wall s':>7} {'tokens/s':>9} {'peak RssAnon':>13} {'peak RSS':>10}")
+    for r in rows:
+        tps = f"{r['tps']:.0f}" if r.get("tps") else "-"
+        print(f"{r['label']:<44} {r['seconds']:>7.1f} {tps:>9} {r['anon'] / 2**30:>9.2f} GiB "
+              f"{r['hwm'] / 2**30:>6.2f} GiB" + ("" if r["ok"] else "  FAILED")
+              + ("  (stopped at the time limit: memory peak so far)" if r.get("stopped") else ""))
+
+
+def eight_b(out: Path, exe: Path, threads: int, folder: bool, limit: float | None) -> list[dict]:
+    import fixtures
+
+    cache = Path(os.environ["GGUF_FORGE_CACHE"]) / "bench"
+    tok_src = fixtures.llama3() if fixtures.LLAMA3_TIKTOKEN.is_file() else fixtures.smollm2()
+    base = synthetic_8b(cache / "llama3-8b-shape", tok_src)
+    cal, _ = texts(out)
+    rows = []
+    common = ["--calibration", cal, "--chunks", "2", "--threads", threads, "--json", "--no-progress"]
+    if folder:
+        drop_caches()
+        r = measure(quantize("imatrix", base, "-o", out / "im8b-folder.gguf", *common), limit)
+        rows.append(row("quantize imatrix FOLDER (temp F16 GGUF)", r, tokens_per_s(r)))
+    gguf = out / "llama3-8b-shape-F16.gguf"
+    try:
+        subprocess.run(quantize("convert", base, "-o", gguf, "--outtype", "f16", "--no-progress"), check=True,
+                       stdout=subprocess.DEVNULL)
+        r = measure(quantize("imatrix", gguf, "-o", out / "im8b.gguf", *common), limit)
+        rows.append(row("quantize imatrix GGUF (llama engine)", r, tokens_per_s(r)))
+        r = measure([str(exe), "-m", str(gguf), "-f", str(cal), "--chunks", "2", "-t", str(threads), "-o",
+                     str(out / "im8b-llama-cpp.gguf")], limit)
+        rows.append(row("llama-imatrix (same GGUF)", r, llama_imatrix_speed(r["stderr"])))
+    finally:
+        gguf.unlink(missing_ok=True)
+    c = SHAPE_8B
+    h, ff, kv, layers, vocab = (c["hidden_size"], c["intermediate_size"], c["num_key_value_heads"] * 128,
+                                c["num_hidden_layers"], c["vocab_size"])
+    n_params = 2 * vocab * h + layers * (2 * h * h + 2 * kv * h + 3 * h * ff + 2 * h) + h
+    predicted = 4 * n_params
+    avail = _mem_available()
+    if avail > 1.2 * predicted:
+        r = measure(quantize("imatrix", base, "-o", out / "im8b-torch.gguf", "--engine", "torch", *common), limit)
+        rows.append(row("quantize imatrix --engine torch", r, tokens_per_s(r)))
+    print(f"\nLlama-3-8B-shaped synthetic checkpoint, 2 chunks x 512, {threads} threads")
+    print_rows(rows)
+    if avail <= 1.2 * predicted:
+        print(f"{'quantize imatrix --engine torch':<44} not run: float32 model = {predicted / 2**30:.1f} GiB "
+              f"predicted ({n_params / 1e9:.2f}B parameters x 4 bytes), {avail / 2**30:.1f} GiB available")
+    ours = next((r for r in rows if r["label"].startswith("quantize imatrix GGUF")), None)
+    if ours:
+        print(f"llama engine peak RssAnon {ours['anon'] / 2**30:.2f} GiB (target < 3 GB = 2.79 GiB)")
+    return rows
+
+
+def _mem_available() -> int:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) * 1024
+    return 0
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--ctx", type=int, default=512)
-    ap.add_argument("--chunks", type=int)
+    ap.add_argument("--8b", dest="eight_b", action="store_true", help="also the 8B-shaped checkpoint (~16 GB + 16 GB)")
+    ap.add_argument("--folder", action="store_true", help="with --8b: also `quantize imatrix FOLDER`")
+    ap.add_argument("--no-smollm2", action="store_true")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--chunks", type=int, default=16)
+    ap.add_argument("--eval-chunks", type=int, default=16)
+    ap.add_argument("--no-ppl-row", action="store_true", help="skip the llama-imatrix --no-ppl run")
+    ap.add_argument("--time-limit", type=float, help="with --8b: interrupt each 8B run after this many seconds "
+                    "(its memory peak so far is reported; on a busy machine 2 x 512 tokens of an 8B take long)")
+    ap.add_argument("--out", type=Path, default=ROOT / ".cache" / "bench-imatrix")
     args = ap.parse_args()
-    import torch
-
-    from gguf_forge.quant import compute_imatrix
-
-    import fixtures
-
-    model = fixtures.smollm2()
-    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    print(f"{'device':<8} {'threads':>7} {'chunks':>6} {'tokens':>7} {'seconds':>8} {'tokens/s':>9}")
-    for device in devices:
-        _, s = compute_imatrix(model, ctx=args.ctx, chunks=args.chunks, device=device, progress=False)
-        print(f"{device:<8} {torch.get_num_threads():>7} {s['chunks']:>6} {s['tokens']:>7} {s['seconds']:>8.1f} "
-              f"{s['tokens_per_s']:>9.0f}")
-    if "cuda" not in devices:
-        print("(no CUDA device here: the cuda row is measured only where torch sees a GPU)")
+    args.out.mkdir(parents=True, exist_ok=True)
+    exe = llama_imatrix_binary()
+    if not args.no_smollm2:
+        smollm2(args.out, exe, args.threads, args.chunks, args.eval_chunks, not args.no_ppl_row)
+    if args.eight_b:
+        eight_b(args.out, exe, args.threads, args.folder, args.time_limit)
 
 
 if __name__ == "__main__":

@@ -111,13 +111,15 @@ def bench(label: str, base: Path, adapter: Path, out_dir: Path, peft: bool) -> l
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--no-8b", action="store_true")
+    ap.add_argument("--no-smollm2", action="store_true", help="only the 8B shape (no identity LoRA training)")
     ap.add_argument("--out", type=Path, default=ROOT / ".cache" / "bench-out")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     import adapters
     import fixtures
 
-    rows = bench("smollm2+identity-r16", fixtures.smollm2(), adapters.identity_lora(), args.out, peft=True)
+    rows = [] if args.no_smollm2 else bench("smollm2+identity-r16", fixtures.smollm2(), adapters.identity_lora(),
+                                            args.out, peft=True)
     if not args.no_8b:
         cache = Path(os.environ["GGUF_FORGE_CACHE"]) / "bench"
         tok_src = fixtures.llama3() if fixtures.LLAMA3_TIKTOKEN.is_file() else fixtures.smollm2()

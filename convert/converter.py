@@ -149,6 +149,8 @@ def convert(
     arch = arch_registry.for_config(ckpt.config)
     keep_quantized = outtype.lower() not in ("f32", "f16", "bf16")  # quantized experts (MXFP4) stay as they are
     outtype = resolve_outtype(outtype, getattr(ckpt, "base", ckpt))
+    if outtype == "bf16" and isinstance(ckpt, MergedCheckpoint):
+        ckpt.write_bf16()  # plain bf16 LoRA merged by bf16 matmuls (float32 accumulation): half the work
     _check_output_dir(out)
     check_not_an_input(out, [ckpt.path, *(ad.path for ad in getattr(ckpt, "adapters", []))])
 

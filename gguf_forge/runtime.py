@@ -149,6 +149,26 @@ def _model_params(**fields: Any) -> Iterator[None]:
         C.llama_model_default_params = original
 
 
+@contextlib.contextmanager
+def _context_params(**fields: Any) -> Iterator[None]:
+    """Let ``llama_cpp.Llama`` build its llama_context_params with ``fields`` set (``cb_eval``: it has no option)."""
+    from llama_cpp import llama_cpp as C
+
+    original = C.llama_context_default_params
+
+    def patched():
+        params = original()
+        for k, v in fields.items():
+            setattr(params, k, v)
+        return params
+
+    C.llama_context_default_params = patched
+    try:
+        yield
+    finally:
+        C.llama_context_default_params = original
+
+
 class _NoChatFormatter:
     """Stands in for ``llama_chat_format.Jinja2ChatFormatter`` while a model loads: llama_cpp.Llama compiles every
     chat template in the metadata with its own Jinja environment, whose constant folding runs ``"a" * 10**10`` at
@@ -177,11 +197,13 @@ def _without_chat_formatters() -> Iterator[None]:
         llama_chat_format.Jinja2ChatFormatter = original
 
 
-def load_model(path: str | Path, n_ctx: int = 2048, threads: int | None = None, **kwargs: Any) -> Any:
+def load_model(path: str | Path, n_ctx: int = 2048, threads: int | None = None, cb_eval: Any = None,
+               **kwargs: Any) -> Any:
     """Load a GGUF with llama-cpp-python (memory-mapped), as a one-line error when it cannot.
 
     ``threads`` (default: physical cores) is used for generation and, unless ``n_threads_batch`` is given,
-    for prompt processing too.
+    for prompt processing too. ``cb_eval``: a ``ggml_backend_sched_eval_callback`` for the context (the imatrix
+    collector); the caller keeps it alive.
     """
     import llama_cpp
 
@@ -194,7 +216,9 @@ def load_model(path: str | Path, n_ctx: int = 2048, threads: int | None = None, 
     kwargs.setdefault("n_threads_batch", threads)
     with LlamaLog() as log:
         try:
-            with _model_params(use_extra_bufts=use_extra_buffer_types()), _without_chat_formatters():
+            ctx_fields = {"cb_eval": cb_eval} if cb_eval is not None else {}
+            with _model_params(use_extra_bufts=use_extra_buffer_types()), _context_params(**ctx_fields), \
+                    _without_chat_formatters():
                 return llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_threads=threads, verbose=False,
                                        **kwargs)
         except (ValueError, RuntimeError) as e:

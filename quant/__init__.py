@@ -4,8 +4,10 @@ Public surface:
 
 - :func:`quantize` (``quantize quant``): llama.cpp's own quantizer in-process, every llama.cpp type, with
   imatrix, per-tensor type overrides, ``<basename>-<TYPE>[-im].gguf`` names, skip-if-identical.
-- :func:`compute_imatrix` (``quantize imatrix``): llama.cpp's importance statistic computed in torch on the
-  Hugging Face model (LoRA merged on the fly), over plain text or JSONL chats rendered with the chat template.
+- :func:`compute_imatrix` (``quantize imatrix``): llama.cpp's importance statistic, by llama.cpp itself on a
+  memory-mapped GGUF (``engine="llama"``, :mod:`.imatrix_llama`: the evaluation callback, MUL_MAT and MUL_MAT_ID)
+  or in torch on the whole Hugging Face model (``engine="torch"``); LoRA merged on the fly; plain text or JSONL
+  chats rendered with the chat template.
 - :class:`IMatrix`, :func:`read_imatrix`, :func:`write_gguf`, :func:`write_legacy`: llama.cpp's two imatrix
   formats.
 - :func:`evaluate` (``quantize eval``): perplexity, mean/99th-percentile KLD and same-top-token rate.

@@ -1,4 +1,11 @@
-"""Compute an importance matrix on the (fine-tuned) Hugging Face model itself, in torch.
+"""Compute an importance matrix on the (fine-tuned) model: llama.cpp's own statistic, two engines.
+
+- ``llama`` (default): llama.cpp in-process on a memory-mapped GGUF (:mod:`.imatrix_llama`), the weights in
+  the page cache, not in the process's memory: a Hugging Face folder (adapters merged) is first converted,
+  streaming, to a temporary F16 GGUF (bf16 when a weight overflows float16), removed afterwards; a GGUF is used
+  as it is. ``merge-convert --imatrix`` hands it the intermediate GGUF it already wrote.
+- ``torch``: the whole Hugging Face model loaded with transformers (float32 on the CPU, bfloat16 on CUDA),
+  hooks on every block linear layer; the one for ``--device cuda``.
 
 The statistic is llama.cpp's ``llama-imatrix`` one: for every matmul weight inside the blocks, the sum
 over tokens of x_j^2 for each input column j, and the number of tokens. Calibration text is tokenized
@@ -11,7 +18,11 @@ the tokenizer adds BOS), exactly as llama.cpp chunks it. JSONL chat data (OpenAI
 from __future__ import annotations
 
 import contextlib
+import re
+import shutil
+import tempfile
 import time
+from functools import partial
 from importlib import resources
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -19,13 +30,16 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from .. import chat_template
-from ..convert import Checkpoint, LoraSpec, arch_for_config, merged_source, resolve_model
+from ..convert import Checkpoint, LoraSpec, NonFiniteError, arch_for_config, convert, merged_source, resolve_model
 from ..errors import ForgeError
-from ..files import parse_json_line, read_text_file
+from ..files import cache_dir, is_gguf, parse_json_line, read_text_file
 from ..files import progress as progress_bar
 from .imatrix_file import IMatrix
+from .imatrix_llama import run_llama
 
 DEFAULT_CALIBRATION = "default"
+#: ``--engine`` choices: llama.cpp on a memory-mapped GGUF (memory-bounded), or the whole model in torch
+ENGINES = ("llama", "torch")
 
 
 def default_calibration_text() -> str:
@@ -167,12 +181,70 @@ def _transformers_progress(enabled: bool) -> Iterator[None]:
 def compute_imatrix(
     model_dir: Path, calibration: str = DEFAULT_CALIBRATION, ctx: int = 512, chunks: int | None = None,
     device: str = "cpu", loras: list[LoraSpec] | None = None, progress: bool = True, threads: int | None = None,
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] = print, engine: str | None = None, gguf: Path | None = None,
+    work_dir: Path | None = None, gguf_type: str = "f16",
 ) -> tuple[IMatrix, dict]:
-    """Run the model over the calibration chunks with hooks on every block linear layer.
+    """The importance matrix of ``model_dir`` (a Hugging Face folder, or a GGUF file for the llama engine).
 
-    Returns the imatrix (keyed by GGUF tensor names) and run statistics (tokens, seconds, tokens/s).
+    ``engine``: ``llama`` (default on the CPU) or ``torch`` (default with ``device="cuda"``). For the llama engine
+    and a folder, ``gguf`` is an already converted (and merged) GGUF of it to use; otherwise a temporary one of
+    type ``gguf_type`` is written in ``work_dir`` (default: the cache folder) and removed afterwards.
+    Returns the imatrix (keyed by GGUF tensor names) and run statistics (tokens, seconds, tokens/s, engine).
     """
+    engine = engine or ("torch" if device.startswith("cuda") else "llama")
+    if engine not in ENGINES:
+        raise ForgeError(f"--engine {engine}: choose one of {', '.join(ENGINES)}")
+    model_dir = Path(model_dir)
+    gguf_input = is_gguf(model_dir)
+    if engine == "torch":
+        if gguf_input:
+            raise ForgeError(f"--engine torch: {model_dir} is a GGUF; the torch engine reads a Hugging Face folder "
+                             "(use --engine llama for a GGUF)")
+        return _compute_torch(model_dir, calibration, ctx, chunks, device, loras, progress, threads)
+    if device != "cpu":
+        raise ForgeError(f"--engine llama runs on the CPU; for --device {device} use --engine torch")
+    if gguf_input:
+        if loras:
+            raise ForgeError(f"--lora: {model_dir} is a GGUF; adapters merge into a Hugging Face folder "
+                             "(give the base model's folder)")
+        im, stats = run_llama(model_dir, lambda llm: gguf_calibration_chunks(llm, calibration, ctx, chunks), ctx,
+                              threads=threads, progress=progress)
+        return im, {**stats, "gguf": str(model_dir)}
+    lora_dirs = [resolve_model(spec.path, what="--lora") for spec in loras or []]
+    work, dataset = _calibration_chunks(model_dir, lora_dirs, calibration, ctx, chunks)
+    if gguf is not None:
+        im, stats = run_llama(gguf, lambda llm: (work, dataset), ctx, threads=threads, progress=progress)
+        return im, {**stats, "gguf": str(gguf)}
+    folder = Path(work_dir) if work_dir is not None else cache_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".imatrix-", dir=folder))
+    try:
+        t0 = time.perf_counter()
+        path, used = _temporary_gguf(model_dir, tmp, loras or [], gguf_type, progress)
+        convert_s = time.perf_counter() - t0
+        im, stats = run_llama(path, lambda llm: (work, dataset), ctx, threads=threads, progress=progress)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return im, {**stats, "gguf": None, "gguf_type": used, "convert_seconds": convert_s}
+
+
+def _temporary_gguf(model_dir: Path, folder: Path, loras: list[LoraSpec], gguf_type: str,
+                    progress: bool) -> tuple[Path, str]:
+    """``model_dir`` (adapters merged) converted into ``folder``; F16 falls back to BF16 when a weight overflows."""
+    out = folder / "model.gguf"
+    try:
+        convert(model_dir, out, outtype=gguf_type, progress=progress, loras=loras)
+        return out, gguf_type
+    except NonFiniteError as e:
+        if gguf_type != "f16" or "float16" not in str(e):
+            raise
+    convert(model_dir, out, outtype="bf16", progress=progress, loras=loras)
+    return out, "bf16"
+
+
+def _compute_torch(model_dir: Path, calibration: str, ctx: int, chunks: int | None, device: str,
+                   loras: list[LoraSpec] | None, progress: bool, threads: int | None) -> tuple[IMatrix, dict]:
+    """Run the whole HF model in torch over the calibration chunks with hooks on every block linear layer."""
     import torch
 
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -184,15 +256,11 @@ def compute_imatrix(
     dtype = torch.float32 if device == "cpu" else torch.bfloat16
     model, source = load_model(model_dir, loras or [], device, dtype, progress=progress)
     t0 = time.perf_counter()
-    sums, counts = _collect(model, arch_for_config(source.config), work, device, progress)
+    im = collect_torch(model, arch_for_config(source.config), work, dataset, device, progress)
     seconds = time.perf_counter() - t0
-    im = IMatrix(datasets=[dataset], chunk_count=len(work), chunk_size=ctx)
-    for name, s in sums.items():
-        im.sums[name] = s.double().cpu().numpy().reshape(1, -1)
-        im.counts[name] = np.array([float(counts[name])])
     n_tok = len(work) * ctx
     return im, {"tokens": n_tok, "chunks": len(work), "seconds": seconds, "tokens_per_s": n_tok / seconds,
-                "entries": len(im.sums), "device": device}
+                "entries": len(im.sums), "device": device, "engine": "torch"}
 
 
 def _chat_template(model_dir: Path, lora_dirs: list[Path]) -> str | None:
@@ -227,17 +295,39 @@ def _calibration_chunks(model_dir: Path, lora_dirs: list[Path], calibration: str
     return chunk_tokens(ids, ctx, bos, chunks), dataset
 
 
+def collect_torch(model: Any, arch: Any, work: list[list[int]], dataset: str, device: str = "cpu",
+                  progress: bool = False) -> IMatrix:
+    """The torch engine's statistic of a loaded transformers ``model`` over the token chunks ``work`` (GGUF names
+    from ``arch``; MoE experts per expert)."""
+    sums, counts = _collect(model, arch, work, device, progress)
+    im = IMatrix(datasets=[dataset], chunk_count=len(work), chunk_size=len(work[0]) if work else 0)
+    for name, s in sums.items():
+        im.sums[name] = s.double().cpu().numpy().reshape(-1, s.shape[-1])  # (n_expert, cols) for MoE experts
+        im.counts[name] = np.asarray(counts[name], dtype=np.float64).reshape(-1)
+    return im
+
+
 def _collect(model: Any, arch: Any, work: list[list[int]], device: str, progress: bool) -> tuple[dict, dict]:
     """Run ``model`` over the chunks; per GGUF weight name, the sum of x_j^2 over tokens and the token count."""
     import torch
 
     sums: dict[str, torch.Tensor] = {}
-    counts: dict[str, int] = {}
+    counts: dict[str, Any] = {}
     hooks = []
     for mname, module in model.named_modules():
-        if not isinstance(module, torch.nn.Linear) or ".layers." not in f".{mname}.":
+        if ".layers." not in f".{mname}.":
             continue
-        gname = arch.gguf_name(mname + ".weight")
+        if _is_experts(module):
+            hooks.append(module.register_forward_pre_hook(partial(_experts_hook, _block(mname), sums, counts),
+                                                          with_kwargs=True))
+            continue
+        if isinstance(module, torch.nn.Linear):
+            gname = arch.gguf_name(mname + ".weight")
+        elif type(module).__name__.endswith("Router") and getattr(module, "weight", None) is not None \
+                and module.weight.dim() == 2:
+            gname = f"{_block(mname)}.ffn_gate_inp.weight"  # a MoE router (llama.cpp's name in every MoE family)
+        else:
+            continue
         if gname is None:
             continue
 
@@ -261,3 +351,77 @@ def _collect(model: Any, arch: Any, work: list[list[int]], device: str, progress
         for h in hooks:
             h.remove()
     return sums, counts
+
+
+def _block(module_name: str) -> str:
+    """``model.layers.3.mlp.experts`` -> ``blk.3``."""
+    m = re.search(r"\.layers\.(\d+)\.", f".{module_name}.")
+    if m is None:
+        raise ForgeError(f"imatrix: cannot tell the layer of {module_name}")
+    return f"blk.{m.group(1)}"
+
+
+def _is_experts(module: Any) -> bool:
+    """transformers' fused MoE experts: ``gate_up_proj`` (n_expert, 2 x ff, hidden) and ``down_proj``
+    (n_expert, hidden, ff), called with the hidden states and the selected experts (Mixtral, Qwen2/3-MoE, OLMoE...)."""
+    import torch
+
+    gu, down = getattr(module, "gate_up_proj", None), getattr(module, "down_proj", None)
+    return isinstance(gu, torch.nn.Parameter) and isinstance(down, torch.nn.Parameter) and gu.dim() == 3
+
+
+def _experts_hook(blk: str, sums: dict, counts: dict, mod: Any, args: tuple, kwargs: dict) -> None:
+    """llama-imatrix's MUL_MAT_ID bookkeeping in torch: per expert, the squared inputs of the (token, expert) pairs
+    the router selected and their number, for the gate/up experts (the hidden states) and the down experts
+    (act(gate) * up, recomputed here from the expert's weights)."""
+    import torch
+
+    hidden = args[0] if args else kwargs["hidden_states"]
+    top_k = args[1] if len(args) > 1 else kwargs["top_k_index"]
+    gu, down = mod.gate_up_proj, mod.down_proj
+    n_expert, two_ff, n_embd = gu.shape
+    ff = two_ff // 2
+    if two_ff % 2 or down.shape != (n_expert, n_embd, ff) or getattr(mod, "has_bias", False):
+        raise ForgeError(f"--engine torch: the experts of {blk} ({type(mod).__name__}, gate_up_proj "
+                         f"{list(gu.shape)}, down_proj {list(down.shape)}) have a layout this engine does not read; "
+                         "use --engine llama")
+    x = hidden.detach().reshape(-1, n_embd).float()
+    top_k = top_k.reshape(x.shape[0], -1)
+    names = [f"{blk}.ffn_{k}_exps.weight" for k in ("gate", "up", "down")]
+    for name, cols in zip(names, (n_embd, n_embd, ff)):
+        if name not in sums:
+            sums[name] = torch.zeros(n_expert, cols, dtype=torch.float32, device=x.device)
+            counts[name] = np.zeros(n_expert)
+    for e in range(n_expert):
+        rows = (top_k == e).any(dim=1).nonzero().reshape(-1)
+        if rows.numel() == 0:
+            continue
+        xe = x[rows]
+        sq = (xe * xe).sum(0)
+        gate, up = torch.nn.functional.linear(xe, gu[e].float()).chunk(2, dim=-1)
+        h = mod.act_fn(gate) * up
+        for name, s in zip(names, (sq, sq, (h * h).sum(0))):
+            sums[name][e] += s
+            counts[name][e] += rows.numel()
+
+
+def gguf_calibration_chunks(llm: Any, calibration: str, ctx: int,
+                            chunks: int | None) -> tuple[list[list[int]], str]:
+    """The calibration text rendered with the GGUF's chat template, tokenized by llama.cpp and chunked (BOS first
+    when the vocabulary adds it)."""
+    from llama_cpp import llama_cpp as C
+
+    vocab = C.llama_model_get_vocab(llm.model)
+    template = llm.metadata.get("tokenizer.chat_template")
+
+    def text_of(tok: int) -> str:
+        return C.llama_vocab_get_text(vocab, tok).decode("utf-8", errors="replace") if tok >= 0 else ""
+
+    text, dataset = load_calibration(calibration, template, bos_token=text_of(C.llama_vocab_bos(vocab)),
+                                     eos_token=text_of(C.llama_vocab_eos(vocab)))
+    ids = llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
+    if len(ids) < 2 * ctx:
+        raise ForgeError(f"--calibration: the text has {len(ids)} tokens, fewer than two chunks of --ctx {ctx}; "
+                         "give more text or a smaller --ctx")
+    bos = C.llama_vocab_bos(vocab) if C.llama_vocab_get_add_bos(vocab) else None
+    return chunk_tokens(ids, ctx, bos if bos is not None and bos >= 0 else None, chunks), dataset

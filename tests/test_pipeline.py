@@ -81,6 +81,9 @@ def test_pipeline_folder_has_every_file_with_true_hashes_and_a_card(demo_run):
     assert not (folder / f"{NAME}-BF16.gguf").exists()  # intermediate removed without --keep-intermediate
     # the imatrix variant really differs from the plain one
     assert files[f"{NAME}-Q4_K_M-im.gguf"]["sha256"] != files[f"{NAME}-Q4_K_M.gguf"]["sha256"]
+    # computed by llama.cpp on the intermediate GGUF (memory-mapped), recorded as such
+    assert manifest["options"]["imatrix_engine"] == "llama"
+    assert manifest["imatrix"]["engine"] == "llama" and manifest["imatrix"]["gguf"] == f"{NAME}-BF16.gguf"
     # inputs are recorded with hashes, and the versions
     assert len(manifest["inputs"]["base"]["sha256"]) == 64 and len(manifest["inputs"]["loras"][0]["sha256"]) == 64
     assert manifest["tool"]["name"] == "gguf-forge" and manifest["tool"]["llama_cpp_python"]

@@ -24,6 +24,9 @@ from .convert import ALLOW_NONFINITE, nonfinite_hint
 @click.option("--imatrix-quant", "imatrix_quants",
               help="Types to make with the imatrix (named <TYPE>-im); default: the --quant types below Q8_0.")
 @opt.chunks("Use at most this many calibration chunks.", name="--imatrix-chunks")
+@click.option("--imatrix-engine", type=click.Choice(["llama", "torch"]), default="llama", show_default=True,
+              help="llama: llama.cpp on the intermediate GGUF, memory-mapped (a few GB for an 8B); "
+                   "torch: the whole model in transformers (float32: ~4 bytes per parameter).")
 @opt.template("Chat template written into the GGUFs, the Modelfile and the preset, instead of the model's own")
 @opt.system("Default system prompt for the Modelfile and preset.")
 @opt.ctx("Context length stored in the GGUF and num_ctx.")
@@ -40,7 +43,8 @@ from .convert import ALLOW_NONFINITE, nonfinite_hint
 @opt.as_json("Print the manifest as JSON.")
 @opt.no_progress("Hide progress bars.")
 def merge_convert(base: str, loras: tuple[str, ...], outdir: Path, quants: str, imatrix: str | None,
-                  imatrix_quants: str | None, imatrix_chunks: int | None, template: str | None, system: str | None,
+                  imatrix_quants: str | None, imatrix_chunks: int | None, imatrix_engine: str,
+                  template: str | None, system: str | None,
                   ctx: int | None, smoke: bool, eval_text: Path | None, eval_chunks: int | None, name: str | None,
                   outtype: str, keep_intermediate: bool, allow_nonfinite: bool, threads: int | None, as_json: bool,
                   no_progress: bool) -> None:
@@ -58,7 +62,8 @@ def merge_convert(base: str, loras: tuple[str, ...], outdir: Path, quants: str, 
         im_types = parse_types(imatrix_quants) if imatrix_quants else None
     cfg = PipelineConfig(
         base=base, loras=list(loras), outdir=outdir, quants=quant_types, imatrix=imatrix, imatrix_quants=im_types,
-        imatrix_chunks=imatrix_chunks, template=template, system=system, ctx=ctx, smoke=smoke, eval_text=eval_text,
+        imatrix_chunks=imatrix_chunks, imatrix_engine=imatrix_engine, template=template, system=system, ctx=ctx,
+        smoke=smoke, eval_text=eval_text,
         eval_chunks=eval_chunks, name=name, outtype=outtype, keep_intermediate=keep_intermediate,
         allow_nonfinite=allow_nonfinite, threads=threads,
         progress=not no_progress,

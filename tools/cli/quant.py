@@ -10,8 +10,9 @@ import click
 
 from ...convert import parse_lora_spec, resolve_model
 from ...errors import ForgeError
-from ...files import check_not_an_input, format_size, read_text_file
+from ...files import check_not_an_input, format_size, is_gguf, read_text_file
 from ...quant import compute_imatrix, evaluate, parse_types, quantize, write_gguf, write_legacy
+from ...quant.imatrix import ENGINES
 from . import options as opt
 
 
@@ -66,35 +67,45 @@ def quant(infile: Path, types: str, imatrix: Path | None, outdir: Path | None, o
 @opt.ctx("Tokens per chunk.", default=512, min=8)
 @opt.chunks()
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--engine", type=click.Choice(list(ENGINES)),
+              help="llama: llama.cpp on a memory-mapped GGUF (a few GB of memory for an 8B; default on the CPU); "
+                   "torch: the whole model in transformers (default with --device cuda).")
 @opt.loras("Merge these adapters first; repeatable.")
-@opt.threads("torch threads on the CPU.")
+@opt.threads("CPU threads (default: physical cores for llama, torch's default for torch).")
 @opt.as_json("Print run statistics as JSON.")
 @opt.no_progress()
 def imatrix(model: str, calibration: str, outfile: Path, ctx: int, chunks: int | None, device: str,
-            loras: tuple[str, ...], threads: int | None, as_json: bool, no_progress: bool) -> None:
-    """Compute an importance matrix on the (fine-tuned) Hugging Face model, the statistic llama-imatrix collects.
+            engine: str | None, loras: tuple[str, ...], threads: int | None, as_json: bool, no_progress: bool) -> None:
+    """Compute an importance matrix on the (fine-tuned) model, the statistic llama-imatrix collects.
+
+    MODEL is a Hugging Face folder (or hub id; --lora adapters are merged) or a GGUF. With the default llama
+    engine a folder is first converted, streaming, to a temporary F16 GGUF beside the output (removed after).
 
     \b
     Examples:
       quantize imatrix ./my-finetune --calibration my-chats.jsonl -o imatrix.gguf
-      quantize imatrix ./Meta-Llama-3-8B-Instruct --lora ./my-lora --device cuda -o imatrix.gguf
+      quantize imatrix ./Meta-Llama-3-8B-Instruct --lora ./my-lora -o imatrix.gguf
+      quantize imatrix out/My-Model-F16.gguf --chunks 100 -o imatrix.gguf
+      quantize imatrix ./Meta-Llama-3-8B-Instruct --device cuda -o imatrix.gguf   (torch engine)
     """
     folder = outfile.parent if str(outfile.parent) else Path(".")
     if not folder.is_dir() or not os.access(folder, os.W_OK):
         raise ForgeError(f"-o {outfile}: folder {folder} does not exist or is not writable")
     with opt.option("--lora"):
         specs = [parse_lora_spec(x) for x in loras]
-    model_dir = resolve_model(model)
+    model_path = Path(model).expanduser()
+    model_dir = model_path if model_path.is_file() and is_gguf(model_path) else resolve_model(model)
     check_not_an_input(outfile, [model_dir, Path(calibration)])
     im, stats = compute_imatrix(model_dir, calibration=calibration, ctx=ctx, chunks=chunks, device=device,
-                                loras=specs, progress=not no_progress, threads=threads)
+                                loras=specs, progress=not no_progress, threads=threads, engine=engine,
+                                work_dir=folder)
     (write_legacy if outfile.suffix == ".dat" else write_gguf)(im, outfile)
     stats["output"] = str(outfile)
     if as_json:
         opt.echo_json(stats)
     else:
         click.echo(f"wrote {outfile}: {stats['entries']} entries, {stats['chunks']} chunks x {ctx} tokens, "
-                   f"{stats['tokens_per_s']:.0f} tokens/s on {device}")
+                   f"{stats['tokens_per_s']:.0f} tokens/s on {device} ({stats['engine']} engine)")
 
 
 @click.command(name="eval")

@@ -70,6 +70,7 @@ class PipelineConfig:
     imatrix_quants: list[str] | None = None
     imatrix_ctx: int = 512
     imatrix_chunks: int | None = None
+    imatrix_engine: str = "llama"         # llama: on the intermediate GGUF (memory-mapped); torch: the whole HF model
     template: str | None = None
     system: str | None = None
     ctx: int | None = None
@@ -230,6 +231,13 @@ class _Runner:
 # ---------------------------------------------------------------------------------------------- the job
 
 
+def _imatrix_record(step: dict | None) -> dict | None:
+    """Which engine computed the importance matrix, on what, and how fast (from the imatrix step's record)."""
+    stats = (step or {}).get("stats") or {}
+    keys = ("engine", "gguf", "chunks", "tokens", "seconds", "tokens_per_s", "entries")
+    return {k: stats.get(k) for k in keys} if stats else None
+
+
 @dataclass
 class _Job:
     """One run's resolved inputs and paths, the steps made of them, and what the steps leave for the manifest."""
@@ -274,8 +282,10 @@ class _Job:
         steps = [conv]
         imatrix = None
         if cfg.imatrix:
-            imatrix = Step("imatrix", self._imatrix, outputs=[self.imatrix_path],
-                           inputs=("imatrix", conv, inputs["calibration"], cfg.imatrix_ctx, cfg.imatrix_chunks),
+            on_gguf = cfg.imatrix_engine == "llama"
+            imatrix = Step("imatrix", self._imatrix, outputs=[self.imatrix_path], needs=[conv] if on_gguf else [],
+                           inputs=("imatrix", conv, inputs["calibration"], cfg.imatrix_ctx, cfg.imatrix_chunks,
+                                   cfg.imatrix_engine),
                            message=f"importance matrix on the merged model ({cfg.imatrix} calibration) -> "
                                    f"{self.imatrix_path.name}")
             steps.append(imatrix)
@@ -309,9 +319,13 @@ class _Job:
 
     def _imatrix(self) -> dict:
         cfg = self.cfg
+        on_gguf = cfg.imatrix_engine == "llama"  # the intermediate GGUF, already merged: reused, memory-mapped
         im, stats = compute_imatrix(self.base_dir, calibration=cfg.imatrix, ctx=cfg.imatrix_ctx,
                                     chunks=cfg.imatrix_chunks, loras=self.specs, progress=cfg.progress,
-                                    threads=cfg.threads, log=self.log)
+                                    threads=cfg.threads, log=self.log, engine=cfg.imatrix_engine,
+                                    gguf=self.intermediate if on_gguf else None)
+        if stats.get("gguf"):
+            stats["gguf"] = Path(stats["gguf"]).name
         write_gguf(im, self.imatrix_path)
         return {"stats": stats}
 
@@ -385,7 +399,9 @@ class _Job:
             "inputs": self.inputs,
             "options": {"quant": self.quants, "imatrix_quant": self.im_quants, "outtype": cfg.outtype.lower(),
                         "ctx": cfg.ctx, "template": cfg.template, "system": cfg.system,
-                        "imatrix_ctx": cfg.imatrix_ctx if cfg.imatrix else None, "imatrix_chunks": cfg.imatrix_chunks},
+                        "imatrix_ctx": cfg.imatrix_ctx if cfg.imatrix else None, "imatrix_chunks": cfg.imatrix_chunks,
+                        "imatrix_engine": cfg.imatrix_engine if cfg.imatrix else None},
+            "imatrix": _imatrix_record(steps.get("imatrix")) if cfg.imatrix else None,
             "parameters": n_params,
             "default": default.name,
             "stops": self.mf.stops,
