@@ -17,6 +17,7 @@ from typing import Any
 
 from .. import chat_template
 from ..errors import ForgeError
+from . import tools
 
 _S, _U1, _A1, _U2 = "Zq7sysTEXT", "Zq7userONE", "Zq7replyONE", "Zq7userTWO"
 
@@ -54,6 +55,8 @@ class Translation:
     trims: bool = False
     warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # comments for the Modelfile (documented exceptions)
+    tools: str = "none"  # tools/thinking: "none", "exact", "exact but JSON whitespace", "refused"
+    tools_reason: str = ""  # why tools/thinking were refused
 
     @property
     def manual(self) -> dict[str, str] | None:
@@ -603,8 +606,18 @@ def translate(template: str, *, bos: str = "", eos: str = "", system: str | None
     replies = [m["content"] for _, msgs in suite(strip=trims) for m in msgs if m["role"] == "assistant"]
     bad = [s for s in stops if any(s in reply for reply in replies)]
     stops = [s for s in stops if s not in bad]
-    return Translation(fmt=fmt, go_template=go_template(fmt), stops=stops, system=sys_line, trims=trims,
-                       warnings=warnings, notes=notes)
+    go = go_template(fmt)
+    tr = tools.translate_tools(template, fmt, bos=bos, eos=eos, strip_bos=strip_bos, system=sys_line, lit=lit)
+    if tr.go_template is not None:
+        go = tr.go_template
+        if tr.status == "exact but JSON whitespace":
+            notes.append(tools.JSON_NOTE)
+    elif tr.status == "refused":
+        warnings.append(f"tool calling / thinking left out of the Ollama template: {tr.reason}")
+        notes.append("tools and thinking are not in this TEMPLATE (Ollama answers requests with tools \"does not "
+                     "support tools\"): the chat template's tool format cannot be reproduced exactly")
+    return Translation(fmt=fmt, go_template=go, stops=stops, system=sys_line, trims=trims,
+                       warnings=warnings, notes=notes, tools=tr.status, tools_reason=tr.reason)
 
 
 _THINK = "<think>\nZq7thinkTEXT\n</think>\n\n"
