@@ -452,13 +452,27 @@ def _truth(v: Any) -> bool:
     return True
 
 
-def _print(v: Any) -> str:
+def _fmt_float(x: float) -> str:
+    """Go's ``%v`` of a float64 (strconv 'g' shortest: %e when the exponent is < -4 or >= 6)."""
+    if x == 0:
+        return "0"
+    mant, _, exp = f"{x:e}".partition("e")
+    r = repr(abs(x))
+    digits = r.split("e")[0].replace(".", "").lstrip("0").rstrip("0") or "0"
+    e10 = int(exp)
+    if e10 < -4 or e10 >= 6:
+        m = digits[0] + ("." + digits[1:] if len(digits) > 1 else "")
+        return f"{'-' if x < 0 else ''}{m}e{'-' if e10 < 0 else '+'}{abs(e10):02d}"
+    return str(int(x)) if x == int(x) else repr(x)
+
+
+def _print(v: Any, top: bool = True) -> str:
     if v is None:
-        return "<no value>"
+        return "<no value>" if top else "<nil>"
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, float):
-        return _go_float(v) if abs(v) < 1e21 else _go_float(v)
+        return _fmt_float(v)
     if isinstance(v, (GoStruct, GoMap)) and v.stringer:
         return go_json(v)
     if isinstance(v, str):
@@ -466,7 +480,9 @@ def _print(v: Any) -> str:
     if isinstance(v, int):
         return str(v)
     if isinstance(v, list):
-        return "[" + " ".join(_print(x) for x in v) + "]"
+        return "[" + " ".join(_print(x, False) for x in v) + "]"
+    if isinstance(v, dict):
+        return "map[" + " ".join(f"{k}:{_print(v[k], False)}" for k in sorted(v)) + "]"
     raise GoTemplateError(f"cannot print a {type(v).__name__}")
 
 

@@ -487,7 +487,8 @@ def go_template(fmt: Any, parts: ToolParts, lit: Any) -> str:
              "{{ $hasSys = true }}{{ $sys = .Content }}{{ end }}{{ end }}"]
     head = None if fmt.default_system is None else fmt.sys_pre + fmt.default_system + fmt.sys_suf
     if f.get("tools"):
-        lines.append("{{- if .Tools }}" + lit(p["p"]) + "{{ if $hasSys }}{{ $sys }}" + lit(p["q"]) + "{{ else }}" + lit(p["d"])
+        lines.append("{{- if .Tools }}" + lit(p["p"]) + "{{ if $hasSys }}{{ $sys }}" + lit(p["q"]) + "{{ else }}"
+                     + lit(p["d"])
                      + "{{ end }}" + lit(p["r"]) + "{{ range .Tools }}" + lit(p["tool_sep"])
                      + ("{{ . }}" if p["tool_key"] == "tool" else "{{ json .Function }}") + "{{ end }}"
                      + lit(p["post"]) + "{{ end }}")
@@ -505,17 +506,18 @@ def go_template(fmt: Any, parts: ToolParts, lit: Any) -> str:
         cond = "(gt $i $lastUser)" if f["keep"] == "after_last_user" else "true"
         think = "{{ if and " + cond + " .Thinking }}" + lit(f["think_pre"]) + "{{ .Thinking }}" \
             + lit(f["think_suf"]) + "{{ end }}"
-    asst = "{{- else if eq .Role \"assistant\" }}"
+    asst = "{{- else if eq .Role \"assistant\" }}" + lit(fmt.asst_pre) + think + "{{ .Content }}"
     if f.get("tools"):
-        asst += ("{{ if .ToolCalls }}" + lit(p["header"]) + think + "{{ if .Content }}" + lit(p["content_pre"])
-                 + "{{ .Content }}{{ end }}{{ $content := .Content }}{{ range $j, $c := .ToolCalls }}"
+        # the call text comes first inside {{ if .ToolCalls }}: Ollama takes its tool-call tag from there
+        if p["header"] != fmt.asst_pre or p["content_pre"]:
+            raise _NoLayout("a tool-call turn opens differently from a reply; Ollama's tool-call tag would not be "
+                            "the call's marker")
+        asst += ("{{ $content := .Content }}{{ if .ToolCalls }}{{ range $j, $c := .ToolCalls }}"
                  + "{{ if $j }}" + lit(p["call_sep"] + p["call_pre"]) + "{{ else if $content }}"
                  + lit(p["sep_after_content"] + p["call_pre"]) + "{{ else }}" + lit(p["call_pre"]) + "{{ end }}"
                  + "{{ .Function.Name }}" + lit(p["mid"]) + "{{ .Function.Arguments }}" + lit(p["call_suf"])
-                 + "{{ end }}" + lit(fmt.asst_suf) + "{{ else }}" + lit(fmt.asst_pre) + think + "{{ .Content }}"
-                 + lit(fmt.asst_suf) + "{{ end }}")
-    else:
-        asst += lit(fmt.asst_pre) + think + "{{ .Content }}" + lit(fmt.asst_suf)
+                 + "{{ end }}{{ end }}")
+    asst += lit(fmt.asst_suf)
     lines.append(asst)
     if f.get("tools"):
         lines.append("{{- else if eq .Role \"tool\" }}{{ if ne $prev \"tool\" }}" + lit(p["group_open"])
