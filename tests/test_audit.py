@@ -1,0 +1,72 @@
+"""`quantize audit` (issue 13): planted end-of-turn mismatches are found with their fix, `--fix` repairs what
+metadata can repair, and a consistent model reports none."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from gguf_forge.keys import TOKENIZER
+from gguf_forge.modelfiles import audit as audit_lib
+
+from fixtures import qwen2
+from helpers import run
+
+SMALL = ("tokenizer_config.json", "tokenizer.json", "generation_config.json", "chat_template.jinja", "config.json")
+
+
+def hf_copy(tmp_path: Path) -> Path:
+    out = tmp_path / "model"
+    out.mkdir()
+    for name in SMALL:
+        if (qwen2() / name).is_file():
+            shutil.copy(qwen2() / name, out / name)
+    return out
+
+
+def test_consistent_model_has_no_mismatch(tmp_path):
+    r = run("audit", str(hf_copy(tmp_path)), "--json", "--no-generate")
+    assert r.returncode == 0, r.stdout + r.stderr
+    data = json.loads(r.stdout)
+    assert data["ok"] and data["turn_end"] == "<|im_end|>"
+
+
+def test_wrong_eos_in_generation_config_is_found_and_fixed(tmp_path):
+    model = hf_copy(tmp_path)
+    gc = json.loads((model / "generation_config.json").read_text())
+    gc["eos_token_id"] = 3001  # <|endoftext|>-like: not what the template closes turns with
+    (model / "generation_config.json").write_text(json.dumps(gc))
+    r = run("audit", str(model), "--json", "--no-generate")
+    assert r.returncode == 1
+    problems = json.loads(r.stdout)["mismatches"]
+    assert len(problems) == 1 and "generation_config.json" in problems[0]["problem"] and problems[0]["fixable"]
+    r = run("audit", str(model), "--fix", "--no-generate")
+    assert r.returncode == 0, r.stdout
+    assert json.loads((model / "generation_config.json").read_text())["eos_token_id"] == [3001, 3002]
+    assert run("audit", str(model), "--no-generate").returncode == 0
+
+
+@pytest.mark.slow
+def test_eot_missing_from_gguf_is_found_and_fixed(tmp_path):
+    model = hf_copy(tmp_path)
+    gguf_path = tmp_path / "out" / "m.gguf"
+    gguf_path.parent.mkdir()
+    r = run("convert", str(qwen2()), "-o", str(gguf_path))
+    assert r.returncode == 0, r.stderr
+    # plant: eos is another token, no eot
+    audit_lib.set_gguf_ints(gguf_path, {TOKENIZER.EOS_ID: 3001}, remove=(TOKENIZER.EOT_ID,))
+    a = audit_lib.audit(gguf_path, generate=False)
+    kinds = [m.kind for m in a.mismatches]
+    assert "gguf_eot" in kinds, a.mismatches
+    done, left = audit_lib.fix(a)
+    assert not left and done
+    after = audit_lib.audit(gguf_path, generate=False)
+    assert not after.mismatches, after.mismatches
+    # the rewritten GGUF still loads and still ends on its eot
+    from gguf_forge import runtime
+    llm = runtime.load_model(gguf_path, n_ctx=64)
+    assert 3002 in runtime.eog_tokens(llm)
+    del model
