@@ -286,17 +286,13 @@ def _tools_block(r: _R, fmt: Any, placement: str) -> dict[str, str]:
     s = {"role": "system", "content": _S}
     with_sys = r([s, u], False, _STOOLS, what="a system message with tools")
     no_sys = r([u], False, _STOOLS, what="a user message with tools")
-    a, b = _dump(_STOOLS[0]), _dump(_STOOLS[1])
-    key = "tool"
-    if a not in with_sys:
-        a, b, key = _dump(_STOOLS[0]["function"]), _dump(_STOOLS[1]["function"]), "function"
-    if a not in with_sys:
-        a4 = json.dumps(_STOOLS[0], ensure_ascii=False, indent=4)
-        b4 = json.dumps(_STOOLS[1], ensure_ascii=False, indent=4)
-        if a4 in with_sys:
-            a, b = a4, b4
-        else:
-            raise _NoLayout("the tools block does not write each tool as JSON")
+    for key, indent in (("tool", None), ("function", None), ("tool", 4), ("function", 4), ("tool", 2)):
+        pick = (lambda t: t) if key == "tool" else (lambda t: t["function"])  # noqa: E731
+        a, b = (json.dumps(pick(t), ensure_ascii=False, indent=indent) for t in _STOOLS[:2])
+        if a in with_sys and b in with_sys:
+            break
+    else:
+        raise _NoLayout("the tools block does not write each tool as JSON")
     head, sep, tail = _cut(with_sys, [a, b], "the tools block")
     head0, sep0, tail0 = _cut(no_sys, [a, b], "the tools block without a system message")
     if sep0 != sep:
@@ -324,8 +320,63 @@ def _tools_block(r: _R, fmt: Any, placement: str) -> dict[str, str]:
             raise _NoLayout("the tools block is not followed by the first user turn")
         out["post"] = post[: len(post) - len(fmt.user_pre)]
     else:
-        out.update(pre=head0, post=tail0.split(_U)[0], sys_head=head)
+        # the tools open the first user turn: [system block] user_pre tools_pre (sep tool)* post content
+        sys_part, after_sys = _cut(head, [_S], "the tools block")
+        if not after_sys.startswith(fmt.sys_suf + fmt.user_pre):
+            raise _NoLayout("the tools block does not open the first user turn")
+        tools_pre = after_sys[len(fmt.sys_suf) + len(fmt.user_pre):]
+        if not head0.endswith(fmt.user_pre + tools_pre):
+            raise _NoLayout("the tools block opens differently without a system message")
+        post = tail.split(_U)[0]
+        if tail0.split(_U)[0] != post:
+            raise _NoLayout("the text after the tools depends on the system message")
+        out.update(sys_pre_t=sys_part, head_t=head0[: len(head0) - len(fmt.user_pre + tools_pre)],
+                   tools_pre=tools_pre, post=post)
     return out
+
+
+def _user_layout(r: _R, fmt: Any) -> dict[str, str]:
+    """Calls and results of a template whose tools open the first user turn (Llama 3.1-3.3): a call is its JSON
+    alone after the assistant header, a result its own turn (its text written as JSON when the template does)."""
+    u = {"role": "user", "content": _U}
+    one = {"role": "assistant", "content": "", "calls": [_call(_N1, _ARGS1, "call00001")]}
+    two = {"role": "assistant", "content": "", "calls": [_call(_N1, _ARGS1, "call00001"),
+                                                         _call(_N2, _ARGS2, "call00002")]}
+    res1 = {"role": "tool", "content": _R1, "tool_name": _N1, "call_id": "call00001"}
+    res2 = {"role": "tool", "content": _R2, "tool_name": _N2, "call_id": "call00002"}
+    a1 = _dump(_ARGS1)
+    x = r([u, one, res1, res2], True, what="a tool call and two results")
+    quoted = f'"{_R1}"' in x and f'"{_R2}"' in x
+    r1, r2 = (f'"{_R1}"', f'"{_R2}"') if quoted else (_R1, _R2)
+    _, pre, mid, after, between, tail = _cut(x, [_U, _N1, a1, r1, r2], "a tool call and two results")
+    if not pre.startswith(fmt.user_suf + fmt.asst_pre):
+        raise _NoLayout("a tool-call turn does not open as a reply does")
+    call_pre = pre[len(fmt.user_suf + fmt.asst_pre):]
+    if not tail.endswith(fmt.gen):
+        raise _NoLayout("the generation prompt after tool results differs")
+    res_suf = tail[: len(tail) - len(fmt.gen)]
+    if not between.startswith(res_suf):
+        raise _NoLayout("tool results are not each their own turn")
+    res_pre = between[len(res_suf):]
+    if not after.endswith(res_pre):
+        raise _NoLayout("tool results are not wrapped alike")
+    call_close = after[: len(after) - len(res_pre)]
+    if not call_close.endswith(fmt.asst_suf):
+        raise _NoLayout("a tool-call turn does not end as a reply does")
+    call_suf = call_close[: len(call_close) - len(fmt.asst_suf)]
+    single = ""
+    try:
+        y = r([u, two, res1, res2], True, what="two tool calls")
+        _, _, _, call_sep_pre, _, _ = _cut(y, [_U, _N1, a1, _N2, _dump(_ARGS2)], "two tool calls")
+        if not call_sep_pre.startswith(call_suf) or not call_sep_pre.endswith(call_pre):
+            raise _NoLayout("a second tool call is not written like the first")
+        call_sep = call_sep_pre[len(call_suf): len(call_sep_pre) - len(call_pre)]
+    except _NoLayout as e:
+        if "failed to render" not in str(e):
+            raise
+        single, call_sep = str(e).split("failed to render: ", 1)[-1], ""
+    return {"call_pre": call_pre, "mid": mid, "call_suf": call_suf, "call_sep": call_sep, "res_pre": res_pre,
+            "res_suf": res_suf, "res_json": "1" if quoted else "", "single": single}
 
 
 def _call_pieces(r: _R, fmt: Any) -> dict[str, str]:
@@ -423,14 +474,15 @@ def _thinking(r: _R, fmt: Any) -> dict[str, str]:
     """Thinking switches: text the generation prompt gains when thinking is off / on, and how an earlier reply's
     reasoning is written (kept after the last user message only, always, or never)."""
     u = [{"role": "user", "content": _U}]
+    out: dict[str, Any] = {"gen_on": None, "gen_off": None, "keep": "never", "think_pre": "", "think_suf": ""}
     base = r(u, True, what="a user message")
-    out: dict[str, str] = {"off": "", "on": "", "keep": "never", "think_pre": "", "think_suf": ""}
     for flag in (False, True):
         t = r(u, True, think=flag, what="thinking " + ("on" if flag else "off"))
         if t != base:
-            if not t.startswith(base):
+            head, tail = _cut(t, [_U], "thinking " + ("on" if flag else "off"))
+            if head != _cut(base, [_U], "a user message")[0] or not tail.startswith(fmt.user_suf):
                 raise _NoLayout("the thinking switch changes more than the generation prompt")
-            out["on" if flag else "off"] = t[len(base):]
+            out["gen_on" if flag else "gen_off"] = tail[len(fmt.user_suf):]
     reply = {"role": "assistant", "content": _C, "thinking": _TH}
     last = r([u[0], reply], False, what="a reply with reasoning")
     earlier = r([u[0], reply, {"role": "user", "content": _U2}], True, what="an earlier reply with reasoning")
@@ -461,11 +513,14 @@ def infer(template: str, fmt: Any, bos: str, eos: str, strip_bos: bool) -> ToolP
         placement = "system" if fmt.system_mode == "block" and _tool_in_system(r, fmt) else "user"
         parts.layout = "chatml" if placement == "system" else "llama3-json"
         parts.pieces.update(_tools_block(r, fmt, placement))
-        parts.pieces.update(_split_calls(_call_pieces(r, fmt), fmt))
+        if placement == "system":
+            parts.pieces.update(_split_calls(_call_pieces(r, fmt), fmt))
+        else:
+            parts.pieces.update(_user_layout(r, fmt))
     thinking = _thinking(r, fmt)
     parts.flags.update(thinking)
     parts.flags["tools"] = has_tools
-    if not has_tools and not thinking["off"] and not thinking["on"] and thinking["keep"] == "never":
+    if not has_tools and thinking["gen_on"] is None and thinking["gen_off"] is None and thinking["keep"] == "never":
         return None
     return parts
 
@@ -478,7 +533,9 @@ def _tool_in_system(r: _R, fmt: Any) -> bool:
 
 # -- the Go template --------------------------------------------------------------------------------------------------
 def go_template(fmt: Any, parts: ToolParts, lit: Any) -> str:
-    """The whole TEMPLATE for a chatml-layout template with tools and/or thinking (``lit`` quotes literal text)."""
+    """The whole TEMPLATE for a template with tools and/or thinking (``lit`` quotes literal text)."""
+    if parts.layout == "llama3-json" and parts.flags.get("tools"):
+        return _go_user_layout(fmt, parts, lit)
     if fmt.system_mode != "block" or fmt.bos_repeat or fmt.lead or fmt.no_sys_head is not None:
         raise _NoLayout("tool calls are supported for templates whose system message is its own block")
     p, f = parts.pieces, parts.flags
@@ -524,17 +581,58 @@ def go_template(fmt: Any, parts: ToolParts, lit: Any) -> str:
                      + "{{ end }}" + lit(p["res_pre"]) + "{{ .Content }}" + lit(p["res_suf"]))
     lines.append("{{- end }}{{ $prev = .Role }}")
     close = ("{{ if eq $prev \"tool\" }}" + lit(p["group_close"]) + "{{ end }}") if f.get("tools") else ""
-    lines.append("{{- end }}" + close + lit(fmt.gen) + _think_gen(f, lit))
+    lines.append("{{- end }}" + close + _think_gen(fmt.gen, f, lit))
     return "\n".join(line + ('{{ "" }}' if line[-1:].isspace() else "") for line in lines)
 
 
-def _think_gen(f: dict[str, Any], lit: Any) -> str:
-    out = ""
-    if f["off"]:
-        out += "{{ if and .IsThinkSet (not .Think) }}" + lit(f["off"]) + "{{ end }}"
-    if f["on"]:
-        out += "{{ if and .IsThinkSet .Think }}" + lit(f["on"]) + "{{ end }}"
-    return out
+def _go_user_layout(fmt: Any, parts: ToolParts, lit: Any) -> str:
+    """Tools in the first user turn, one JSON call per assistant turn, each result its own turn."""
+    if fmt.system_mode != "block" or fmt.bos_repeat or fmt.lead or fmt.no_sys_head is not None:
+        raise _NoLayout("tools in the first user turn are supported for templates whose system message is its "
+                        "own block")
+    p, f = parts.pieces, parts.flags
+    if f["keep"] != "never" or f["gen_on"] is not None or f["gen_off"] is not None:
+        raise _NoLayout("thinking together with tools in the first user turn is not supported")
+    head = None if fmt.default_system is None else fmt.sys_pre + fmt.default_system + fmt.sys_suf
+    head_t = p["head_t"]
+    lines = ["{{- $toolsDone := false }}{{- range $i, $m := .Messages }}"]
+    if head is not None:
+        lines.append("{{- if and (eq $i 0) (ne .Role \"system\") }}{{ if $.Tools }}" + lit(head_t) + "{{ else }}"
+                     + lit(head) + "{{ end }}{{ end }}")
+    elif head_t:
+        lines.append("{{- if and (eq $i 0) (ne .Role \"system\") $.Tools }}" + lit(head_t) + "{{ end }}")
+    lines.append("{{- if eq .Role \"system\" }}{{ if $.Tools }}" + lit(p["sys_pre_t"]) + "{{ else }}"
+                 + lit(fmt.sys_pre) + "{{ end }}{{ .Content }}" + lit(fmt.sys_suf))
+    lines.append("{{- else if eq .Role \"user\" }}" + lit(fmt.user_pre) + "{{ if and $.Tools (not $toolsDone) }}"
+                 + lit(p["tools_pre"]) + "{{ range $.Tools }}" + lit(p["tool_sep"])
+                 + ("{{ . }}" if p["tool_key"] == "tool" else "{{ json .Function }}") + "{{ end }}" + lit(p["post"])
+                 + "{{ $toolsDone = true }}{{ end }}{{ .Content }}" + lit(fmt.user_suf))
+    single = ""
+    if p["single"]:
+        single = "{{ if gt (len .ToolCalls) 1 }}{{ slice " + _go_str(p["single"]) + " 0 100000 }}{{ end }}"
+    lines.append("{{- else if eq .Role \"assistant\" }}" + lit(fmt.asst_pre) + single + "{{ if .ToolCalls }}"
+                 "{{ range $j, $c := .ToolCalls }}{{ if $j }}" + lit(p["call_sep"] + p["call_pre"]) + "{{ else }}"
+                 + lit(p["call_pre"]) + "{{ end }}{{ .Function.Name }}" + lit(p["mid"]) + "{{ .Function.Arguments }}"
+                 + lit(p["call_suf"]) + "{{ end }}{{ else }}{{ .Content }}{{ end }}" + lit(fmt.asst_suf))
+    lines.append("{{- else if eq .Role \"tool\" }}" + lit(p["res_pre"])
+                 + ("{{ json .Content }}" if p["res_json"] else "{{ .Content }}") + lit(p["res_suf"]))
+    lines.append("{{- end }}")
+    lines.append("{{- end }}" + lit(fmt.gen))
+    return "\n".join(line + ('{{ "" }}' if line[-1:].isspace() else "") for line in lines)
+
+
+def _go_str(text: str) -> str:
+    return json.dumps(text, ensure_ascii=True).replace("<", "\\u003c")
+
+
+def _think_gen(gen: str, f: dict[str, Any], lit: Any) -> str:
+    """The generation prompt: as without the think flag, or as the template writes it with thinking on / off."""
+    on = gen if f["gen_on"] is None else f["gen_on"]
+    off = gen if f["gen_off"] is None else f["gen_off"]
+    if on == gen and off == gen:
+        return lit(gen)
+    return ("{{ if .IsThinkSet }}{{ if .Think }}" + lit(on) + "{{ else }}" + lit(off) + "{{ end }}{{ else }}"
+            + lit(gen) + "{{ end }}")
 
 
 @dataclass
@@ -547,11 +645,20 @@ class ToolResult:
     layout: str = ""
 
 
+def cases_for(go_tpl: str) -> list[Case]:
+    """The tool suite's cases that apply to ``go_tpl``: without ``.Tools`` in it, Ollama refuses requests with tools
+    ("does not support tools"), so only the thinking cases remain."""
+    if ".Tools" in go_tpl:
+        return tool_suite()
+    return [c for c in tool_suite()
+            if not c.tools and not any(m.get("calls") or m["role"] == "tool" for m in c.messages)]
+
+
 def verify(template: str, go_tpl: str, bos: str, eos: str, strip_bos: bool, system: str | None,
            cases: list[Case] | None = None) -> tuple[bool, str]:
     """Render the tool suite with Jinja and with ``go_tpl``; (whether any JSON whitespace differs, problem or "")."""
     any_ws = False
-    for case in cases or tool_suite():
+    for case in cases or cases_for(go_tpl):
         try:
             want = jinja_render(template, case, bos, eos, system)
         except ForgeError as e:
