@@ -48,6 +48,10 @@ class Audit:
     mismatches: list[Mismatch] = field(default_factory=list)
     paths: dict[str, Path] = field(default_factory=dict)
 
+    @property
+    def unfixable(self) -> list[Mismatch]:
+        return [m for m in self.mismatches if not m.fixable]
+
     def as_dict(self) -> dict[str, Any]:
         return {"turn_end": self.end, "signals": [s.__dict__ for s in self.signals],
                 "mismatches": [{"problem": m.problem, "fix": m.fix, "fixable": m.fixable} for m in self.mismatches],
@@ -114,9 +118,9 @@ def _turn_end_marker(template: str, bos: str, eos: str) -> str | None:
     return m.group(0) if m else end.split()[0] if end.split() else None
 
 
-def _greedy_ends(gguf_path: Path, template: str, bos: str, eos: str, n: int = 48) -> list[str]:
+def _greedy_ends(gguf_path: Path, template: str, bos: str, eos: str, n: int = 40) -> list[str]:
     """The token each greedy reply to :data:`PROMPTS` ends with ("" when it runs to ``n`` tokens)."""
-    llm = runtime.load_model(gguf_path, n_ctx=512)
+    llm = runtime.load_model(gguf_path, n_ctx=512, threads=1)  # a few short replies: one thread is enough
     eog = runtime.eog_tokens(llm)
     out = []
     for q in PROMPTS:
@@ -134,9 +138,12 @@ def _greedy_ends(gguf_path: Path, template: str, bos: str, eos: str, n: int = 48
     return out
 
 
-def audit(target: Path, *, generate: bool = True) -> Audit:
-    """Collect every end-of-turn signal of ``target`` (HF folder, GGUF or output folder) and the mismatches."""
+def audit(target: Path, *, generate: bool = True, hf_dir: Path | None = None) -> Audit:
+    """Collect every end-of-turn signal of ``target`` (HF folder, GGUF or output folder; ``hf_dir``: the Hugging
+    Face folder it was made from, for tokenizer_config / generation_config) and the mismatches."""
     paths = _locate(target)
+    if hf_dir is not None and (Path(hf_dir) / "tokenizer_config.json").is_file():
+        paths["hf"] = Path(hf_dir)
     a = Audit(end=None, paths=paths)
     template, bos, eos = None, "", ""
     vocab: dict[str, int] = {}
@@ -223,9 +230,9 @@ def audit(target: Path, *, generate: bool = True) -> Audit:
     return a
 
 
-def set_gguf_ints(path: Path, values: dict[str, int], remove: tuple[str, ...] = ()) -> None:
-    """Rewrite ``path`` with the uint32 metadata ``values`` set and ``remove`` dropped (tensors copied as they
-    are), atomically."""
+def set_gguf_metadata(path: Path, values: dict[str, int | str], remove: tuple[str, ...] = ()) -> None:
+    """Rewrite ``path`` with the metadata ``values`` set (int: uint32, str: string) and ``remove`` dropped
+    (tensors copied as they are, one at a time from the memory map), atomically."""
     reader = gguf.GGUFReader(path)
     arch = files.gguf_field(reader, "general.architecture", str) or "llama"
     with files.atomic_path(path) as tmp:
@@ -238,7 +245,10 @@ def set_gguf_ints(path: Path, values: dict[str, int], remove: tuple[str, ...] = 
             sub = f.types[-1] if vtype == gguf.GGUFValueType.ARRAY else None
             writer.add_key_value(f.name, f.contents(), vtype, sub_type=sub)
         for key, v in values.items():
-            writer.add_uint32(key, v)
+            if isinstance(v, str):
+                writer.add_string(key, v)
+            else:
+                writer.add_uint32(key, v)
         for t in reader.tensors:
             writer.add_tensor_info(t.name, t.data.shape, t.data.dtype, t.data.nbytes, t.tensor_type)
         writer.write_header_to_file()
@@ -265,7 +275,7 @@ def fix(a: Audit) -> tuple[list[str], list[Mismatch]]:
             files.write_text(p, json.dumps(gc, indent=2) + "\n")
             done.append(f"{p}: eos_token_id {gc['eos_token_id']}")
         elif m.kind == "gguf_eot":
-            set_gguf_ints(a.paths["gguf"], {TOKENIZER.EOT_ID: m.data["id"]})
+            set_gguf_metadata(a.paths["gguf"], {TOKENIZER.EOT_ID: m.data["id"]})
             done.append(f"{a.paths['gguf']}: {TOKENIZER.EOT_ID} = {m.data['id']}")
         elif m.kind == "modelfile":
             p = a.paths["modelfile"]

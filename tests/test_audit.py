@@ -57,7 +57,7 @@ def test_eot_missing_from_gguf_is_found_and_fixed(tmp_path):
     r = run("convert", str(qwen2()), "-o", str(gguf_path))
     assert r.returncode == 0, r.stderr
     # plant: eos is another token, no eot
-    audit_lib.set_gguf_ints(gguf_path, {TOKENIZER.EOS_ID: 3001}, remove=(TOKENIZER.EOT_ID,))
+    audit_lib.set_gguf_metadata(gguf_path, {TOKENIZER.EOS_ID: 3001}, remove=(TOKENIZER.EOT_ID,))
     a = audit_lib.audit(gguf_path, generate=False)
     kinds = [m.kind for m in a.mismatches]
     assert "gguf_eot" in kinds, a.mismatches
@@ -70,3 +70,28 @@ def test_eot_missing_from_gguf_is_found_and_fixed(tmp_path):
     llm = runtime.load_model(gguf_path, n_ctx=64)
     assert 3002 in runtime.eog_tokens(llm)
     del model
+
+
+@pytest.mark.slow
+def test_model_that_ends_with_another_token_is_an_unfixable_mismatch(tmp_path):
+    """SmolLM2 (trained to end replies with <|im_end|>) shipped with a template whose assistant turns close with
+    <|endoftext|>: the greedy replies show it; metadata cannot fix it, so --fix exits 1."""
+    from gguf_forge.convert.default_model import smollm2_gguf
+
+    gguf_path = tmp_path / "m.gguf"
+    shutil.copy(smollm2_gguf(), gguf_path)
+    template = ("{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+                "{{ '<|im_start|>system\\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face"
+                "<|im_end|>\\n' }}{% endif %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] }}"
+                "{% if message['role'] == 'assistant' %}{{ '<|endoftext|>\\n' }}{% else %}{{ '<|im_end|>\\n' }}"
+                "{% endif %}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
+    audit_lib.set_gguf_metadata(gguf_path, {TOKENIZER.CHAT_TEMPLATE: template})
+    a = audit_lib.audit(gguf_path)
+    assert a.end == "<|endoftext|>"
+    ends = next(s.value for s in a.signals if s.source.startswith("greedy"))
+    assert "<|im_end|>" in ends, ends
+    assert len(a.unfixable) == 1 and "<|im_end|>" in a.unfixable[0].problem
+    done, left = audit_lib.fix(a)  # the eot id is written; the model's own end token is not fixable
+    assert left == a.unfixable and any("eot_token_id" in d for d in done)
+    text = audit_lib.table(a)
+    assert "MISMATCH" in text and "cannot be fixed" in text
