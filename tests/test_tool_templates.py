@@ -204,3 +204,42 @@ def test_go_json_matches_go_for_tools(go_bin):
          "id": "c"}]}], tools.TOOLS)
     got = go_run(go_bin, {"template": tpl, "conversations": go_conversations([case])})[0]
     assert tools.go_render(tpl, case, None) == got
+
+
+# -- the written files: Modelfile comment, model.yaml against LM Studio's schema ------------------------------------
+def _hf_with(folder: Path, name: str) -> Path:
+    bos, eos, _, _ = STATUS[name]
+    folder.mkdir()
+    (folder / "tokenizer_config.json").write_text(json.dumps({"chat_template": source(name), "bos_token": bos,
+                                                              "eos_token": eos}))
+    (folder / "config.json").write_text(json.dumps({"max_position_embeddings": 40960}))
+    return folder
+
+
+def test_modelfile_and_model_yaml_for_a_tool_template(tmp_path):
+    import yaml
+
+    from gguf_forge.modelfiles import write_modelfile
+    from test_modelfile import parse_modelfile, validate_presets
+
+    (tmp_path / "m.gguf").write_bytes(b"GGUF")
+    res = write_modelfile(_hf_with(tmp_path / "hf", "Qwen-Qwen3-0.6B"), tmp_path / "out", gguf=tmp_path / "m.gguf",
+                          ctx=4096, name="Qwen3-Test")
+    assert res.tools == "exact but JSON whitespace"
+    mf = parse_modelfile(res.modelfile.read_text())
+    assert ".Tools" in mf["template"] and ".ToolCalls" in mf["template"] and ".Thinking" in mf["template"]
+    assert any("whitespace inside JSON" in c for c in mf["comments"])
+    definition = yaml.safe_load(res.model_yaml.read_text())
+    assert definition["model"] == "local/Qwen3-Test" and definition["metadataOverrides"]["trainedForToolUse"] is True
+    assert definition["customFields"][0]["effects"] == [{"type": "setJinjaVariable", "variable": "enable_thinking"}]
+    as_json = tmp_path / "model.json"
+    as_json.write_text(json.dumps(definition))
+    r = validate_presets([as_json])
+    assert r.returncode == 0, r.stdout + r.stderr
+    # the check can fail: a base without sources, a bad field value
+    bad = json.loads(as_json.read_text())
+    del bad["base"][0]["sources"]
+    bad["config"]["load"]["fields"][0]["value"] = "lots"
+    as_json.write_text(json.dumps(bad))
+    r = validate_presets([as_json])
+    assert r.returncode == 1 and "sources" in r.stdout and "llm.load.contextLength" in r.stdout

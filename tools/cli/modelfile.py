@@ -57,6 +57,7 @@ def modelfile(model: Path, outdir: Path | None, gguf: Path | None, source_dir: P
         opt.echo_json({
             "modelfile": str(result.modelfile), "preset": str(result.preset),
             "legacy_preset": str(result.legacy_preset) if result.legacy_preset else None, "stops": result.stops,
+            "model_yaml": str(result.model_yaml) if result.model_yaml else None, "tools": result.tools,
             "system": result.system, "num_ctx": result.num_ctx, "lmstudio_manual": result.manual,
             "warnings": result.warnings, "ollama_created": ollama_name if created is not None else None,
         })

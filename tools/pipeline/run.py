@@ -384,6 +384,8 @@ class _Job:
         if self.cfg.imatrix:
             out.append((self.imatrix_path, "imatrix", {}))
         out += [(mf.modelfile, "modelfile", {}), (mf.preset, "lmstudio-preset", {})]
+        if mf.model_yaml is not None:
+            out.append((mf.model_yaml, "lmstudio-model-yaml", {}))
         if mf.legacy_preset:
             out.append((mf.legacy_preset, "lmstudio-legacy-preset", {}))
         return out
