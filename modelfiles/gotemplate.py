@@ -755,3 +755,44 @@ def tool_call_tag(template: str) -> str:
         return "{"
     tag = text.text.replace("\r\n", "\n").split("{", 1)[0].strip()
     return tag or "{"
+
+
+# -- Ollama's thinking tags -------------------------------------------------------------------------------------------
+def _pipe_fields(pipe: Any) -> list[str]:
+    """First identifiers of the fields a pipeline names, in order (nested pipelines included)."""
+    out: list[str] = []
+    for cmd in pipe[2]:
+        for kind, val in cmd:
+            if kind == "field" and val != ".":
+                out.append(val.split(".")[1])
+            elif kind == "pipe":
+                out += _pipe_fields(val)
+    return out
+
+
+def thinking_tags(template: str) -> tuple[str, str]:
+    """The tags Ollama infers around reasoning (its ``thinking.InferTags``): at each ``.Thinking`` inside a range
+    over ``.Messages``, the first and last text of the nearest enclosing list, trimmed; the last found wins.
+    ("", "") means Ollama sees no thinking support in the TEMPLATE."""
+    tags = ["", ""]
+
+    def found(lst: list[Node]) -> None:
+        if lst and lst[0].kind == "text":
+            tags[0] = lst[0].text.strip()
+        if lst and lst[-1].kind == "text":
+            tags[1] = lst[-1].text.strip()
+
+    def walk(nodes: list[Node], in_messages: bool) -> None:
+        for n in nodes:
+            if n.kind == "action" and "Thinking" in _pipe_fields(n.pipe) and in_messages:
+                found(nodes)
+            elif n.kind in ("if", "range"):
+                if "Thinking" in _pipe_fields(n.pipe) and in_messages:
+                    found(nodes)  # the field in the pipeline: its nearest list is the one holding the node
+                inner = in_messages if n.kind == "if" else "Messages" in _pipe_fields(n.pipe)
+                walk(n.body, inner)
+                if n.else_body:
+                    walk(n.else_body, inner)
+
+    walk(parse(template), False)
+    return tags[0], tags[1]

@@ -23,6 +23,7 @@ tools block in the first user turn, a call is the JSON object alone, results in 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -559,6 +560,12 @@ def go_template(fmt: Any, parts: ToolParts, lit: Any) -> str:
                  + lit(fmt.sys_suf) + "{{ end }}")
     lines.append("{{- else if eq .Role \"user\" }}" + lit(fmt.user_pre) + "{{ .Content }}" + lit(fmt.user_suf))
     think = ""
+    if f["keep"] == "never" and (f["gen_on"] is not None or f["gen_off"] is not None):
+        tags = _switch_tags(fmt.gen, f)
+        if tags:
+            # renders nothing (earlier reasoning is dropped, as the template does); Ollama reads the tags around
+            # .Thinking to see thinking support and to split a reply's reasoning from its answer
+            think = "{{ if false }}" + lit(tags[0]) + "{{ .Thinking }}" + lit(tags[1]) + "{{ end }}"
     if f["keep"] != "never":
         cond = "(gt $i $lastUser)" if f["keep"] == "after_last_user" else "true"
         think = "{{ if and " + cond + " .Thinking }}" + lit(f["think_pre"]) + "{{ .Thinking }}" \
@@ -583,6 +590,21 @@ def go_template(fmt: Any, parts: ToolParts, lit: Any) -> str:
     close = ("{{ if eq $prev \"tool\" }}" + lit(p["group_close"]) + "{{ end }}") if f.get("tools") else ""
     lines.append("{{- end }}" + close + _think_gen(fmt.gen, f, lit))
     return "\n".join(line + ('{{ "" }}' if line[-1:].isspace() else "") for line in lines)
+
+
+_TAG_AT_END = re.compile(r"(<[A-Za-z_][\w.\-]*>|<\|[^|\s<>]+\|>)\s*$")
+
+
+def _switch_tags(gen: str, f: dict[str, Any]) -> tuple[str, str] | None:
+    """The reasoning tags of a template with a thinking switch but no earlier reasoning: the tag the prompt ends
+    with when thinking is on, and the text that thinking off adds after it (DeepSeek-R1: <think> and </think>)."""
+    on = gen if f["gen_on"] is None else f["gen_on"]
+    off = gen if f["gen_off"] is None else f["gen_off"]
+    m = _TAG_AT_END.search(on)
+    close = off[len(on):].strip() if off.startswith(on) else ""
+    if m is None or not close:
+        return None
+    return m.group(1), close
 
 
 def _go_user_layout(fmt: Any, parts: ToolParts, lit: Any) -> str:

@@ -243,3 +243,17 @@ def test_modelfile_and_model_yaml_for_a_tool_template(tmp_path):
     as_json.write_text(json.dumps(bad))
     r = validate_presets([as_json])
     assert r.returncode == 1 and "sources" in r.stdout and "llm.load.contextLength" in r.stdout
+
+
+THINKING = {"Qwen-Qwen3-0.6B": ("<think>", "</think>"), "deepseek-ai-DeepSeek-R1-Distill-Qwen-32B": ("<think>", "</think>"),
+            "Qwen-Qwen2.5-7B-Instruct": ("", ""), "meta-llama-Llama-3.1-8B-Instruct": ("", "")}
+
+
+@pytest.mark.parametrize("name", sorted(THINKING))
+def test_ollama_sees_thinking_support_and_its_tags(go_bin, name):
+    """Ollama decides that a TEMPLATE supports thinking, and which tags split reasoning from the answer, from the
+    text around .Thinking (its InferTags); a template without thinking shows none."""
+    bos, eos, _, _ = STATUS[name]
+    tr = translate(source(name), bos=bos, eos=eos)
+    got = go_run(go_bin, {"template": tr.go_template, "thinking_tags": True})
+    assert (got["open"], got["close"]) == gotemplate.thinking_tags(tr.go_template) == THINKING[name]

@@ -170,6 +170,7 @@ type request struct {
 	System        string            `json:"system"`
 	Conversations []json.RawMessage `json:"conversations"`
 	Tag           bool              `json:"tag"`
+	ThinkingTags  bool              `json:"thinking_tags"`
 }
 
 var funcs = template.FuncMap{
@@ -241,6 +242,12 @@ func main() {
 	tmpl, err := template.New("").Option("missingkey=zero").Funcs(funcs).Parse(req.Template)
 	if err != nil {
 		fail(err)
+	}
+	if req.ThinkingTags {
+		open, close := inferThinkingTags(tmpl)
+		b, _ := json.Marshal(map[string]string{"open": open, "close": close})
+		fmt.Println(string(b))
+		return
 	}
 	if req.Tag {
 		b, _ := json.Marshal(map[string]string{"tag": parseTag(tmpl)})
@@ -382,6 +389,86 @@ func slices(idents []string, s string) bool {
 	for _, x := range idents {
 		if x == s {
 			return true
+		}
+	}
+	return false
+}
+
+// inferThinkingTags is how Ollama decides that a TEMPLATE supports thinking and which tags surround the reasoning
+// it parses out of a reply (thinking/template.go InferTags): at each .Thinking field inside a range over
+// .Messages, the nearest enclosing list's first and last text nodes (trimmed); the last one found wins. Written
+// here from that description for the tests.
+func inferThinkingTags(tmpl *template.Template) (string, string) {
+	var ancestors []parse.Node
+	open, close := "", ""
+	var visit func(n parse.Node)
+	visit = func(n parse.Node) {
+		if n == nil {
+			return
+		}
+		ancestors = append(ancestors, n)
+		defer func() { ancestors = ancestors[:len(ancestors)-1] }()
+		if f, ok := n.(*parse.FieldNode); ok && len(f.Ident) > 0 && f.Ident[0] == "Thinking" {
+			var rng *parse.RangeNode
+			for i := len(ancestors) - 1; i >= 0; i-- {
+				if r, ok := ancestors[i].(*parse.RangeNode); ok {
+					rng = r
+					break
+				}
+			}
+			if rng != nil && pipeUsesField(rng.Pipe, "Messages") {
+				for i := len(ancestors) - 1; i >= 0; i-- {
+					if l, ok := ancestors[i].(*parse.ListNode); ok {
+						if t, ok := l.Nodes[0].(*parse.TextNode); ok {
+							open = strings.TrimSpace(t.String())
+						}
+						if t, ok := l.Nodes[len(l.Nodes)-1].(*parse.TextNode); ok {
+							close = strings.TrimSpace(t.String())
+						}
+						break
+					}
+				}
+			}
+		}
+		switch x := n.(type) {
+		case *parse.ListNode:
+			for _, c := range x.Nodes {
+				visit(c)
+			}
+		case *parse.IfNode:
+			visit(x.Pipe)
+			visit(x.List)
+			if x.ElseList != nil {
+				visit(x.ElseList)
+			}
+		case *parse.RangeNode:
+			visit(x.Pipe)
+			visit(x.List)
+			if x.ElseList != nil {
+				visit(x.ElseList)
+			}
+		case *parse.PipeNode:
+			for _, c := range x.Cmds {
+				visit(c)
+			}
+		case *parse.CommandNode:
+			for _, a := range x.Args {
+				visit(a)
+			}
+		case *parse.ActionNode:
+			visit(x.Pipe)
+		}
+	}
+	visit(tmpl.Tree.Root)
+	return open, close
+}
+
+func pipeUsesField(p *parse.PipeNode, field string) bool {
+	for _, c := range p.Cmds {
+		for _, a := range c.Args {
+			if f, ok := a.(*parse.FieldNode); ok && f.Ident[0] == field {
+				return true
+			}
 		}
 	}
 	return false
