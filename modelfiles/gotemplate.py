@@ -519,10 +519,31 @@ def _printf(fmt: str, *args: Any) -> str:
             return "%"
         v = args[k]
         k += 1
-        return _print(v) if m.group(1) in "sv" else str(int(v))
+        if m.group(1) == "T":
+            return _go_type(v)
+        return _print(v, False) if m.group(1) in "sv" else str(int(v))
 
-    out.append(re.sub(r"%%|%([svd])", repl, fmt))
+    out.append(re.sub(r"%%|%([svdT])", repl, fmt))
     return "".join(out)
+
+
+def _go_type(v: Any) -> str:
+    """``%T`` of a value decoded from JSON into ``any`` (what tool-call arguments hold)."""
+    if v is None:
+        return "<nil>"
+    if isinstance(v, bool):
+        return "bool"
+    if isinstance(v, float):
+        return "float64"
+    if isinstance(v, int):
+        return "int"
+    if isinstance(v, str):
+        return "string"
+    if isinstance(v, dict):
+        return "map[string]interface {}"
+    if isinstance(v, list):
+        return "[]interface {}"
+    return type(v).__name__
 
 
 def _slice(v: Any, *idx: Any) -> Any:

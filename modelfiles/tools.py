@@ -94,6 +94,10 @@ def tool_suite() -> list[Case]:
         Case("earlier reply with its reasoning, thinking on",
              [{"role": "user", "content": "What is 2+2?"}, reasoned, {"role": "user", "content": "And 3+3?"}],
              None, True),
+        Case("a call with number, boolean and list arguments",
+             [ask, {"role": "assistant", "content": "", "calls": [_call("get_weather", {
+                 "city": "Paris", "days": 3, "fields": ["temp", "wind"], "hourly": True}, "call00003")]},
+              {**res1, "call_id": "call00003"}], TOOLS),
         Case("reasoning before a tool call, thinking on",
              [ask, {**call1, "thinking": "I need the weather tool."}, res1], TOOLS, True),
     ]
@@ -224,7 +228,7 @@ def first_difference(a: str, b: str) -> str:
 # -- inference --------------------------------------------------------------------------------------------------------
 _S, _U, _U2, _C = "Zq8SYS", "Zq8USER", "Zq8USERTWO", "Zq8CONTENT"
 _N1, _N2, _R1, _R2, _TH = "Zq8fnOne", "Zq8fnTwo", "Zq8RESULTone", "Zq8RESULTtwo", "Zq8THINK"
-_ARGS1, _ARGS2 = {"Zq8k": "Zq8v1"}, {"Zq8k": "Zq8v2"}
+_ARGS1, _ARGS2 = {"Zq8a": "Zq8v1", "Zq8b": "Zq8w1"}, {"Zq8c": "Zq8v2", "Zq8d": "Zq8w2"}
 _STOOLS = [{"type": "function", "function": {"name": "Zq8toolA", "description": "Zq8descA", "parameters": {
     "type": "object", "required": ["Zq8p"], "properties": {"Zq8p": {"type": "string", "description": "Zq8pd"}}}}},
            {"type": "function", "function": {"name": "Zq8toolB", "description": "Zq8descB", "parameters": {
@@ -302,7 +306,19 @@ def _tools_block(r: _R, fmt: Any, placement: str) -> dict[str, str]:
         raise _NoLayout("the first tool is not introduced like the others")
     head, head0 = head[: len(head) - len(sep)], head0[: len(head0) - len(sep)]
     out = {"tool_sep": sep, "tool_key": key}
-    if placement == "system":
+    if placement == "system" and _S not in head:
+        # the system text follows the tools (Qwen3.5): P (sep tool)* POST [Q system] E, then the first user turn
+        if head != head0:
+            raise _NoLayout("the tools block opens differently without a system message")
+        before_s, after_s = _cut(tail, [_S], "the system text after the tools")
+        e = after_s.split(_U)[0]
+        post0 = tail0.split(_U)[0]
+        if not e.endswith(fmt.user_pre) or not post0.endswith(e) or not before_s.startswith(post0[: len(post0) - len(e)]):
+            raise _NoLayout("the system text after the tools is not placed in a way a Go template can follow")
+        post_t = post0[: len(post0) - len(e)]
+        out.update(p=head, q="", d="", r="", post=post_t, sys_after=before_s[len(post_t):],
+                   sys_end=e[: len(e) - len(fmt.user_pre)])
+    elif placement == "system":
         p, q_r = _cut(head, [_S], "the tools block")
         if not head0.startswith(p):
             raise _NoLayout("the tools block opens differently without a system message")
@@ -380,8 +396,30 @@ def _user_layout(r: _R, fmt: Any) -> dict[str, str]:
             "res_suf": res_suf, "res_json": "1" if quoted else "", "single": single}
 
 
+def _args_cut(text: str, args: dict[str, str], what: str) -> tuple[str, str, dict[str, str]]:
+    """``text`` (from a call's name on) cut around its arguments: (between name and arguments, after them, and for
+    arguments written one by one, e.g. Qwen3.5's ``<parameter=k>\nv\n</parameter>``, the pieces around each)."""
+    dump = _dump(args)
+    if dump in text:
+        mid, after = _cut(text, [dump], what)
+        return mid, after, {}
+    (k1, v1), (k2, v2) = args.items()
+    to_k1, k1_v1, v1_k2, k2_v2, after_v2 = _cut(text, [k1, v1, k2, v2], what + " (arguments one by one)")
+    if k1_v1 != k2_v2:
+        raise _NoLayout(f"{what}: arguments are not written alike")
+    n = 0
+    while n < min(len(to_k1), len(v1_k2)) and to_k1[len(to_k1) - 1 - n] == v1_k2[len(v1_k2) - 1 - n]:
+        n += 1
+    arg_pre = to_k1[len(to_k1) - n:]
+    arg_suf = v1_k2[: len(v1_k2) - n]
+    if not after_v2.startswith(arg_suf) or not arg_pre:
+        raise _NoLayout(f"{what}: arguments are not written alike")
+    return to_k1[: len(to_k1) - n], after_v2[len(arg_suf):], {"arg_pre": arg_pre, "arg_mid": k1_v1,
+                                                                "arg_suf": arg_suf}
+
+
 def _call_pieces(r: _R, fmt: Any) -> dict[str, str]:
-    """Pieces of an assistant tool-call turn and of tool results (chatml and llama3-json share the cuts)."""
+    """Pieces of an assistant tool-call turn and of tool results (chatml layout)."""
     u = {"role": "user", "content": _U}
     one = {"role": "assistant", "content": "", "calls": [_call(_N1, _ARGS1, "call00001")]}
     two = {"role": "assistant", "content": "", "calls": [_call(_N1, _ARGS1, "call00001"),
@@ -389,26 +427,29 @@ def _call_pieces(r: _R, fmt: Any) -> dict[str, str]:
     withc = {"role": "assistant", "content": _C, "calls": [_call(_N1, _ARGS1, "call00001")]}
     res1 = {"role": "tool", "content": _R1, "tool_name": _N1, "call_id": "call00001"}
     res2 = {"role": "tool", "content": _R2, "tool_name": _N2, "call_id": "call00002"}
-    a1, a2 = _dump(_ARGS1), _dump(_ARGS2)
     x = r([u, one, res1], True, what="a tool call and its result")
-    _, pre1, mid, after = _cut(x, [_U, _N1, a1], "a tool call")
+    _, pre1, from_name = _cut(x, [_U, _N1], "a tool call")
+    mid, after, xml = _args_cut(from_name, _ARGS1, "a tool call")
     if not pre1.startswith(fmt.user_suf):
         raise _NoLayout("a tool call turn does not follow the user turn as a reply does")
     opener_pre = pre1[len(fmt.user_suf):]
     y = r([u, two, res1, res2], True, what="two tool calls and their results")
-    _, _, _, between, _, after2 = _cut(y, [_U, _N1, a1, _N2, a2], "two tool calls")
+    _, _, from_name = _cut(y, [_U, _N1], "two tool calls")
+    mid_y, after_1, xml_y = _args_cut(from_name, _ARGS1, "two tool calls")
+    between, from_name2 = _cut(after_1, [_N2], "two tool calls")
+    mid_2, after2, xml_2 = _args_cut(from_name2, _ARGS2, "two tool calls")
+    if not (mid == mid_y == mid_2 and xml == xml_y == xml_2):
+        raise _NoLayout("the second tool call is not written like the first")
     z = r([u, withc, res1], True, what="text and a tool call")
     _, pre_c, post_c = _cut(z, [_U, _C], "text before a tool call")[0:3]
     pre_content = pre_c[len(fmt.user_suf):]
-    if not post_c.startswith(""):
-        raise _NoLayout("")
-    _, call_after_content = post_c.split(_N1)[0], post_c.split(_N1)[0]
+    call_after_content = post_c.split(_N1)[0]
     # after the arguments: call suffix, turn close, result group
     res_block = _cut(after, [_R1], "a tool result")
     res_block2 = _cut(after2, [_R1, _R2], "two tool results")
     return {"opener_pre": opener_pre, "mid": mid, "between": between, "pre_content": pre_content,
             "call_after_content": call_after_content, "after": res_block[0], "res_tail": res_block[1],
-            "after2": res_block2[0], "res_between": res_block2[1], "res_tail2": res_block2[2]}
+            "after2": res_block2[0], "res_between": res_block2[1], "res_tail2": res_block2[2], **xml}
 
 
 def _split_calls(p: dict[str, str], fmt: Any) -> dict[str, str]:
@@ -468,14 +509,15 @@ def _split_calls(p: dict[str, str], fmt: Any) -> dict[str, str]:
     return {"header": header, "content_pre": content_pre, "sep_after_content": sep_after_content,
             "call_pre": call_pre, "mid": p["mid"], "call_suf": call_suf, "call_sep": call_sep,
             "group_open": group_open, "res_pre": res_pre, "res_suf": res_suf, "group_close": group_close,
-            "shared": str(shared)}
+            "shared": str(shared), **{k: p[k] for k in ("arg_pre", "arg_mid", "arg_suf") if k in p}}
 
 
 def _thinking(r: _R, fmt: Any) -> dict[str, str]:
     """Thinking switches: text the generation prompt gains when thinking is off / on, and how an earlier reply's
     reasoning is written (kept after the last user message only, always, or never)."""
     u = [{"role": "user", "content": _U}]
-    out: dict[str, Any] = {"gen_on": None, "gen_off": None, "keep": "never", "think_pre": "", "think_suf": ""}
+    out: dict[str, Any] = {"gen_on": None, "gen_off": None, "keep": "never", "think_pre": "", "think_suf": "",
+                           "empty": False}
     base = r(u, True, what="a user message")
     for flag in (False, True):
         t = r(u, True, think=flag, what="thinking " + ("on" if flag else "off"))
@@ -493,6 +535,15 @@ def _thinking(r: _R, fmt: Any) -> dict[str, str]:
         out["think_suf"] = pre
         del suf
         out["keep"] = "always" if _TH in earlier else "after_last_user"
+        # Qwen3.5 writes the (empty) think block for every reply after the last user message (a reply that is not
+        # the last message: Qwen3 writes it for the last one only)
+        try:
+            plain = r([u[0], {"role": "assistant", "content": _C}, {"role": "tool", "content": _R1, "tool_name": _N1,
+                                                                      "call_id": "call00001"}], False, what="a reply")
+            lead = _cut(plain, [_U, _C], "a reply")[1][len(fmt.user_suf) + len(fmt.asst_pre):]
+        except _NoLayout:
+            lead = ""
+        out["empty"] = lead == out["think_pre"] + out["think_suf"] and bool(lead)
     elif _TH in earlier:
         raise _NoLayout("earlier reasoning is kept only before a later user message")
     return out
@@ -527,9 +578,12 @@ def infer(template: str, fmt: Any, bos: str, eos: str, strip_bos: bool) -> ToolP
 
 
 def _tool_in_system(r: _R, fmt: Any) -> bool:
+    """Whether the tools block sits in the system turn (before the first user turn's header) rather than opening the
+    first user turn."""
     out = r([{"role": "system", "content": _S}, {"role": "user", "content": _U}], False, _STOOLS, what="tools")
-    return out.find(_dump(_STOOLS[0])) < out.find(_U) and out.find(_S) < out.find(_U) and (
-        out.find(_dump(_STOOLS[0])) > out.find(_S) or out.find(_dump(_STOOLS[0])) >= 0)
+    first = out.find("Zq8toolA")
+    opens_user_turn = bool(fmt.user_pre) and out.rfind(fmt.user_pre, 0, first) > out.find(_S) >= 0
+    return 0 <= first < out.find(_U) and not opens_user_turn
 
 
 # -- the Go template --------------------------------------------------------------------------------------------------
@@ -545,11 +599,14 @@ def go_template(fmt: Any, parts: ToolParts, lit: Any) -> str:
              "{{ $hasSys = true }}{{ $sys = .Content }}{{ end }}{{ end }}"]
     head = None if fmt.default_system is None else fmt.sys_pre + fmt.default_system + fmt.sys_suf
     if f.get("tools"):
-        lines.append("{{- if .Tools }}" + lit(p["p"]) + "{{ if $hasSys }}{{ $sys }}" + lit(p["q"]) + "{{ else }}"
-                     + lit(p["d"])
-                     + "{{ end }}" + lit(p["r"]) + "{{ range .Tools }}" + lit(p["tool_sep"])
-                     + ("{{ . }}" if p["tool_key"] == "tool" else "{{ json .Function }}") + "{{ end }}"
-                     + lit(p["post"]) + "{{ end }}")
+        tools_loop = "{{ range .Tools }}" + lit(p["tool_sep"]) + (
+            "{{ . }}" if p["tool_key"] == "tool" else "{{ json .Function }}") + "{{ end }}"
+        if "sys_after" in p:
+            lines.append("{{- if .Tools }}" + lit(p["p"]) + tools_loop + lit(p["post"]) + "{{ if $hasSys }}"
+                         + lit(p["sys_after"]) + "{{ $sys }}{{ end }}" + lit(p["sys_end"]) + "{{ end }}")
+        else:
+            lines.append("{{- if .Tools }}" + lit(p["p"]) + "{{ if $hasSys }}{{ $sys }}" + lit(p["q"]) + "{{ else }}"
+                         + lit(p["d"]) + "{{ end }}" + lit(p["r"]) + tools_loop + lit(p["post"]) + "{{ end }}")
     lines.append("{{- $prev := \"\" }}{{- range $i, $m := .Messages }}")
     if f.get("tools"):
         lines.append("{{- if and (eq $prev \"tool\") (ne .Role \"tool\") }}" + lit(p["group_close"]) + "{{ end }}")
@@ -568,18 +625,19 @@ def go_template(fmt: Any, parts: ToolParts, lit: Any) -> str:
             think = "{{ if false }}" + lit(tags[0]) + "{{ .Thinking }}" + lit(tags[1]) + "{{ end }}"
     if f["keep"] != "never":
         cond = "(gt $i $lastUser)" if f["keep"] == "after_last_user" else "true"
-        think = "{{ if and " + cond + " .Thinking }}" + lit(f["think_pre"]) + "{{ .Thinking }}" \
-            + lit(f["think_suf"]) + "{{ end }}"
+        think = "{{ if and " + cond + (" }}" if f["empty"] else " .Thinking }}") + lit(f["think_pre"]) \
+            + "{{ .Thinking }}" + lit(f["think_suf"]) + "{{ end }}"
     asst = "{{- else if eq .Role \"assistant\" }}" + lit(fmt.asst_pre) + think + "{{ .Content }}"
     if f.get("tools"):
         # the call text comes first inside {{ if .ToolCalls }}: Ollama takes its tool-call tag from there
-        if p["header"] != fmt.asst_pre or p["content_pre"]:
+        header = fmt.asst_pre + (f["think_pre"] + f["think_suf"] if f["empty"] else "")
+        if p["header"] != header or p["content_pre"]:
             raise _NoLayout("a tool-call turn opens differently from a reply; Ollama's tool-call tag would not be "
                             "the call's marker")
         asst += ("{{ $content := .Content }}{{ if .ToolCalls }}{{ range $j, $c := .ToolCalls }}"
                  + "{{ if $j }}" + lit(p["call_sep"] + p["call_pre"]) + "{{ else if $content }}"
                  + lit(p["sep_after_content"] + p["call_pre"]) + "{{ else }}" + lit(p["call_pre"]) + "{{ end }}"
-                 + "{{ .Function.Name }}" + lit(p["mid"]) + "{{ .Function.Arguments }}" + lit(p["call_suf"])
+                 + "{{ .Function.Name }}" + lit(p["mid"]) + _go_args(p, lit) + lit(p["call_suf"])
                  + "{{ end }}{{ end }}")
     asst += lit(fmt.asst_suf)
     lines.append(asst)
@@ -593,6 +651,17 @@ def go_template(fmt: Any, parts: ToolParts, lit: Any) -> str:
 
 
 _TAG_AT_END = re.compile(r"(<[A-Za-z_][\w.\-]*>|<\|[^|\s<>]+\|>)\s*$")
+
+
+def _go_args(p: dict[str, str], lit: Any) -> str:
+    """A call's arguments: the JSON object, or one by one (strings and numbers as text, Python's True/False for
+    booleans, objects and lists as JSON: what Jinja's ``| string`` / ``| tojson`` write)."""
+    if "arg_pre" not in p:
+        return "{{ .Function.Arguments }}"
+    return ("{{ range $k, $v := .Function.Arguments }}" + lit(p["arg_pre"]) + "{{ $k }}" + lit(p["arg_mid"])
+            + "{{ $t := printf \"%T\" $v }}{{ if eq $t \"bool\" }}{{ if $v }}True{{ else }}False{{ end }}"
+            "{{ else if or (eq $t \"map[string]interface {}\") (eq $t \"[]interface {}\") }}{{ json $v }}"
+            "{{ else }}{{ $v }}{{ end }}" + lit(p["arg_suf"]) + "{{ end }}")
 
 
 def _switch_tags(gen: str, f: dict[str, Any]) -> tuple[str, str] | None:
@@ -665,6 +734,7 @@ class ToolResult:
     status: str  # "none" (nothing to do), "exact", "exact but JSON whitespace", "refused"
     reason: str = ""
     layout: str = ""
+    note: str = ""  # what Ollama does not do with this TEMPLATE's tool calls (arguments not as JSON)
 
 
 def cases_for(go_tpl: str) -> list[Case]:
@@ -719,4 +789,9 @@ def translate_tools(template: str, fmt: Any, *, bos: str, eos: str, strip_bos: b
     ws, problem = verify(template, go_tpl, bos, eos, strip_bos, system)
     if problem:
         return ToolResult(None, "refused", f"the Go template would differ on {problem}", parts.layout)
-    return ToolResult(go_tpl, "exact but JSON whitespace" if ws else "exact", "", parts.layout)
+    note = ""
+    if "arg_pre" in parts.pieces:
+        note = ("tool calls in replies write their arguments one by one (<function=...><parameter=...>), not as JSON: "
+                "Ollama's tool parser derived from this TEMPLATE finds the call's tag and name but reads JSON "
+                "arguments only; Ollama's built-in parser for this format is chosen with PARSER (e.g. qwen3.5)")
+    return ToolResult(go_tpl, "exact but JSON whitespace" if ws else "exact", "", parts.layout, note)

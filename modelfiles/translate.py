@@ -612,6 +612,9 @@ def translate(template: str, *, bos: str = "", eos: str = "", system: str | None
         go = tr.go_template
         if tr.status == "exact but JSON whitespace":
             notes.append(tools.JSON_NOTE)
+        if tr.note:
+            notes.append(tr.note)
+            warnings.append(tr.note)
     elif tr.status == "refused":
         warnings.append(f"tool calling / thinking left out of the Ollama template: {tr.reason}")
         notes.append("tools and thinking are not in this TEMPLATE (Ollama answers requests with tools \"does not "
