@@ -313,7 +313,8 @@ def _tools_block(r: _R, fmt: Any, placement: str) -> dict[str, str]:
         before_s, after_s = _cut(tail, [_S], "the system text after the tools")
         e = after_s.split(_U)[0]
         post0 = tail0.split(_U)[0]
-        if not e.endswith(fmt.user_pre) or not post0.endswith(e) or not before_s.startswith(post0[: len(post0) - len(e)]):
+        fits = e.endswith(fmt.user_pre) and post0.endswith(e)
+        if not fits or not before_s.startswith(post0[: len(post0) - len(e)]):
             raise _NoLayout("the system text after the tools is not placed in a way a Go template can follow")
         post_t = post0[: len(post0) - len(e)]
         out.update(p=head, q="", d="", r="", post=post_t, sys_after=before_s[len(post_t):],
