@@ -226,7 +226,7 @@ def first_difference(a: str, b: str) -> str:
 
 
 # -- inference --------------------------------------------------------------------------------------------------------
-_S, _U, _U2, _C = "Zq8SYS", "Zq8USER", "Zq8USERTWO", "Zq8CONTENT"
+_S, _U, _U2, _C = "Zq8SYS", "Zq8USER", "Zq8SECOND", "Zq8CONTENT"
 _N1, _N2, _R1, _R2, _TH = "Zq8fnOne", "Zq8fnTwo", "Zq8RESULTone", "Zq8RESULTtwo", "Zq8THINK"
 _ARGS1, _ARGS2 = {"Zq8a": "Zq8v1", "Zq8b": "Zq8w1"}, {"Zq8c": "Zq8v2", "Zq8d": "Zq8w2"}
 _STOOLS = [{"type": "function", "function": {"name": "Zq8toolA", "description": "Zq8descA", "parameters": {
@@ -350,6 +350,70 @@ def _tools_block(r: _R, fmt: Any, placement: str) -> dict[str, str]:
             raise _NoLayout("the text after the tools depends on the system message")
         out.update(sys_pre_t=sys_part, head_t=head0[: len(head0) - len(fmt.user_pre + tools_pre)],
                    tools_pre=tools_pre, post=post)
+    return out
+
+
+def _last_user_layout(r: _R, fmt: Any) -> dict[str, str]:
+    """Mistral-style: the tools block right before the last user turn (tools as a JSON list), the calls of a turn as
+    one list of JSON objects carrying their ids, each result with the id of its call."""
+    u1, u2 = {"role": "user", "content": _U}, {"role": "user", "content": _U2}
+    a = {"role": "assistant", "content": _C}
+    x = r([u1, a, u2], True, _STOOLS, what="tools and three turns")
+    t1, t2 = _dump(_STOOLS[0]), _dump(_STOOLS[1])
+    before, pre, sep, post, rest = _cut(x, [_U, t1, t2, _U2], "tools before the last user turn")
+    if not post.endswith(fmt.user_pre) or not pre.startswith(fmt.user_suf + fmt.asst_pre + _C + fmt.asst_suf):
+        raise _NoLayout("the tools block is not right before the last user turn")
+    pre = pre[len(fmt.user_suf + fmt.asst_pre + _C + fmt.asst_suf):]
+    if not pre.startswith("") or _C in pre:
+        raise _NoLayout("the tools block is not right before the last user turn")
+    out = {"tools_pre": pre, "tool_sep": sep, "tools_post": post[: len(post) - len(fmt.user_pre)]}
+    # calls and results
+    u = {"role": "user", "content": _U}
+    two = {"role": "assistant", "content": "", "calls": [_call(_N1, _ARGS1, "Zq8id0001"),
+                                                         _call(_N2, _ARGS2, "Zq8id0002")]}
+    res1 = {"role": "tool", "content": _R1, "tool_name": _N1, "call_id": "Zq8id0001"}
+    res2 = {"role": "tool", "content": _R2, "tool_name": _N2, "call_id": "Zq8id0002"}
+    y = r([u, two, res1, res2], True, what="two tool calls and two results")
+    a1, a2 = _dump(_ARGS1), _dump(_ARGS2)
+    if y.count("Zq8id0001") != 2 or y.count(_R1) != 1:
+        raise _NoLayout("tool results do not carry their call's id")
+    # ids appear twice (call and result): cut in two steps
+    calls_part, results_part = y.split(_R1, 1)[0], _R1 + y.split(_R1, 1)[1]
+    c = _cut(calls_part, [_U, _N1, a1, "Zq8id0001", _N2, a2, "Zq8id0002"], "two tool calls")
+    rr = _cut(results_part, [_R1, "Zq8id0001", _R2, "Zq8id0002"], "two tool results")
+    _, open_pre, mid, mid_id, between, mid2, mid_id2, calls_end = c
+    _, res_mid, res_between, res_mid2, tail = rr
+    if mid != mid2 or mid_id != mid_id2:
+        raise _NoLayout("the second tool call is not written like the first")
+    if not open_pre.startswith(fmt.user_suf):
+        raise _NoLayout("a tool-call turn does not follow the user turn as a reply does")
+    open_pre = open_pre[len(fmt.user_suf):]
+    # call_pre: the common suffix of the opening and the text between the calls
+    n = 0
+    while n < min(len(open_pre), len(between)) and open_pre[len(open_pre) - 1 - n] == between[len(between) - 1 - n]:
+        n += 1
+    call_pre = open_pre[len(open_pre) - n:]
+    calls_open = open_pre[: len(open_pre) - n]
+    # call_suf: the common prefix of what follows the first and the last call's id
+    k = 0
+    rest_between = between[: len(between) - n]
+    while k < min(len(rest_between), len(calls_end)) and rest_between[k] == calls_end[k]:
+        k += 1
+    call_suf, call_sep = rest_between[:k], rest_between[k:]
+    calls_close_res = calls_end[k:]
+    if not tail.endswith(fmt.gen) or res_mid != res_mid2:
+        raise _NoLayout("tool results are not written alike")
+    res_suf = tail[: len(tail) - len(fmt.gen)] if fmt.gen else tail
+    if not res_between.startswith(res_suf):
+        raise _NoLayout("tool results are not written alike")
+    res_pre = res_between[len(res_suf):]
+    if not calls_close_res.endswith(res_pre):
+        raise _NoLayout("tool results are not written alike")
+    calls_close = calls_close_res[: len(calls_close_res) - len(res_pre)]
+    if not call_pre.strip():
+        raise _NoLayout("a tool call has no text before its name")
+    out.update(calls_open=calls_open, call_pre=call_pre, mid=mid, mid_id=mid_id, call_suf=call_suf,
+               call_sep=call_sep, calls_close=calls_close, res_pre=res_pre, res_mid=res_mid, res_suf=res_suf)
     return out
 
 
@@ -562,7 +626,10 @@ def infer(template: str, fmt: Any, bos: str, eos: str, strip_bos: bool) -> ToolP
         with_tools = None
     parts = ToolParts("chatml" if fmt.system_mode == "block" else "llama3-json")
     has_tools = with_tools is not None and with_tools != plain
-    if has_tools:
+    if has_tools and fmt.system_mode == "fold_last":
+        parts.layout = "last-user-turn"
+        parts.pieces.update(_last_user_layout(r, fmt))
+    elif has_tools:
         placement = "system" if fmt.system_mode == "block" and _tool_in_system(r, fmt) else "user"
         parts.layout = "chatml" if placement == "system" else "llama3-json"
         parts.pieces.update(_tools_block(r, fmt, placement))
@@ -592,6 +659,8 @@ def go_template(fmt: Any, parts: ToolParts, lit: Any) -> str:
     """The whole TEMPLATE for a template with tools and/or thinking (``lit`` quotes literal text)."""
     if parts.layout == "llama3-json" and parts.flags.get("tools"):
         return _go_user_layout(fmt, parts, lit)
+    if parts.layout == "last-user-turn" and parts.flags.get("tools"):
+        return _go_last_user_layout(fmt, parts, lit)
     if fmt.system_mode != "block" or fmt.bos_repeat or fmt.lead or fmt.no_sys_head is not None:
         raise _NoLayout("tool calls are supported for templates whose system message is its own block")
     p, f = parts.pieces, parts.flags
@@ -710,6 +779,33 @@ def _go_user_layout(fmt: Any, parts: ToolParts, lit: Any) -> str:
                  + ("{{ json .Content }}" if p["res_json"] else "{{ .Content }}") + lit(p["res_suf"]))
     lines.append("{{- end }}")
     lines.append("{{- end }}" + lit(fmt.gen))
+    return "\n".join(line + ('{{ "" }}' if line[-1:].isspace() else "") for line in lines)
+
+
+def _go_last_user_layout(fmt: Any, parts: ToolParts, lit: Any) -> str:
+    """Tools before the last user turn, the system text folded into the last message when it is a user turn, calls
+    as one list, results carrying their call's id (Mistral Nemo)."""
+    p, f = parts.pieces, parts.flags
+    if f["keep"] != "never" or f["gen_on"] is not None or f["gen_off"] is not None or fmt.bos_repeat or fmt.lead:
+        raise _NoLayout("this tools layout is supported without thinking, BOS per turn or fixed opening text")
+    lines = ["{{- $lastUser := -1 }}{{- $hasSys := false }}{{- $sys := \"\" }}{{- range $i, $m := .Messages }}"
+             "{{ if eq .Role \"user\" }}{{ $lastUser = $i }}{{ end }}{{ end }}",
+             "{{- range $i, $m := .Messages }}",
+             "{{- if eq .Role \"system\" }}{{ $hasSys = true }}{{ $sys = .Content }}",
+             "{{- else if eq .Role \"user\" }}{{ if and $.Tools (eq $i $lastUser) }}" + lit(p["tools_pre"])
+             + "{{ range $j, $t := $.Tools }}{{ if $j }}" + lit(p["tool_sep"]) + "{{ end }}{{ $t }}{{ end }}"
+             + lit(p["tools_post"]) + "{{ end }}" + lit(fmt.user_pre)
+             + "{{ if and $hasSys (eq (len (slice $.Messages $i)) 1) }}" + lit(fmt.sys_pre) + "{{ $sys }}"
+             + lit(fmt.sys_suf) + "{{ end }}{{ .Content }}" + lit(fmt.user_suf),
+             "{{- else if eq .Role \"assistant\" }}{{ if .ToolCalls }}" + lit(p["calls_open"])
+             + "{{ range $j, $c := .ToolCalls }}{{ if $j }}" + lit(p["call_sep"] + p["call_pre"]) + "{{ else }}"
+             + lit(p["call_pre"]) + "{{ end }}{{ .Function.Name }}" + lit(p["mid"]) + "{{ .Function.Arguments }}"
+             + lit(p["mid_id"]) + "{{ .ID }}" + lit(p["call_suf"]) + "{{ end }}" + lit(p["calls_close"])
+             + "{{ else }}" + lit(fmt.asst_pre) + "{{ .Content }}" + lit(fmt.asst_suf) + "{{ end }}",
+             "{{- else if eq .Role \"tool\" }}" + lit(p["res_pre"]) + "{{ .Content }}" + lit(p["res_mid"])
+             + "{{ .ToolCallID }}" + lit(p["res_suf"]),
+             "{{- end }}",
+             "{{- end }}" + lit(fmt.gen)]
     return "\n".join(line + ('{{ "" }}' if line[-1:].isspace() else "") for line in lines)
 
 

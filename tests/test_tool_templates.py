@@ -33,7 +33,7 @@ STATUS = {
     "meta-llama-Llama-3.1-8B-Instruct": (*LLAMA, "exact but JSON whitespace", ""),
     "meta-llama-Llama-3.2-3B-Instruct": (*LLAMA, "error", "today's date"),
     "meta-llama-Llama-3.3-70B-Instruct": (*LLAMA, "exact but JSON whitespace", ""),
-    "mistralai-Mistral-Nemo-Instruct-2407": ("<s>", "</s>", "refused", "first tool"),
+    "mistralai-Mistral-Nemo-Instruct-2407": ("<s>", "</s>", "exact but JSON whitespace", ""),
     "HuggingFaceTB-SmolLM3-3B": ("", "<|im_end|>", "error", "cannot be reproduced exactly"),
     "ibm-granite-granite-3.3-2B-Instruct": ("", "<|end_of_text|>", "refused", "each tool as JSON"),
     "deepseek-ai-DeepSeek-R1-Distill-Qwen-32B": (*R1, "exact", ""),
@@ -45,7 +45,7 @@ FIXED_DATE = "meta-llama-Llama-3.2-3B-Instruct (date fixed)"
 STATUS[FIXED_DATE] = (*LLAMA, "exact but JSON whitespace", "")
 EXACT = [n for n, v in STATUS.items() if v[2].startswith("exact")]
 TAGS = {"Qwen-Qwen2.5-7B-Instruct": "<tool_call>", "Qwen-Qwen3-0.6B": "<tool_call>",
-        "Qwen3.5-4B": "<tool_call>\n<function=",
+        "Qwen3.5-4B": "<tool_call>\n<function=", "mistralai-Mistral-Nemo-Instruct-2407": "[TOOL_CALLS][",
         "meta-llama-Llama-3.1-8B-Instruct": "{", "meta-llama-Llama-3.3-70B-Instruct": "{", FIXED_DATE: "{"}
 
 
@@ -175,6 +175,11 @@ def test_tool_call_reply_is_recognised_by_the_tag_ollama_derives(go_bin, name):
             name, _, body = chunk.partition(">")
             args = dict(re.findall(r"<parameter=([^>]+)>\n(.*?)\n</parameter>", body, re.S))
             found.append((name, args))
+        assert found == [(c["name"], c["arguments"]) for c in calls]
+        return
+    if tag.endswith("["):  # Mistral: one JSON list of calls after the tag
+        listed, _ = json.JSONDecoder().raw_decode("[" + reply.split(tag, 1)[1])
+        found = [(c["name"], c["arguments"]) for c in listed]
         assert found == [(c["name"], c["arguments"]) for c in calls]
         return
     chunks = reply.split(tag)[1:] if tag != "{" else [reply.lstrip()[1:]]
