@@ -104,8 +104,8 @@ def tool_suite() -> list[Case]:
 
 
 def jinja_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The OpenAI-style messages transformers' ``apply_chat_template`` takes (reasoning both as
-    ``reasoning_content`` and ``thinking``: templates read one or the other)."""
+    """The OpenAI-style messages transformers' ``apply_chat_template`` takes (reasoning as ``reasoning_content``;
+    :func:`gguf_forge.chat_template.render` also passes it as ``thinking``, as transformers does)."""
     out = []
     for m in messages:
         j: dict[str, Any] = {"role": m["role"], "content": m.get("content", "")}
@@ -113,7 +113,7 @@ def jinja_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
             j["tool_calls"] = [{"id": c["id"], "type": "function",
                                 "function": {"name": c["name"], "arguments": c["arguments"]}} for c in m["calls"]]
         if m.get("thinking"):
-            j["reasoning_content"] = j["thinking"] = m["thinking"]
+            j["reasoning_content"] = m["thinking"]
         if m["role"] == "tool":
             j["tool_call_id"], j["name"] = m["call_id"], m["tool_name"]
         out.append(j)

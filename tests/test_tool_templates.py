@@ -274,3 +274,26 @@ def test_ollama_sees_thinking_support_and_its_tags(go_bin, name):
     tr = translate(source(name), bos=bos, eos=eos)
     got = go_run(go_bin, {"template": tr.go_template, "thinking_tags": True})
     assert (got["open"], got["close"]) == gotemplate.thinking_tags(tr.go_template) == THINKING[name]
+
+
+@pytest.mark.parametrize("field", ["reasoning_content", "thinking", "reasoning"])
+@pytest.mark.parametrize("name", ["Qwen-Qwen3-0.6B", "Qwen3.5-4B", "openai-gpt-oss-120b"])
+def test_reasoning_under_any_name_renders_as_transformers(name, field):
+    """transformers passes a message's reasoning to the template under both names templates read; so does
+    chat_template.render (Qwen3 reads reasoning_content, gpt-oss thinking)."""
+    from datetime import datetime
+
+    from transformers.utils.chat_template_utils import render_jinja_template
+
+    src = source(name)
+    msgs = [{"role": "user", "content": "What is 2+2?"},
+            {"role": "assistant", "content": "It is 4.", field: "Two plus two is four."}]
+    today = datetime(2026, 12, 2)
+    ours = chat_template.render(src, msgs, add_generation_prompt=False, today=today)
+    theirs = render_jinja_template(conversations=[msgs], chat_template=src, add_generation_prompt=False)[0][0]
+    if "strftime_now" in src:  # the date line: same template, today's date on both sides
+        theirs_date = datetime.now().strftime("%Y-%m-%d")
+        ours = ours.replace(today.strftime("%Y-%m-%d"), theirs_date)
+    assert ours == theirs
+    assert "Two plus two is four." in ours
+    assert msgs[1].get("reasoning_content") is None or field == "reasoning_content"  # the caller's dict untouched
