@@ -544,8 +544,8 @@ def render(template: str, messages: list[dict[str, Any]], *, add_generation_prom
     value, :data:`MAX_WORK`, :data:`MAX_SECONDS`, :data:`MAX_RANGE`) is a one-line ForgeError.
     """
     compiled = compile_template(template, today)
-    variables = {"messages": alias_reasoning(messages), "add_generation_prompt": add_generation_prompt, "bos_token": bos_token,
-                 "eos_token": eos_token, "tools": None, "documents": None, **variables}
+    variables = {"messages": alias_reasoning(messages), "add_generation_prompt": add_generation_prompt,
+                 "bos_token": bos_token, "eos_token": eos_token, "tools": None, "documents": None, **variables}
     env = compiled.environment
     assert isinstance(env, _Sandbox)
     env.start(_text_size(variables, MAX_CHARS * 64))
