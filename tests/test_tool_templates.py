@@ -43,6 +43,9 @@ STATUS = {
 # Llama 3.2 writes today's date (refused as such, as for plain chats); its copy with the date fixed translates
 FIXED_DATE = "meta-llama-Llama-3.2-3B-Instruct (date fixed)"
 STATUS[FIXED_DATE] = (*LLAMA, "exact but JSON whitespace", "")
+# gpt-oss likewise: with the date fixed its plain chats translate; Harmony's TypeScript-style tools block does not
+GPT_OSS_FIXED = "openai-gpt-oss-120b (date fixed)"
+STATUS[GPT_OSS_FIXED] = ("", "<|return|>", "refused", "each tool as JSON")
 EXACT = [n for n, v in STATUS.items() if v[2].startswith("exact")]
 TAGS = {"Qwen-Qwen2.5-7B-Instruct": "<tool_call>", "Qwen-Qwen3-0.6B": "<tool_call>",
         "Qwen3.5-4B": "<tool_call>\n<function=", "mistralai-Mistral-Nemo-Instruct-2407": "[TOOL_CALLS][",
@@ -53,6 +56,9 @@ def source(name: str) -> str:
     if name == FIXED_DATE:
         text = (TEMPLATES / "meta-llama-Llama-3.2-3B-Instruct.jinja").read_text(encoding="utf-8")
         return text.replace('strftime_now("%d %b %Y")', '"26 Jul 2024"')
+    if name == GPT_OSS_FIXED:
+        text = (TEMPLATES / "openai-gpt-oss-120b.jinja").read_text(encoding="utf-8")
+        return text.replace('strftime_now("%Y-%m-%d")', '"2026-12-02"')
     return (TEMPLATES / f"{name}.jinja").read_text(encoding="utf-8")
 
 
