@@ -78,6 +78,10 @@ def _locate(target: Path) -> dict[str, Path]:
             paths["hf"] = folder
     if (folder / "Modelfile").is_file():
         paths["modelfile"] = folder / "Modelfile"
+        m = re.search(r"^FROM (.+)$", paths["modelfile"].read_text(encoding="utf-8"), re.M)
+        named = (folder / m.group(1).strip()) if m else None
+        if target.is_dir() and named is not None and named.is_file() and files.is_gguf(named):
+            paths["gguf"] = named  # the file the Modelfile serves
     presets = sorted(p for p in folder.glob("*.preset.json") if not p.name.endswith(".legacy.preset.json"))
     if presets:
         paths["preset"] = presets[0]
