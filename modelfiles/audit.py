@@ -218,6 +218,21 @@ def audit(target: Path, *, generate: bool = True, hf_dir: Path | None = None) ->
     if mf_stops is not None and end not in mf_stops:
         a.mismatches.append(Mismatch(f"the Modelfile's stops {mf_stops} lack {end}: one PARAMETER stop replaces "
                                      "Ollama's whole stop list", f"add PARAMETER stop \"{end}\"", True, "modelfile"))
+    if mf_stops is not None and template:
+        # a stop string that neither the template writes nor the vocabulary has can only cut a reply short
+        convo = [{"role": "system", "content": "S"}, {"role": "user", "content": "U"},
+                 {"role": "assistant", "content": "A"}, {"role": "user", "content": "V"}]
+        try:
+            rendered = chat_template.render(chat_template.pick_default(template) or template, convo, bos_token=bos,
+                                            eos_token=eos)
+        except ForgeError:
+            rendered = ""
+        for stop in mf_stops:
+            if rendered and stop not in rendered and stop not in vocab:
+                a.mismatches.append(Mismatch(
+                    f"the Modelfile's stop {stop!r} never occurs: the template does not write it and it is no token "
+                    "of the vocabulary", f"remove PARAMETER stop \"{stop}\"", True, "modelfile_extra",
+                    {"stop": stop}))
     if preset_stops is not None and end not in preset_stops:
         a.mismatches.append(Mismatch(f"the LM Studio preset's stop strings lack {end}",
                                      f"add {end} to llm.prediction.stopStrings", True, "preset"))
@@ -286,6 +301,13 @@ def fix(a: Audit) -> tuple[list[str], list[Mismatch]]:
             text = p.read_text(encoding="utf-8")
             files.write_text(p, text.rstrip("\n") + f'\nPARAMETER stop "{a.end}"\n')
             done.append(f"{p}: PARAMETER stop \"{a.end}\"")
+        elif m.kind == "modelfile_extra":
+            p = a.paths["modelfile"]
+            lines = p.read_text(encoding="utf-8").splitlines(keepends=True)
+            stop = m.data["stop"]
+            kept = [x for x in lines if _stops_in_modelfile(x) != [stop]]
+            files.write_text(p, "".join(kept))
+            done.append(f"{p}: removed PARAMETER stop {stop!r}")
         elif m.kind == "preset":
             p = a.paths["preset"]
             preset = files.read_json_object(p)

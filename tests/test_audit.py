@@ -95,3 +95,17 @@ def test_model_that_ends_with_another_token_is_an_unfixable_mismatch(tmp_path):
     assert left == a.unfixable and any("eot_token_id" in d for d in done)
     text = audit_lib.table(a)
     assert "MISMATCH" in text and "cannot be fixed" in text
+
+
+def test_missing_and_never_occurring_modelfile_stops(tmp_path):
+    model = hf_copy(tmp_path)
+    (model / "Modelfile").write_text('FROM ./m.gguf\nTEMPLATE """x"""\nPARAMETER stop "<|im_start|>"\n'
+                                     'PARAMETER stop "<|bogus|>"\nPARAMETER num_ctx 4096\n')
+    r = run("audit", str(model), "--json", "--no-generate")
+    assert r.returncode == 1
+    problems = [m["problem"] for m in json.loads(r.stdout)["mismatches"]]
+    assert any("lack <|im_end|>" in p for p in problems) and any("'<|bogus|>' never occurs" in p for p in problems)
+    assert run("audit", str(model), "--fix", "--no-generate").returncode == 0
+    text = (model / "Modelfile").read_text()
+    assert 'PARAMETER stop "<|im_end|>"' in text and "bogus" not in text and "num_ctx 4096" in text
+    assert run("audit", str(model), "--no-generate").returncode == 0
