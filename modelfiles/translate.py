@@ -540,10 +540,12 @@ def _diff(a: str, b: str) -> str:
 
 
 def translate(template: str, *, bos: str = "", eos: str = "", system: str | None = None,
-              extra_stop_tokens: list[str] = (), strip_bos: bool = True) -> Translation:
+              extra_stop_tokens: list[str] = (), strip_bos: bool = True, require_tools: bool = False) -> Translation:
     """Translate a Jinja chat template to an Ollama Go template and prove it on the conversation suite.
 
-    ``system`` overrides the template's default system prompt (it becomes the Modelfile's SYSTEM). A leading
+    ``require_tools``: a tools/thinking part that cannot be reproduced is an error instead of a TEMPLATE without
+    tools (and a warning). ``system`` overrides the template's default system prompt (it becomes the Modelfile's
+    SYSTEM). A leading
     BOS is left out of the Go template when ``strip_bos`` (Ollama adds BOS when the GGUF's
     ``tokenizer.ggml.add_bos_token`` is true) and kept otherwise. Raises :class:`ForgeError` naming the
     construct when the Go template would render anything differently.
@@ -615,6 +617,9 @@ def translate(template: str, *, bos: str = "", eos: str = "", system: str | None
         if tr.note:
             notes.append(tr.note)
             warnings.append(tr.note)
+    elif tr.status == "refused" and require_tools:
+        raise ForgeError("--require-tools: the chat template's tools/thinking cannot be reproduced exactly: "
+                         + tr.reason)
     elif tr.status == "refused":
         warnings.append(f"tool calling / thinking left out of the Ollama template: {tr.reason}")
         notes.append("tools and thinking are not in this TEMPLATE (Ollama answers requests with tools \"does not "

@@ -137,7 +137,8 @@ def _json_text(data: dict[str, Any]) -> str:
 def write_modelfile(model: Path, outdir: Path, *, gguf: Path | None = None, source_dir: Path | None = None,
                     template: str | None = None, system: str | None = None, ctx: int | None = None,
                     name: str | None = None, lmstudio_legacy: bool = False,
-                    filename: str = "Modelfile", publisher: str = "local") -> ModelfileResult:
+                    filename: str = "Modelfile", publisher: str = "local",
+                    require_tools: bool = False) -> ModelfileResult:
     """Write an Ollama Modelfile and an LM Studio preset that reproduce ``model``'s chat template exactly.
 
     ``model`` is a GGUF (template and special tokens from its metadata) or a Hugging Face directory (then ``gguf``
@@ -155,7 +156,7 @@ def write_modelfile(model: Path, outdir: Path, *, gguf: Path | None = None, sour
     # Ollama adds BOS itself only when the GGUF says so; otherwise a BOS the template writes stays in TEMPLATE
     # (SmolLM2's bos_token is <|im_start|>, which its template writes first and its GGUF does not add)
     tr = translate(jinja_src, bos=info.bos, eos=info.eos, system=system, extra_stop_tokens=info.end_tokens,
-                   strip_bos=info.add_bos is not False)
+                   strip_bos=info.add_bos is not False, require_tools=require_tools)
     name = name or info.name or model.stem
     slug = _slug(name)
     num_ctx = ctx or min(info.context_length or 4096, DEFAULT_CTX_CAP)

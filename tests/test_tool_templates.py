@@ -303,3 +303,26 @@ def test_reasoning_under_any_name_renders_as_transformers(name, field):
     assert ours == theirs
     assert "Two plus two is four." in ours
     assert msgs[1].get("reasoning_content") is None or field == "reasoning_content"  # the caller's dict untouched
+
+
+def test_a_tool_difference_is_refused_naming_the_conversation(tmp_path):
+    """A template whose thinking prompt changes with tools (something no layout expresses): by default the TEMPLATE
+    is written without tools, with the reason; with --require-tools it is exit 2 naming the conversation, nothing
+    written."""
+    from helpers import assert_user_error, run
+
+    src = source("Qwen-Qwen3-0.6B") + ("{%- if tools and enable_thinking is defined and enable_thinking %}"
+                                       "{{- '<think>\\n' }}{%- endif %}")
+    hf = tmp_path / "hf"
+    hf.mkdir()
+    (hf / "tokenizer_config.json").write_text(json.dumps({"chat_template": src, "eos_token": "<|im_end|>"}))
+    (tmp_path / "m.gguf").write_bytes(b"GGUF")
+    r = run("modelfile", str(hf), "--gguf", str(tmp_path / "m.gguf"), "-o", str(tmp_path / "strict"),
+            "--require-tools")
+    assert_user_error(r, "--require-tools", "'thinking on with tools'")
+    assert not (tmp_path / "strict").exists() or not any((tmp_path / "strict").iterdir())
+    r = run("modelfile", str(hf), "--gguf", str(tmp_path / "m.gguf"), "-o", str(tmp_path / "out"), "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["tools"] == "refused" and "'thinking on with tools'" in r.stderr
+    text = (tmp_path / "out" / "Modelfile").read_text()
+    assert ".Tools" not in text and "tools and thinking are not in this TEMPLATE" in text
