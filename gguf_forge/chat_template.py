@@ -544,8 +544,8 @@ def render(template: str, messages: list[dict[str, Any]], *, add_generation_prom
     value, :data:`MAX_WORK`, :data:`MAX_SECONDS`, :data:`MAX_RANGE`) is a one-line ForgeError.
     """
     compiled = compile_template(template, today)
-    variables = {"messages": messages, "add_generation_prompt": add_generation_prompt, "bos_token": bos_token,
-                 "eos_token": eos_token, "tools": None, "documents": None, **variables}
+    variables = {"messages": alias_reasoning(messages), "add_generation_prompt": add_generation_prompt,
+                 "bos_token": bos_token, "eos_token": eos_token, "tools": None, "documents": None, **variables}
     env = compiled.environment
     assert isinstance(env, _Sandbox)
     env.start(_text_size(variables, MAX_CHARS * 64))
@@ -567,6 +567,24 @@ def render(template: str, messages: list[dict[str, Any]], *, add_generation_prom
     except Exception as e:  # noqa: BLE001 - a template's own fault (a type error, 1/0, an include...)
         raise ForgeError(f"the chat template failed to render: {type(e).__name__}: {_one_line(e)}") from None
     return "".join(out)
+
+
+#: names a message's reasoning is sent under; templates read ``reasoning_content`` (Qwen3) or ``thinking`` (gpt-oss)
+REASONING_FIELDS = ("reasoning_content", "thinking", "reasoning")
+
+
+def alias_reasoning(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Messages with their reasoning under both names templates read, as transformers' ``apply_chat_template``
+    passes them: ``reasoning_content`` set from the first of :data:`REASONING_FIELDS` given, ``thinking`` kept
+    when given, else the same text (the caller's messages are not changed)."""
+    out = []
+    for m in messages:
+        if isinstance(m, dict):
+            reasoning = next((m[k] for k in REASONING_FIELDS if m.get(k) is not None), None)
+            if reasoning is not None:
+                m = {"thinking": reasoning, **m, "reasoning_content": reasoning}
+        out.append(m)
+    return out
 
 
 def turn_end(template: str, *, bos_token: str = "", eos_token: str = "") -> str | None:

@@ -53,3 +53,27 @@ def legacy_preset(*, name: str, system: str | None, manual: dict[str, str] | Non
         if ours in sampling:
             params[theirs] = sampling[ours]
     return {"name": name, "load_params": {"n_ctx": int(ctx)}, "inference_params": params}
+
+
+def model_yaml(*, model: str, key: str, preset_data: dict[str, Any], ctx: int, tools: bool, thinking: bool,
+               thinking_default: bool = True) -> dict[str, Any]:
+    """LM Studio's model definition (``model.yaml``, the ``VirtualModelDefinition`` of @lmstudio/lms-shared-types):
+    ``model`` ("publisher/name") built on the concrete GGUF model ``key`` ("user/repo", where ``lms import
+    --user-repo`` puts it), with the preset's prediction and load settings, the context length, whether the
+    template carries tools and thinking, and a "Thinking" switch (the ``enable_thinking`` Jinja variable) when
+    the template has one."""
+    user, _, repo = key.partition("/")
+    data: dict[str, Any] = {
+        "model": model,
+        "base": [{"key": key, "sources": [{"type": "huggingface", "user": user, "repo": repo}]}],
+        "metadataOverrides": {"domain": "llm", "compatibilityTypes": ["gguf"], "contextLengths": [int(ctx)],
+                              "trainedForToolUse": bool(tools), "reasoning": bool(thinking)},
+        "config": {"operation": preset_data["operation"], "load": preset_data["load"]},
+    }
+    if thinking:
+        data["customFields"] = [{
+            "key": "enableThinking", "displayName": "Enable Thinking", "type": "boolean",
+            "description": "Let the model reason before it answers (the chat template's enable_thinking)",
+            "defaultValue": thinking_default, "effects": [{"type": "setJinjaVariable", "variable": "enable_thinking"}],
+        }]
+    return data

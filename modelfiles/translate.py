@@ -17,6 +17,7 @@ from typing import Any
 
 from .. import chat_template
 from ..errors import ForgeError
+from . import tools
 
 _S, _U1, _A1, _U2 = "Zq7sysTEXT", "Zq7userONE", "Zq7replyONE", "Zq7userTWO"
 
@@ -54,6 +55,8 @@ class Translation:
     trims: bool = False
     warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # comments for the Modelfile (documented exceptions)
+    tools: str = "none"  # tools/thinking: "none", "exact", "exact but JSON whitespace", "refused"
+    tools_reason: str = ""  # why tools/thinking were refused
 
     @property
     def manual(self) -> dict[str, str] | None:
@@ -537,10 +540,12 @@ def _diff(a: str, b: str) -> str:
 
 
 def translate(template: str, *, bos: str = "", eos: str = "", system: str | None = None,
-              extra_stop_tokens: list[str] = (), strip_bos: bool = True) -> Translation:
+              extra_stop_tokens: list[str] = (), strip_bos: bool = True, require_tools: bool = False) -> Translation:
     """Translate a Jinja chat template to an Ollama Go template and prove it on the conversation suite.
 
-    ``system`` overrides the template's default system prompt (it becomes the Modelfile's SYSTEM). A leading
+    ``require_tools``: a tools/thinking part that cannot be reproduced is an error instead of a TEMPLATE without
+    tools (and a warning). ``system`` overrides the template's default system prompt (it becomes the Modelfile's
+    SYSTEM). A leading
     BOS is left out of the Go template when ``strip_bos`` (Ollama adds BOS when the GGUF's
     ``tokenizer.ggml.add_bos_token`` is true) and kept otherwise. Raises :class:`ForgeError` naming the
     construct when the Go template would render anything differently.
@@ -603,8 +608,24 @@ def translate(template: str, *, bos: str = "", eos: str = "", system: str | None
     replies = [m["content"] for _, msgs in suite(strip=trims) for m in msgs if m["role"] == "assistant"]
     bad = [s for s in stops if any(s in reply for reply in replies)]
     stops = [s for s in stops if s not in bad]
-    return Translation(fmt=fmt, go_template=go_template(fmt), stops=stops, system=sys_line, trims=trims,
-                       warnings=warnings, notes=notes)
+    go = go_template(fmt)
+    tr = tools.translate_tools(template, fmt, bos=bos, eos=eos, strip_bos=strip_bos, system=sys_line, lit=lit)
+    if tr.go_template is not None:
+        go = tr.go_template
+        if tr.status == "exact but JSON whitespace":
+            notes.append(tools.JSON_NOTE)
+        if tr.note:
+            notes.append(tr.note)
+            warnings.append(tr.note)
+    elif tr.status == "refused" and require_tools:
+        raise ForgeError("--require-tools: the chat template's tools/thinking cannot be reproduced exactly: "
+                         + tr.reason)
+    elif tr.status == "refused":
+        warnings.append(f"tool calling / thinking left out of the Ollama template: {tr.reason}")
+        notes.append("tools and thinking are not in this TEMPLATE (Ollama answers requests with tools \"does not "
+                     "support tools\"): the chat template's tool format cannot be reproduced exactly")
+    return Translation(fmt=fmt, go_template=go, stops=stops, system=sys_line, trims=trims,
+                       warnings=warnings, notes=notes, tools=tr.status, tools_reason=tr.reason)
 
 
 _THINK = "<think>\nZq7thinkTEXT\n</think>\n\n"

@@ -11,9 +11,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from .. import chat_template, files
 from ..errors import ForgeError
-from .lmstudio import legacy_preset, preset
+from .lmstudio import legacy_preset, model_yaml, preset
 from .ollama import modelfile_text
 from .source import ModelInfo, license_text, read_gguf, read_hf_dir, sampling_defaults
 from .translate import Translation, translate
@@ -35,6 +37,8 @@ class ModelfileResult:
     template: str = ""  # the Go template written as TEMPLATE
     num_ctx: int = 0
     manual: bool = False  # whether the preset carries LM Studio's manual prefix/suffix form
+    model_yaml: Path | None = None  # LM Studio's model definition beside the preset
+    tools: str = "none"  # tools/thinking in the TEMPLATE: none / exact / exact but JSON whitespace / refused
 
 
 def _slug(name: str) -> str:
@@ -117,6 +121,15 @@ def _notes(tr: Translation, system: str | None) -> list[str]:
     return notes
 
 
+def _yaml_text(data: dict[str, Any], name: str, slug: str, publisher: str) -> str:
+    """``model.yaml`` with a header saying how LM Studio picks it up."""
+    head = (f"# LM Studio model definition for {name}, written by gguf-forge (quantize modelfile).\n"
+            f"# Import the GGUF: lms import <file>.gguf --user-repo {publisher}/{slug}-GGUF\n"
+            f"# LM Studio reads model.yaml files beside its models (~/.lmstudio/models/{publisher}/{slug}/) and from "
+            "the LM Studio Hub (lms push)\n")
+    return head + yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=1000)
+
+
 def _json_text(data: dict[str, Any]) -> str:
     return json.dumps(data, indent=2, ensure_ascii=False) + "\n"
 
@@ -124,7 +137,8 @@ def _json_text(data: dict[str, Any]) -> str:
 def write_modelfile(model: Path, outdir: Path, *, gguf: Path | None = None, source_dir: Path | None = None,
                     template: str | None = None, system: str | None = None, ctx: int | None = None,
                     name: str | None = None, lmstudio_legacy: bool = False,
-                    filename: str = "Modelfile") -> ModelfileResult:
+                    filename: str = "Modelfile", publisher: str = "local",
+                    require_tools: bool = False) -> ModelfileResult:
     """Write an Ollama Modelfile and an LM Studio preset that reproduce ``model``'s chat template exactly.
 
     ``model`` is a GGUF (template and special tokens from its metadata) or a Hugging Face directory (then ``gguf``
@@ -142,7 +156,7 @@ def write_modelfile(model: Path, outdir: Path, *, gguf: Path | None = None, sour
     # Ollama adds BOS itself only when the GGUF says so; otherwise a BOS the template writes stays in TEMPLATE
     # (SmolLM2's bos_token is <|im_start|>, which its template writes first and its GGUF does not add)
     tr = translate(jinja_src, bos=info.bos, eos=info.eos, system=system, extra_stop_tokens=info.end_tokens,
-                   strip_bos=info.add_bos is not False)
+                   strip_bos=info.add_bos is not False, require_tools=require_tools)
     name = name or info.name or model.stem
     slug = _slug(name)
     num_ctx = ctx or min(info.context_length or 4096, DEFAULT_CTX_CAP)
@@ -159,7 +173,11 @@ def write_modelfile(model: Path, outdir: Path, *, gguf: Path | None = None, sour
                           notes=_notes(tr, system))
     lm = preset(name=name, identifier=f"@local:{slug}", system=tr.system, jinja=jinja_src, manual=manual,
                 stops=tr.stops, sampling=sampling, ctx=num_ctx)
-    out: dict[Path, str | bytes] = {outdir / filename: text, outdir / f"{slug}.preset.json": _json_text(lm)}
+    thinking = "enable_thinking" in jinja_src
+    definition = model_yaml(model=f"{publisher}/{slug}", key=f"{publisher}/{slug}-GGUF", preset_data=lm,
+                            ctx=num_ctx, tools=tr.tools.startswith("exact"), thinking=thinking)
+    out: dict[Path, str | bytes] = {outdir / filename: text, outdir / f"{slug}.preset.json": _json_text(lm),
+                                    outdir / "model.yaml": _yaml_text(definition, name, slug, publisher)}
     legacy_path = None
     if lmstudio_legacy:
         legacy_path = outdir / f"{slug}.legacy.preset.json"
@@ -168,7 +186,8 @@ def write_modelfile(model: Path, outdir: Path, *, gguf: Path | None = None, sour
     files.write_files(out)
     return ModelfileResult(modelfile=outdir / filename, preset=outdir / f"{slug}.preset.json",
                            legacy_preset=legacy_path, stops=tr.stops, system=tr.system, warnings=warnings,
-                           template=tr.go_template, num_ctx=num_ctx, manual=manual is not None)
+                           template=tr.go_template, num_ctx=num_ctx, manual=manual is not None,
+                           model_yaml=outdir / "model.yaml", tools=tr.tools)
 
 
 def ollama_create(name: str, modelfile: Path) -> str:

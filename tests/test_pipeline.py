@@ -103,6 +103,21 @@ def test_pipeline_folder_has_every_file_with_true_hashes_and_a_card(demo_run):
 
 
 @pytest.mark.slow
+@pytest.mark.slow
+def test_demo_folder_passes_the_end_of_turn_audit(demo_run):
+    """Issue 13: the pipeline's audit (kept in the manifest and the card) and `quantize audit` on the folder find
+    no mismatch; the greedy replies end with the template's <|im_end|>."""
+    out = demo_run[0].outdir
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["audit"]["ok"] and manifest["audit"]["turn_end"] == "<|im_end|>"
+    assert "End-of-turn audit: every runtime stops" in (out / "README.md").read_text()
+    r = run("audit", str(out), "--json")
+    assert r.returncode == 0, r.stdout + r.stderr
+    data = json.loads(r.stdout)
+    ends = next(s["value"] for s in data["signals"] if s["source"].startswith("greedy"))
+    assert ends.count("<|im_end|>") >= 2, ends
+
+
 def test_rerun_skips_every_step_and_changes_no_file(demo_run):
     """The same command again (here through the CLI with the demo's options) redoes nothing."""
     from gguf_forge.convert import default_model_dir

@@ -26,10 +26,12 @@ from . import options as opt
 @click.option("--name", help="Model name for the preset file and the messages (default: general.name).")
 @click.option("--lmstudio-legacy", is_flag=True, help="Also write the legacy LM Studio config format.")
 @click.option("--ollama-create", "ollama_name", metavar="NAME", help="Then run: ollama create NAME -f Modelfile.")
+@click.option("--require-tools", is_flag=True, help="Exit 2 (nothing written) when the template's tools or thinking "
+              "cannot be reproduced exactly, instead of writing a TEMPLATE without them.")
 @opt.as_json()
 def modelfile(model: Path, outdir: Path | None, gguf: Path | None, source_dir: Path | None, template: str | None,
               system: str | None, ctx: int | None, name: str | None, lmstudio_legacy: bool, ollama_name: str | None,
-              as_json: bool) -> None:
+              require_tools: bool, as_json: bool) -> None:
     """Write an Ollama Modelfile and an LM Studio preset whose template renders exactly what the model's does.
 
     The Jinja chat template is translated to a Go template and both are rendered on a conversation suite
@@ -50,13 +52,14 @@ def modelfile(model: Path, outdir: Path | None, gguf: Path | None, source_dir: P
         outdir = (gguf or model).parent if (gguf or not model.is_dir()) else Path(".")
     result = write_modelfile(model, outdir, gguf=gguf, source_dir=source_dir,
                              template=opt.template_source(template), system=system,
-                             ctx=ctx, name=name, lmstudio_legacy=lmstudio_legacy)
+                             ctx=ctx, name=name, lmstudio_legacy=lmstudio_legacy, require_tools=require_tools)
     opt.warn(result.warnings)
     created = ollama_create(ollama_name, result.modelfile) if ollama_name else None
     if as_json:
         opt.echo_json({
             "modelfile": str(result.modelfile), "preset": str(result.preset),
             "legacy_preset": str(result.legacy_preset) if result.legacy_preset else None, "stops": result.stops,
+            "model_yaml": str(result.model_yaml) if result.model_yaml else None, "tools": result.tools,
             "system": result.system, "num_ctx": result.num_ctx, "lmstudio_manual": result.manual,
             "warnings": result.warnings, "ollama_created": ollama_name if created is not None else None,
         })

@@ -90,6 +90,18 @@ def _files_table(manifest: dict) -> str:
     return "\n".join(lines)
 
 
+def _audit_text(manifest: dict) -> str:
+    """The end-of-turn audit's verdict for the card."""
+    audit = manifest.get("audit")
+    if not audit:
+        return ""
+    if audit["ok"]:
+        return (f"End-of-turn audit: every runtime stops where the template closes a reply (`{audit['turn_end']}`): "
+                "tokenizer, generation_config, GGUF eos/eot, Modelfile and preset stops agree.")
+    return "End-of-turn audit found mismatches:\n\n" + "\n".join(
+        f"- {m['problem']} (fix: {m['fix']})" for m in audit["mismatches"])
+
+
 def model_card(manifest: dict, base_dir: Path) -> str:
     """The model card text for the folder described by ``manifest``."""
     name = manifest["name"]
@@ -126,6 +138,7 @@ def model_card(manifest: dict, base_dir: Path) -> str:
         f"```sh\nollama create {name.lower()} -f Modelfile\nollama run {name.lower()}\n```\n\n"
         f"`Modelfile` uses `{default}` and the model's own chat template translated exactly; stop strings: {stops}. "
         "For another file, change its `FROM` line.",
+        _audit_text(manifest),
         "## LM Studio",
         f"```sh\nlms import {default}\n```\n\n"
         + (f"Then copy `{preset}` to `~/.lmstudio/config-presets/` and pick it in the chat (system prompt, "

@@ -39,6 +39,7 @@ from ...convert.arch import for_config
 from ...convert.converter import OUTTYPES, resolve_outtype
 from ...errors import ForgeError
 from ...modelfiles import ModelfileResult, write_modelfile
+from ...modelfiles.audit import audit as audit_signals
 from ...quant import (
     NEEDS_IMATRIX,
     compute_imatrix,
@@ -257,6 +258,7 @@ class _Job:
     inputs: dict
     warnings: list[str] = field(default_factory=list)
     mf: ModelfileResult | None = None
+    audit: dict | None = None
     manifest: dict = field(default_factory=dict)
 
     @property
@@ -302,6 +304,7 @@ class _Job:
             parts = ("eval", conv, [out for *_, out in self.quant_files], inputs["eval_text"], cfg.eval_chunks)
             steps.append(Step("eval", self._eval, inputs=parts, needs=[conv],
                               message=f"quality against {made.name} on {cfg.eval_text}"))
+        steps.append(Step("audit", self._audit, recorded=False, message="end-of-turn audit"))
         steps.append(Step("card", self._finish, recorded=False))
         return steps
 
@@ -341,6 +344,14 @@ class _Job:
                                   system=self.cfg.system, ctx=self.cfg.ctx, name=self.name)
         self._warn(self.mf.warnings)
 
+    def _audit(self) -> None:
+        """The end-of-turn audit of the default quant, its Modelfile and preset (greedy replies when smoke-testing);
+        written what metadata can fix is left to ``quantize audit --fix``; kept for the manifest and the card."""
+        result = audit_signals(self.quant_files[0][2], generate=self.cfg.smoke, hf_dir=self.base_dir)
+        self.audit = {**result.as_dict(), "unfixable": [m.problem for m in result.unfixable]}
+        for m in result.mismatches:
+            self._warn([f"end-of-turn audit: {m.problem} (fix: {m.fix})"])
+
     def _smoke(self, out: Path) -> dict:
         cfg = self.cfg
         prompts = load_prompts(cfg.smoke_prompts) if cfg.smoke_prompts else None
@@ -368,6 +379,9 @@ class _Job:
         self.manifest["outputs"].append(self._entry(card_path, "model-card"))
         files.write_text(self.outdir / "manifest.json", json.dumps(self.manifest, indent=2, ensure_ascii=False) + "\n")
         self.state.save()
+        if self.audit and self.audit["unfixable"]:
+            raise ForgeError("end-of-turn audit: " + "; ".join(self.audit["unfixable"]) + f" (see {card_path}); "
+                             "not ready to publish")
 
     def _entry(self, path: Path, kind: str, extra: dict | None = None, n_params: int = 0) -> dict:
         entry = {"file": path.name, "bytes": path.stat().st_size, "sha256": self.state.sha256(path), "kind": kind,
@@ -384,6 +398,8 @@ class _Job:
         if self.cfg.imatrix:
             out.append((self.imatrix_path, "imatrix", {}))
         out += [(mf.modelfile, "modelfile", {}), (mf.preset, "lmstudio-preset", {})]
+        if mf.model_yaml is not None:
+            out.append((mf.model_yaml, "lmstudio-model-yaml", {}))
         if mf.legacy_preset:
             out.append((mf.legacy_preset, "lmstudio-legacy-preset", {}))
         return out
@@ -407,6 +423,7 @@ class _Job:
             "stops": self.mf.stops,
             "system_prompt": self.mf.system,
             "smoke": smoke or None,
+            "audit": self.audit,
             "eval": steps["eval"]["result"] if cfg.eval_text else None,
             "outputs": [self._entry(p, kind, extra, n_params) for p, kind, extra in self._output_files()],
         }

@@ -1,0 +1,894 @@
+"""Tool calling and thinking in the Ollama TEMPLATE: inferred from the Jinja template, proven by rendering.
+
+The plain layout (:class:`~gguf_forge.modelfiles.translate.TurnFormat`) covers system/user/assistant turns. This
+module adds, for templates that have them, the parts Ollama's template data carries (template/template.go):
+``.Tools`` (the tools block, in the system turn or the first user turn), assistant ``.ToolCalls``, ``tool`` role
+messages (several in a row), ``.Thinking`` of earlier replies and the ``.Think`` / ``.IsThinkSet`` flags.
+
+Method: the Jinja template is rendered (:func:`gguf_forge.chat_template.render`, transformers-identical) on
+conversations whose texts are sentinels; the output is cut at the sentinels into the literal pieces of one of the
+tool layouts below (a layout is the *shape* of the Go template; every literal in it comes from the model's own
+template). The Go template built from them is then run (:mod:`.gotemplate`, held to the real Go by the tests) on the
+tool suite (:func:`tool_suite`) next to the Jinja rendering of the same conversations. The only difference allowed
+is whitespace inside complete JSON values (Go's ``json.Marshal`` is compact; Python's ``tojson`` writes ``", "``
+and ``": "`` or indents): :func:`same_but_json_whitespace`. Anything else: the layout does not apply; when none
+applies the tools part is refused with the first difference, and the TEMPLATE is written without ``.Tools``
+(Ollama then answers a request with tools "does not support tools" instead of prompting the model wrongly).
+
+Layouts: ``chatml`` (a tools block in the system turn, each tool as JSON; calls as marker + JSON; results wrapped in
+a user/tool turn, consecutive results sharing it: Qwen2.5, Qwen3, Hermes-style), ``llama3-json`` (Llama 3.1-3.3:
+tools block in the first user turn, a call is the JSON object alone, results in an ``ipython`` turn).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from .. import chat_template
+from ..errors import ForgeError
+from . import gotemplate
+
+#: the Modelfile comment (and README statement) for the one difference a tool TEMPLATE may have
+JSON_NOTE = ("tool definitions, call arguments and JSON results are written by Ollama's json (Go json.Marshal: "
+             "compact, no spaces after , and :, <>& escaped as \\u003c...) where the original chat template's "
+             "tojson writes spaces or indents: whitespace inside JSON is the only difference, checked by rendering")
+
+# -- the tool suite ---------------------------------------------------------------------------------------------------
+# Written in the key order Ollama's Go structs marshal in (parameters: type, required, properties; a property: type,
+# description, enum; maps: sorted), so that JSON differs in whitespace only.
+TOOLS: list[dict[str, Any]] = [
+    {"type": "function", "function": {
+        "name": "get_weather", "description": "Get the current weather in a city.",
+        "parameters": {"type": "object", "required": ["city"], "properties": {
+            "city": {"type": "string", "description": "City name, e.g. Paris"},
+            "unit": {"type": "string", "description": "Temperature unit", "enum": ["celsius", "fahrenheit"]}}}}},
+    {"type": "function", "function": {
+        "name": "get_time", "description": "Get the local time in a timezone.",
+        "parameters": {"type": "object", "required": ["timezone"], "properties": {
+            "timezone": {"type": "string", "description": "IANA timezone name, e.g. Europe/Paris"}}}}},
+]
+
+
+@dataclass
+class Case:
+    """One conversation of the tool suite, in a neutral form (see :func:`jinja_messages`, :func:`ollama_messages`)."""
+
+    name: str
+    messages: list[dict[str, Any]]
+    tools: list[dict[str, Any]] | None = None
+    think: bool | None = None
+
+
+def _call(name: str, args: dict[str, Any], cid: str) -> dict[str, Any]:
+    return {"name": name, "arguments": args, "id": cid}
+
+
+def tool_suite() -> list[Case]:
+    """Conversations with tool definitions, one and two tool calls, results, thinking on and off."""
+    sys_ = {"role": "system", "content": "You are a helpful assistant."}
+    ask = {"role": "user", "content": "What is the weather in Paris?"}
+    call1 = {"role": "assistant", "content": "", "calls": [_call("get_weather", {"city": "Paris"}, "call00001")]}
+    res1 = {"role": "tool", "content": '{"temperature": 18, "sky": "clear"}', "tool_name": "get_weather",
+            "call_id": "call00001"}
+    call2 = {"role": "assistant", "content": "", "calls": [
+        _call("get_weather", {"city": "Paris", "unit": "celsius"}, "call00001"),
+        _call("get_time", {"timezone": "Europe/Paris"}, "call00002")]}
+    res2 = {"role": "tool", "content": "09:30", "tool_name": "get_time", "call_id": "call00002"}
+    answer = {"role": "assistant", "content": "It is 18 degrees and clear in Paris."}
+    more = {"role": "user", "content": "Thanks! And in Rome?"}
+    reasoned = {"role": "assistant", "content": "It is 4.", "thinking": "The user asks 2+2. That is 4."}
+    return [
+        Case("tools, system and user", [sys_, ask], TOOLS),
+        Case("tools, user only", [ask], TOOLS),
+        Case("one tool call and its result", [sys_, ask, call1, res1], TOOLS),
+        Case("one tool call, result, answer, next question", [ask, call1, res1, answer, more], TOOLS),
+        Case("two tool calls and two results in a row", [sys_, ask, call2, {**res1, "content": "18 C"}, res2],
+             TOOLS),
+        Case("thinking on", [ask], None, True),
+        Case("thinking off", [ask], None, False),
+        Case("thinking on with tools", [sys_, ask], TOOLS, True),
+        Case("thinking off after a tool call", [ask, call1, res1], TOOLS, False),
+        Case("earlier reply with its reasoning, thinking on",
+             [{"role": "user", "content": "What is 2+2?"}, reasoned, {"role": "user", "content": "And 3+3?"}],
+             None, True),
+        Case("a call with number, boolean and list arguments",
+             [ask, {"role": "assistant", "content": "", "calls": [_call("get_weather", {
+                 "city": "Paris", "days": 3, "fields": ["temp", "wind"], "hourly": True}, "call00003")]},
+              {**res1, "call_id": "call00003"}], TOOLS),
+        Case("reasoning before a tool call, thinking on",
+             [ask, {**call1, "thinking": "I need the weather tool."}, res1], TOOLS, True),
+    ]
+
+
+def jinja_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The OpenAI-style messages transformers' ``apply_chat_template`` takes (reasoning as ``reasoning_content``;
+    :func:`gguf_forge.chat_template.render` also passes it as ``thinking``, as transformers does)."""
+    out = []
+    for m in messages:
+        j: dict[str, Any] = {"role": m["role"], "content": m.get("content", "")}
+        if m.get("calls"):
+            j["tool_calls"] = [{"id": c["id"], "type": "function",
+                                "function": {"name": c["name"], "arguments": c["arguments"]}} for c in m["calls"]]
+        if m.get("thinking"):
+            j["reasoning_content"] = m["thinking"]
+        if m["role"] == "tool":
+            j["tool_call_id"], j["name"] = m["call_id"], m["tool_name"]
+        out.append(j)
+    return out
+
+
+def ollama_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The same conversation as an Ollama chat request carries it (``thinking``, ``tool_calls``, ``tool_name``)."""
+    out = []
+    for m in messages:
+        o: dict[str, Any] = {"role": m["role"], "content": m.get("content", "")}
+        if m.get("calls"):
+            o["tool_calls"] = [{"id": c["id"], "function": {"index": i, "name": c["name"],
+                                                            "arguments": c["arguments"]}}
+                               for i, c in enumerate(m["calls"])]
+        if m.get("thinking"):
+            o["thinking"] = m["thinking"]
+        if m["role"] == "tool":
+            o["tool_name"], o["tool_call_id"] = m["tool_name"], m["call_id"]
+        out.append(o)
+    return out
+
+
+def jinja_render(template: str, case: Case, bos: str, eos: str, system: str | None) -> str:
+    """The Jinja rendering (generation prompt on) of ``case``, with the Modelfile's SYSTEM first when the case has
+    no system message (what Ollama sends); ``enable_thinking`` only when the case sets thinking."""
+    msgs = jinja_messages(case.messages)
+    if system and msgs[0]["role"] != "system":
+        msgs = [{"role": "system", "content": system}, *msgs]
+    extra: dict[str, Any] = {}
+    if case.think is not None:
+        extra["enable_thinking"] = case.think
+    return chat_template.render(template, msgs, add_generation_prompt=True, bos_token=bos, eos_token=eos,
+                                tools=case.tools, **extra)
+
+
+def go_render(go_template: str, case: Case, system: str | None) -> str:
+    """The Go template's rendering of ``case`` on Ollama's data (:mod:`.gotemplate`)."""
+    data = gotemplate.ollama_data(ollama_messages(case.messages), case.tools, case.think, system)
+    return gotemplate.render(go_template, data)
+
+
+# -- comparing: equal except whitespace inside JSON values ------------------------------------------------------------
+_DECODER = json.JSONDecoder(object_pairs_hook=list)
+
+
+def _json_span(text: str, i: int) -> int:
+    """End of a JSON object/array starting at ``text[i]``, or -1."""
+    try:
+        _, end = _DECODER.raw_decode(text, i)
+    except ValueError:
+        return -1
+    return end
+
+
+def _squeeze(span: str) -> str:
+    """A JSON text without the whitespace outside its strings."""
+    out, in_str, esc = [], False, False
+    for ch in span:
+        if in_str:
+            out.append(ch)
+            if esc:
+                esc = False
+            elif ch == "\\":
+                esc = True
+            elif ch == '"':
+                in_str = False
+        elif ch == '"':
+            in_str = True
+            out.append(ch)
+        elif not ch.isspace():
+            out.append(ch)
+    return "".join(out)
+
+
+def same_but_json_whitespace(a: str, b: str) -> tuple[bool, bool]:
+    same, ws, _, _ = _compare(a, b)
+    return same, ws
+
+
+def _compare(a: str, b: str) -> tuple[bool, bool, int, int]:
+    """(equal apart from whitespace inside complete JSON objects/arrays, and whether any such whitespace differs).
+    The JSON values must be the same text once that whitespace is removed (same keys, order, escapes)."""
+    if a == b:
+        return True, False, len(a), len(b)
+    i = j = 0
+    ws = False
+    while i < len(a) and j < len(b):
+        if a[i] in "{[" and b[j] == a[i]:
+            ea, eb = _json_span(a, i), _json_span(b, j)
+            if ea > 0 and eb > 0:
+                sa, sb = a[i:ea], b[j:eb]
+                if sa != sb:
+                    if _squeeze(sa) != _squeeze(sb):
+                        return False, ws, i, j
+                    ws = True
+                i, j = ea, eb
+                continue
+        if a[i] != b[j]:
+            return False, ws, i, j
+        i += 1
+        j += 1
+    return (i == len(a) and j == len(b)), ws, i, j
+
+
+def first_difference(a: str, b: str) -> str:
+    """Where ``a`` (Jinja) and ``b`` (Go) first differ beyond JSON whitespace."""
+    _, _, i, j = _compare(a, b)
+    return f"Jinja renders {a[max(0, i - 30):i + 30]!r}, the Go template {b[max(0, j - 30):j + 30]!r}"
+
+
+# -- inference --------------------------------------------------------------------------------------------------------
+_S, _U, _U2, _C = "Zq8SYS", "Zq8USER", "Zq8SECOND", "Zq8CONTENT"
+_N1, _N2, _R1, _R2, _TH = "Zq8fnOne", "Zq8fnTwo", "Zq8RESULTone", "Zq8RESULTtwo", "Zq8THINK"
+_ARGS1, _ARGS2 = {"Zq8a": "Zq8v1", "Zq8b": "Zq8w1"}, {"Zq8c": "Zq8v2", "Zq8d": "Zq8w2"}
+_STOOLS = [{"type": "function", "function": {"name": "Zq8toolA", "description": "Zq8descA", "parameters": {
+    "type": "object", "required": ["Zq8p"], "properties": {"Zq8p": {"type": "string", "description": "Zq8pd"}}}}},
+           {"type": "function", "function": {"name": "Zq8toolB", "description": "Zq8descB", "parameters": {
+               "type": "object", "required": ["Zq8p"], "properties": {"Zq8p": {"type": "string",
+                                                                                 "description": "Zq8pd"}}}}}]
+
+
+class _NoLayout(Exception):
+    """A layout does not fit this template (the message says where)."""
+
+
+def _cut(text: str, marks: list[str], what: str) -> list[str]:
+    parts, rest = [], text
+    for m in marks:
+        if text.count(m) != 1:
+            raise _NoLayout(f"{what}: {m!r} does not occur exactly once")
+        head, sep, rest2 = rest.partition(m)
+        if not sep:
+            raise _NoLayout(f"{what}: the parts come in another order")
+        parts.append(head)
+        rest = rest2
+    parts.append(rest)
+    return parts
+
+
+@dataclass
+class ToolParts:
+    """The literal pieces of a tool layout, each cut from the Jinja template's own output."""
+
+    layout: str
+    pieces: dict[str, str] = field(default_factory=dict)
+    flags: dict[str, Any] = field(default_factory=dict)
+
+
+class _R:
+    def __init__(self, template: str, bos: str, eos: str, strip_bos: bool) -> None:
+        self.template, self.bos, self.eos, self.strip_bos = template, bos, eos, strip_bos
+
+    def __call__(self, msgs: list[dict[str, Any]], gen: bool = True, tools: Any = None, think: bool | None = None,
+                 what: str = "") -> str:
+        extra = {} if think is None else {"enable_thinking": think}
+        try:
+            out = chat_template.render(self.template, jinja_messages(msgs), add_generation_prompt=gen,
+                                       bos_token=self.bos, eos_token=self.eos, tools=tools, **extra)
+        except ForgeError as e:
+            raise _NoLayout(f"{what}: {e}") from None
+        if self.strip_bos and self.bos and out.startswith(self.bos):
+            out = out[len(self.bos):]
+        return out
+
+
+def _dump(v: Any) -> str:
+    return json.dumps(v, ensure_ascii=False)
+
+
+def _tools_block(r: _R, fmt: Any, placement: str) -> dict[str, str]:
+    """Pieces of the tools block: ``P [system Q | default D] (SEP tool)* POST`` placed in the system turn (chatml)
+    or ``P (SEP tool)* POST first-user-content`` in the first user turn (llama3-json)."""
+    u = {"role": "user", "content": _U}
+    s = {"role": "system", "content": _S}
+    with_sys = r([s, u], False, _STOOLS, what="a system message with tools")
+    no_sys = r([u], False, _STOOLS, what="a user message with tools")
+    for key, indent in (("tool", None), ("function", None), ("tool", 4), ("function", 4), ("tool", 2)):
+        pick = (lambda t: t) if key == "tool" else (lambda t: t["function"])  # noqa: E731
+        a, b = (json.dumps(pick(t), ensure_ascii=False, indent=indent) for t in _STOOLS[:2])
+        if a in with_sys and b in with_sys:
+            break
+    else:
+        raise _NoLayout("the tools block does not write each tool as JSON")
+    head, sep, tail = _cut(with_sys, [a, b], "the tools block")
+    head0, sep0, tail0 = _cut(no_sys, [a, b], "the tools block without a system message")
+    if sep0 != sep:
+        raise _NoLayout("the text between tools depends on the system message")
+    if not head.endswith(sep) or not head0.endswith(sep):
+        raise _NoLayout("the first tool is not introduced like the others")
+    head, head0 = head[: len(head) - len(sep)], head0[: len(head0) - len(sep)]
+    out = {"tool_sep": sep, "tool_key": key}
+    if placement == "system" and _S not in head:
+        # the system text follows the tools (Qwen3.5): P (sep tool)* POST [Q system] E, then the first user turn
+        if head != head0:
+            raise _NoLayout("the tools block opens differently without a system message")
+        before_s, after_s = _cut(tail, [_S], "the system text after the tools")
+        e = after_s.split(_U)[0]
+        post0 = tail0.split(_U)[0]
+        fits = e.endswith(fmt.user_pre) and post0.endswith(e)
+        if not fits or not before_s.startswith(post0[: len(post0) - len(e)]):
+            raise _NoLayout("the system text after the tools is not placed in a way a Go template can follow")
+        post_t = post0[: len(post0) - len(e)]
+        out.update(p=head, q="", d="", r="", post=post_t, sys_after=before_s[len(post_t):],
+                   sys_end=e[: len(e) - len(fmt.user_pre)])
+    elif placement == "system":
+        p, q_r = _cut(head, [_S], "the tools block")
+        if not head0.startswith(p):
+            raise _NoLayout("the tools block opens differently without a system message")
+        room = len(head0) - len(p)
+        n = 0
+        while n < min(len(q_r), room) and q_r[len(q_r) - 1 - n] == head0[len(head0) - 1 - n]:
+            n += 1
+        r_ = q_r[len(q_r) - n:] if n else ""
+        out.update(p=p, q=q_r[: len(q_r) - len(r_)], d=head0[len(p): len(head0) - len(r_)], r=r_)
+        # what follows the last tool up to the first user turn
+        post, rest = _cut(tail, [_U], "after the tools block")
+        post0, rest0 = _cut(tail0, [_U], "after the tools block")
+        if post != post0 or rest != rest0:
+            raise _NoLayout("the text after the tools depends on the system message")
+        if not post.endswith(fmt.user_pre):
+            raise _NoLayout("the tools block is not followed by the first user turn")
+        out["post"] = post[: len(post) - len(fmt.user_pre)]
+    else:
+        # the tools open the first user turn: [system block] user_pre tools_pre (sep tool)* post content
+        sys_part, after_sys = _cut(head, [_S], "the tools block")
+        if not after_sys.startswith(fmt.sys_suf + fmt.user_pre):
+            raise _NoLayout("the tools block does not open the first user turn")
+        tools_pre = after_sys[len(fmt.sys_suf) + len(fmt.user_pre):]
+        if not head0.endswith(fmt.user_pre + tools_pre):
+            raise _NoLayout("the tools block opens differently without a system message")
+        post = tail.split(_U)[0]
+        if tail0.split(_U)[0] != post:
+            raise _NoLayout("the text after the tools depends on the system message")
+        out.update(sys_pre_t=sys_part, head_t=head0[: len(head0) - len(fmt.user_pre + tools_pre)],
+                   tools_pre=tools_pre, post=post)
+    return out
+
+
+def _last_user_layout(r: _R, fmt: Any) -> dict[str, str]:
+    """Mistral-style: the tools block right before the last user turn (tools as a JSON list), the calls of a turn as
+    one list of JSON objects carrying their ids, each result with the id of its call."""
+    u1, u2 = {"role": "user", "content": _U}, {"role": "user", "content": _U2}
+    a = {"role": "assistant", "content": _C}
+    x = r([u1, a, u2], True, _STOOLS, what="tools and three turns")
+    t1, t2 = _dump(_STOOLS[0]), _dump(_STOOLS[1])
+    before, pre, sep, post, rest = _cut(x, [_U, t1, t2, _U2], "tools before the last user turn")
+    if not post.endswith(fmt.user_pre) or not pre.startswith(fmt.user_suf + fmt.asst_pre + _C + fmt.asst_suf):
+        raise _NoLayout("the tools block is not right before the last user turn")
+    pre = pre[len(fmt.user_suf + fmt.asst_pre + _C + fmt.asst_suf):]
+    if not pre.startswith("") or _C in pre:
+        raise _NoLayout("the tools block is not right before the last user turn")
+    out = {"tools_pre": pre, "tool_sep": sep, "tools_post": post[: len(post) - len(fmt.user_pre)]}
+    # calls and results
+    u = {"role": "user", "content": _U}
+    two = {"role": "assistant", "content": "", "calls": [_call(_N1, _ARGS1, "Zq8id0001"),
+                                                         _call(_N2, _ARGS2, "Zq8id0002")]}
+    res1 = {"role": "tool", "content": _R1, "tool_name": _N1, "call_id": "Zq8id0001"}
+    res2 = {"role": "tool", "content": _R2, "tool_name": _N2, "call_id": "Zq8id0002"}
+    y = r([u, two, res1, res2], True, what="two tool calls and two results")
+    a1, a2 = _dump(_ARGS1), _dump(_ARGS2)
+    if y.count("Zq8id0001") != 2 or y.count(_R1) != 1:
+        raise _NoLayout("tool results do not carry their call's id")
+    # ids appear twice (call and result): cut in two steps
+    calls_part, results_part = y.split(_R1, 1)[0], _R1 + y.split(_R1, 1)[1]
+    c = _cut(calls_part, [_U, _N1, a1, "Zq8id0001", _N2, a2, "Zq8id0002"], "two tool calls")
+    rr = _cut(results_part, [_R1, "Zq8id0001", _R2, "Zq8id0002"], "two tool results")
+    _, open_pre, mid, mid_id, between, mid2, mid_id2, calls_end = c
+    _, res_mid, res_between, res_mid2, tail = rr
+    if mid != mid2 or mid_id != mid_id2:
+        raise _NoLayout("the second tool call is not written like the first")
+    if not open_pre.startswith(fmt.user_suf):
+        raise _NoLayout("a tool-call turn does not follow the user turn as a reply does")
+    open_pre = open_pre[len(fmt.user_suf):]
+    # call_pre: the common suffix of the opening and the text between the calls
+    n = 0
+    while n < min(len(open_pre), len(between)) and open_pre[len(open_pre) - 1 - n] == between[len(between) - 1 - n]:
+        n += 1
+    call_pre = open_pre[len(open_pre) - n:]
+    calls_open = open_pre[: len(open_pre) - n]
+    # call_suf: the common prefix of what follows the first and the last call's id
+    k = 0
+    rest_between = between[: len(between) - n]
+    while k < min(len(rest_between), len(calls_end)) and rest_between[k] == calls_end[k]:
+        k += 1
+    call_suf, call_sep = rest_between[:k], rest_between[k:]
+    calls_close_res = calls_end[k:]
+    if not tail.endswith(fmt.gen) or res_mid != res_mid2:
+        raise _NoLayout("tool results are not written alike")
+    res_suf = tail[: len(tail) - len(fmt.gen)] if fmt.gen else tail
+    if not res_between.startswith(res_suf):
+        raise _NoLayout("tool results are not written alike")
+    res_pre = res_between[len(res_suf):]
+    if not calls_close_res.endswith(res_pre):
+        raise _NoLayout("tool results are not written alike")
+    calls_close = calls_close_res[: len(calls_close_res) - len(res_pre)]
+    if not call_pre.strip():
+        raise _NoLayout("a tool call has no text before its name")
+    out.update(calls_open=calls_open, call_pre=call_pre, mid=mid, mid_id=mid_id, call_suf=call_suf,
+               call_sep=call_sep, calls_close=calls_close, res_pre=res_pre, res_mid=res_mid, res_suf=res_suf)
+    return out
+
+
+def _user_layout(r: _R, fmt: Any) -> dict[str, str]:
+    """Calls and results of a template whose tools open the first user turn (Llama 3.1-3.3): a call is its JSON
+    alone after the assistant header, a result its own turn (its text written as JSON when the template does)."""
+    u = {"role": "user", "content": _U}
+    one = {"role": "assistant", "content": "", "calls": [_call(_N1, _ARGS1, "call00001")]}
+    two = {"role": "assistant", "content": "", "calls": [_call(_N1, _ARGS1, "call00001"),
+                                                         _call(_N2, _ARGS2, "call00002")]}
+    res1 = {"role": "tool", "content": _R1, "tool_name": _N1, "call_id": "call00001"}
+    res2 = {"role": "tool", "content": _R2, "tool_name": _N2, "call_id": "call00002"}
+    a1 = _dump(_ARGS1)
+    x = r([u, one, res1, res2], True, what="a tool call and two results")
+    quoted = f'"{_R1}"' in x and f'"{_R2}"' in x
+    r1, r2 = (f'"{_R1}"', f'"{_R2}"') if quoted else (_R1, _R2)
+    _, pre, mid, after, between, tail = _cut(x, [_U, _N1, a1, r1, r2], "a tool call and two results")
+    if not pre.startswith(fmt.user_suf + fmt.asst_pre):
+        raise _NoLayout("a tool-call turn does not open as a reply does")
+    call_pre = pre[len(fmt.user_suf + fmt.asst_pre):]
+    if not tail.endswith(fmt.gen):
+        raise _NoLayout("the generation prompt after tool results differs")
+    res_suf = tail[: len(tail) - len(fmt.gen)]
+    if not between.startswith(res_suf):
+        raise _NoLayout("tool results are not each their own turn")
+    res_pre = between[len(res_suf):]
+    if not after.endswith(res_pre):
+        raise _NoLayout("tool results are not wrapped alike")
+    call_close = after[: len(after) - len(res_pre)]
+    if not call_close.endswith(fmt.asst_suf):
+        raise _NoLayout("a tool-call turn does not end as a reply does")
+    call_suf = call_close[: len(call_close) - len(fmt.asst_suf)]
+    single = ""
+    try:
+        y = r([u, two, res1, res2], True, what="two tool calls")
+        _, _, _, call_sep_pre, _, _ = _cut(y, [_U, _N1, a1, _N2, _dump(_ARGS2)], "two tool calls")
+        if not call_sep_pre.startswith(call_suf) or not call_sep_pre.endswith(call_pre):
+            raise _NoLayout("a second tool call is not written like the first")
+        call_sep = call_sep_pre[len(call_suf): len(call_sep_pre) - len(call_pre)]
+    except _NoLayout as e:
+        if "failed to render" not in str(e):
+            raise
+        single, call_sep = str(e).split("failed to render: ", 1)[-1], ""
+    return {"call_pre": call_pre, "mid": mid, "call_suf": call_suf, "call_sep": call_sep, "res_pre": res_pre,
+            "res_suf": res_suf, "res_json": "1" if quoted else "", "single": single}
+
+
+def _args_cut(text: str, args: dict[str, str], what: str) -> tuple[str, str, dict[str, str]]:
+    """``text`` (from a call's name on) cut around its arguments: (between name and arguments, after them, and for
+    arguments written one by one, e.g. Qwen3.5's ``<parameter=k>\nv\n</parameter>``, the pieces around each)."""
+    dump = _dump(args)
+    if dump in text:
+        mid, after = _cut(text, [dump], what)
+        return mid, after, {}
+    (k1, v1), (k2, v2) = args.items()
+    to_k1, k1_v1, v1_k2, k2_v2, after_v2 = _cut(text, [k1, v1, k2, v2], what + " (arguments one by one)")
+    if k1_v1 != k2_v2:
+        raise _NoLayout(f"{what}: arguments are not written alike")
+    n = 0
+    while n < min(len(to_k1), len(v1_k2)) and to_k1[len(to_k1) - 1 - n] == v1_k2[len(v1_k2) - 1 - n]:
+        n += 1
+    arg_pre = to_k1[len(to_k1) - n:]
+    arg_suf = v1_k2[: len(v1_k2) - n]
+    if not after_v2.startswith(arg_suf) or not arg_pre:
+        raise _NoLayout(f"{what}: arguments are not written alike")
+    return to_k1[: len(to_k1) - n], after_v2[len(arg_suf):], {"arg_pre": arg_pre, "arg_mid": k1_v1,
+                                                                "arg_suf": arg_suf}
+
+
+def _call_pieces(r: _R, fmt: Any) -> dict[str, str]:
+    """Pieces of an assistant tool-call turn and of tool results (chatml layout)."""
+    u = {"role": "user", "content": _U}
+    one = {"role": "assistant", "content": "", "calls": [_call(_N1, _ARGS1, "call00001")]}
+    two = {"role": "assistant", "content": "", "calls": [_call(_N1, _ARGS1, "call00001"),
+                                                         _call(_N2, _ARGS2, "call00002")]}
+    withc = {"role": "assistant", "content": _C, "calls": [_call(_N1, _ARGS1, "call00001")]}
+    res1 = {"role": "tool", "content": _R1, "tool_name": _N1, "call_id": "call00001"}
+    res2 = {"role": "tool", "content": _R2, "tool_name": _N2, "call_id": "call00002"}
+    x = r([u, one, res1], True, what="a tool call and its result")
+    _, pre1, from_name = _cut(x, [_U, _N1], "a tool call")
+    mid, after, xml = _args_cut(from_name, _ARGS1, "a tool call")
+    if not pre1.startswith(fmt.user_suf):
+        raise _NoLayout("a tool call turn does not follow the user turn as a reply does")
+    opener_pre = pre1[len(fmt.user_suf):]
+    y = r([u, two, res1, res2], True, what="two tool calls and their results")
+    _, _, from_name = _cut(y, [_U, _N1], "two tool calls")
+    mid_y, after_1, xml_y = _args_cut(from_name, _ARGS1, "two tool calls")
+    between, from_name2 = _cut(after_1, [_N2], "two tool calls")
+    mid_2, after2, xml_2 = _args_cut(from_name2, _ARGS2, "two tool calls")
+    if not (mid == mid_y == mid_2 and xml == xml_y == xml_2):
+        raise _NoLayout("the second tool call is not written like the first")
+    z = r([u, withc, res1], True, what="text and a tool call")
+    _, pre_c, post_c = _cut(z, [_U, _C], "text before a tool call")[0:3]
+    pre_content = pre_c[len(fmt.user_suf):]
+    call_after_content = post_c.split(_N1)[0]
+    # after the arguments: call suffix, turn close, result group
+    res_block = _cut(after, [_R1], "a tool result")
+    res_block2 = _cut(after2, [_R1, _R2], "two tool results")
+    return {"opener_pre": opener_pre, "mid": mid, "between": between, "pre_content": pre_content,
+            "call_after_content": call_after_content, "after": res_block[0], "res_tail": res_block[1],
+            "after2": res_block2[0], "res_between": res_block2[1], "res_tail2": res_block2[2], **xml}
+
+
+def _split_calls(p: dict[str, str], fmt: Any) -> dict[str, str]:
+    """From the raw cuts: the call prefix (marker first), suffix, separators, turn close, result wrappers."""
+    # the assistant header is what a call turn with text and one without share; the call prefix follows it
+    a, c = p["opener_pre"], p["pre_content"]
+    n = 0
+    while n < min(len(a), len(c)) and a[n] == c[n]:
+        n += 1
+    header, call_pre, content_pre = a[:n], a[n:], c[n:]
+    if not p["call_after_content"].endswith(call_pre):
+        raise _NoLayout("a tool call after text does not start like one without")
+    sep_after_content = p["call_after_content"][: len(p["call_after_content"]) - len(call_pre)]
+    # after the first call's arguments: call_suf + close + results; between two calls: call_suf + sep + call_pre
+    between = p["between"]
+    if not between.endswith(call_pre):
+        raise _NoLayout("the second tool call does not start like the first")
+    suf_sep = between[: len(between) - len(call_pre)]
+    after = p["after"]  # call_suf + close + group_open + res_pre
+    # the call suffix is the longest common prefix of `after` and `suf_sep`
+    k = 0
+    while k < min(len(after), len(suf_sep)) and after[k] == suf_sep[k]:
+        k += 1
+    # prefer a call suffix that ends where the turn's close (asst_suf) starts
+    close = fmt.asst_suf
+    call_suf = None
+    for cut in range(k, -1, -1):
+        if after[cut:].startswith(close):
+            call_suf = after[:cut]
+            break
+    if call_suf is None:
+        raise _NoLayout("a tool-call turn does not end as a reply does")
+    call_sep = suf_sep[len(call_suf):]
+    group_open_res_pre = after[len(call_suf) + len(close):]
+    res_between = p["res_between"]  # res_suf + [group close/open] + res_pre
+    res_tail = p["res_tail"]  # res_suf + group_close + gen
+    if not res_tail.endswith(fmt.gen):
+        raise _NoLayout("the generation prompt after tool results differs")
+    res_suf_close = res_tail[: len(res_tail) - len(fmt.gen)]
+    # res_pre: the longest common suffix of group_open_res_pre and res_between
+    a, b = group_open_res_pre, res_between
+    n = 0
+    while n < min(len(a), len(b)) and a[len(a) - 1 - n] == b[len(b) - 1 - n]:
+        n += 1
+    res_pre = a[len(a) - n:]
+    group_open = a[: len(a) - n]
+    inner = b[: len(b) - n]  # between results: res_suf (+ close + open when not shared)
+    if not res_suf_close.startswith(inner) and not inner.startswith(""):
+        raise _NoLayout("tool results are not wrapped alike")
+    # consecutive results share the group when `inner` is a prefix of res_suf + close
+    if res_suf_close.startswith(inner):
+        res_suf, group_close, shared = inner, res_suf_close[len(inner):], True
+    else:
+        raise _NoLayout("consecutive tool results are not wrapped as one group")
+    if not call_pre.strip():
+        raise _NoLayout("a tool call has no text before its name")
+    return {"header": header, "content_pre": content_pre, "sep_after_content": sep_after_content,
+            "call_pre": call_pre, "mid": p["mid"], "call_suf": call_suf, "call_sep": call_sep,
+            "group_open": group_open, "res_pre": res_pre, "res_suf": res_suf, "group_close": group_close,
+            "shared": str(shared), **{k: p[k] for k in ("arg_pre", "arg_mid", "arg_suf") if k in p}}
+
+
+def _thinking(r: _R, fmt: Any) -> dict[str, str]:
+    """Thinking switches: text the generation prompt gains when thinking is off / on, and how an earlier reply's
+    reasoning is written (kept after the last user message only, always, or never)."""
+    u = [{"role": "user", "content": _U}]
+    out: dict[str, Any] = {"gen_on": None, "gen_off": None, "keep": "never", "think_pre": "", "think_suf": "",
+                           "empty": False}
+    base = r(u, True, what="a user message")
+    for flag in (False, True):
+        t = r(u, True, think=flag, what="thinking " + ("on" if flag else "off"))
+        if t != base:
+            head, tail = _cut(t, [_U], "thinking " + ("on" if flag else "off"))
+            if head != _cut(base, [_U], "a user message")[0] or not tail.startswith(fmt.user_suf):
+                raise _NoLayout("the thinking switch changes more than the generation prompt")
+            out["gen_on" if flag else "gen_off"] = tail[len(fmt.user_suf):]
+    reply = {"role": "assistant", "content": _C, "thinking": _TH}
+    last = r([u[0], reply], False, what="a reply with reasoning")
+    earlier = r([u[0], reply, {"role": "user", "content": _U2}], True, what="an earlier reply with reasoning")
+    if _TH in last:
+        pre, suf = _cut(last, [_TH, _C], "reasoning")[1:3]
+        out["think_pre"] = _cut(last, [_U], "")[1].split(_TH)[0][len(fmt.user_suf) + len(fmt.asst_pre):]
+        out["think_suf"] = pre
+        del suf
+        out["keep"] = "always" if _TH in earlier else "after_last_user"
+        # Qwen3.5 writes the (empty) think block for every reply after the last user message (a reply that is not
+        # the last message: Qwen3 writes it for the last one only)
+        try:
+            plain = r([u[0], {"role": "assistant", "content": _C}, {"role": "tool", "content": _R1, "tool_name": _N1,
+                                                                      "call_id": "call00001"}], False, what="a reply")
+            lead = _cut(plain, [_U, _C], "a reply")[1][len(fmt.user_suf) + len(fmt.asst_pre):]
+        except _NoLayout:
+            lead = ""
+        out["empty"] = lead == out["think_pre"] + out["think_suf"] and bool(lead)
+    elif _TH in earlier:
+        raise _NoLayout("earlier reasoning is kept only before a later user message")
+    return out
+
+
+def infer(template: str, fmt: Any, bos: str, eos: str, strip_bos: bool) -> ToolParts | None:
+    """The tool/thinking parts of ``template`` (None when it renders nothing for tools, tool calls or thinking).
+    Raises :class:`_NoLayout` when it has them in a shape no layout fits."""
+    r = _R(template, bos, eos, strip_bos)
+    u = [{"role": "user", "content": _U}]
+    plain = r(u, True, what="a user message")
+    try:
+        with_tools = r(u, True, _STOOLS, what="a user message with tools")
+    except _NoLayout:
+        with_tools = None
+    parts = ToolParts("chatml" if fmt.system_mode == "block" else "llama3-json")
+    has_tools = with_tools is not None and with_tools != plain
+    if has_tools and fmt.system_mode == "fold_last":
+        parts.layout = "last-user-turn"
+        parts.pieces.update(_last_user_layout(r, fmt))
+    elif has_tools:
+        placement = "system" if fmt.system_mode == "block" and _tool_in_system(r, fmt) else "user"
+        parts.layout = "chatml" if placement == "system" else "llama3-json"
+        parts.pieces.update(_tools_block(r, fmt, placement))
+        if placement == "system":
+            parts.pieces.update(_split_calls(_call_pieces(r, fmt), fmt))
+        else:
+            parts.pieces.update(_user_layout(r, fmt))
+    thinking = _thinking(r, fmt)
+    parts.flags.update(thinking)
+    parts.flags["tools"] = has_tools
+    if not has_tools and thinking["gen_on"] is None and thinking["gen_off"] is None and thinking["keep"] == "never":
+        return None
+    return parts
+
+
+def _tool_in_system(r: _R, fmt: Any) -> bool:
+    """Whether the tools block sits in the system turn (before the first user turn's header) rather than opening the
+    first user turn."""
+    out = r([{"role": "system", "content": _S}, {"role": "user", "content": _U}], False, _STOOLS, what="tools")
+    first = out.find("Zq8toolA")
+    opens_user_turn = bool(fmt.user_pre) and out.rfind(fmt.user_pre, 0, first) > out.find(_S) >= 0
+    return 0 <= first < out.find(_U) and not opens_user_turn
+
+
+# -- the Go template --------------------------------------------------------------------------------------------------
+def go_template(fmt: Any, parts: ToolParts, lit: Any) -> str:
+    """The whole TEMPLATE for a template with tools and/or thinking (``lit`` quotes literal text)."""
+    if parts.layout == "llama3-json" and parts.flags.get("tools"):
+        return _go_user_layout(fmt, parts, lit)
+    if parts.layout == "last-user-turn" and parts.flags.get("tools"):
+        return _go_last_user_layout(fmt, parts, lit)
+    if fmt.system_mode != "block" or fmt.bos_repeat or fmt.lead or fmt.no_sys_head is not None:
+        raise _NoLayout("tool calls are supported for templates whose system message is its own block")
+    p, f = parts.pieces, parts.flags
+    lines = ["{{- $lastUser := -1 }}{{- $sys := \"\" }}{{- $hasSys := false }}{{- range $i, $m := .Messages }}"
+             "{{ if eq .Role \"user\" }}{{ $lastUser = $i }}{{ end }}{{ if and (eq $i 0) (eq .Role \"system\") }}"
+             "{{ $hasSys = true }}{{ $sys = .Content }}{{ end }}{{ end }}"]
+    head = None if fmt.default_system is None else fmt.sys_pre + fmt.default_system + fmt.sys_suf
+    if f.get("tools"):
+        tools_loop = "{{ range .Tools }}" + lit(p["tool_sep"]) + (
+            "{{ . }}" if p["tool_key"] == "tool" else "{{ json .Function }}") + "{{ end }}"
+        if "sys_after" in p:
+            lines.append("{{- if .Tools }}" + lit(p["p"]) + tools_loop + lit(p["post"]) + "{{ if $hasSys }}"
+                         + lit(p["sys_after"]) + "{{ $sys }}{{ end }}" + lit(p["sys_end"]) + "{{ end }}")
+        else:
+            lines.append("{{- if .Tools }}" + lit(p["p"]) + "{{ if $hasSys }}{{ $sys }}" + lit(p["q"]) + "{{ else }}"
+                         + lit(p["d"]) + "{{ end }}" + lit(p["r"]) + tools_loop + lit(p["post"]) + "{{ end }}")
+    lines.append("{{- $prev := \"\" }}{{- range $i, $m := .Messages }}")
+    if f.get("tools"):
+        lines.append("{{- if and (eq $prev \"tool\") (ne .Role \"tool\") }}" + lit(p["group_close"]) + "{{ end }}")
+    skip_first = "(and $.Tools (eq $i 0))" if f.get("tools") else "false"
+    if head is not None:
+        lines.append("{{- if and (eq $i 0) (ne .Role \"system\") (not $.Tools) }}" + lit(head) + "{{ end }}")
+    lines.append("{{- if eq .Role \"system\" }}{{ if not " + skip_first + " }}" + lit(fmt.sys_pre) + "{{ .Content }}"
+                 + lit(fmt.sys_suf) + "{{ end }}")
+    lines.append("{{- else if eq .Role \"user\" }}" + lit(fmt.user_pre) + "{{ .Content }}" + lit(fmt.user_suf))
+    think = ""
+    if f["keep"] == "never" and (f["gen_on"] is not None or f["gen_off"] is not None):
+        tags = _switch_tags(fmt.gen, f)
+        if tags:
+            # renders nothing (earlier reasoning is dropped, as the template does); Ollama reads the tags around
+            # .Thinking to see thinking support and to split a reply's reasoning from its answer
+            think = "{{ if false }}" + lit(tags[0]) + "{{ .Thinking }}" + lit(tags[1]) + "{{ end }}"
+    if f["keep"] != "never":
+        cond = "(gt $i $lastUser)" if f["keep"] == "after_last_user" else "true"
+        think = "{{ if and " + cond + (" }}" if f["empty"] else " .Thinking }}") + lit(f["think_pre"]) \
+            + "{{ .Thinking }}" + lit(f["think_suf"]) + "{{ end }}"
+    asst = "{{- else if eq .Role \"assistant\" }}" + lit(fmt.asst_pre) + think + "{{ .Content }}"
+    if f.get("tools"):
+        # the call text comes first inside {{ if .ToolCalls }}: Ollama takes its tool-call tag from there
+        header = fmt.asst_pre + (f["think_pre"] + f["think_suf"] if f["empty"] else "")
+        if p["header"] != header or p["content_pre"]:
+            raise _NoLayout("a tool-call turn opens differently from a reply; Ollama's tool-call tag would not be "
+                            "the call's marker")
+        asst += ("{{ $content := .Content }}{{ if .ToolCalls }}{{ range $j, $c := .ToolCalls }}"
+                 + "{{ if $j }}" + lit(p["call_sep"] + p["call_pre"]) + "{{ else if $content }}"
+                 + lit(p["sep_after_content"] + p["call_pre"]) + "{{ else }}" + lit(p["call_pre"]) + "{{ end }}"
+                 + "{{ .Function.Name }}" + lit(p["mid"]) + _go_args(p, lit) + lit(p["call_suf"])
+                 + "{{ end }}{{ end }}")
+    asst += lit(fmt.asst_suf)
+    lines.append(asst)
+    if f.get("tools"):
+        lines.append("{{- else if eq .Role \"tool\" }}{{ if ne $prev \"tool\" }}" + lit(p["group_open"])
+                     + "{{ end }}" + lit(p["res_pre"]) + "{{ .Content }}" + lit(p["res_suf"]))
+    lines.append("{{- end }}{{ $prev = .Role }}")
+    close = ("{{ if eq $prev \"tool\" }}" + lit(p["group_close"]) + "{{ end }}") if f.get("tools") else ""
+    lines.append("{{- end }}" + close + _think_gen(fmt.gen, f, lit))
+    return "\n".join(line + ('{{ "" }}' if line[-1:].isspace() else "") for line in lines)
+
+
+_TAG_AT_END = re.compile(r"(<[A-Za-z_][\w.\-]*>|<\|[^|\s<>]+\|>)\s*$")
+
+
+def _go_args(p: dict[str, str], lit: Any) -> str:
+    """A call's arguments: the JSON object, or one by one (strings and numbers as text, Python's True/False for
+    booleans, objects and lists as JSON: what Jinja's ``| string`` / ``| tojson`` write)."""
+    if "arg_pre" not in p:
+        return "{{ .Function.Arguments }}"
+    return ("{{ range $k, $v := .Function.Arguments }}" + lit(p["arg_pre"]) + "{{ $k }}" + lit(p["arg_mid"])
+            + "{{ $t := printf \"%T\" $v }}{{ if eq $t \"bool\" }}{{ if $v }}True{{ else }}False{{ end }}"
+            "{{ else if or (eq $t \"map[string]interface {}\") (eq $t \"[]interface {}\") }}{{ json $v }}"
+            "{{ else }}{{ $v }}{{ end }}" + lit(p["arg_suf"]) + "{{ end }}")
+
+
+def _switch_tags(gen: str, f: dict[str, Any]) -> tuple[str, str] | None:
+    """The reasoning tags of a template with a thinking switch but no earlier reasoning: the tag the prompt ends
+    with when thinking is on, and the text that thinking off adds after it (DeepSeek-R1: <think> and </think>)."""
+    on = gen if f["gen_on"] is None else f["gen_on"]
+    off = gen if f["gen_off"] is None else f["gen_off"]
+    m = _TAG_AT_END.search(on)
+    close = off[len(on):].strip() if off.startswith(on) else ""
+    if m is None or not close:
+        return None
+    return m.group(1), close
+
+
+def _go_user_layout(fmt: Any, parts: ToolParts, lit: Any) -> str:
+    """Tools in the first user turn, one JSON call per assistant turn, each result its own turn."""
+    if fmt.system_mode != "block" or fmt.bos_repeat or fmt.lead or fmt.no_sys_head is not None:
+        raise _NoLayout("tools in the first user turn are supported for templates whose system message is its "
+                        "own block")
+    p, f = parts.pieces, parts.flags
+    if f["keep"] != "never" or f["gen_on"] is not None or f["gen_off"] is not None:
+        raise _NoLayout("thinking together with tools in the first user turn is not supported")
+    head = None if fmt.default_system is None else fmt.sys_pre + fmt.default_system + fmt.sys_suf
+    head_t = p["head_t"]
+    lines = ["{{- $toolsDone := false }}{{- range $i, $m := .Messages }}"]
+    if head is not None:
+        lines.append("{{- if and (eq $i 0) (ne .Role \"system\") }}{{ if $.Tools }}" + lit(head_t) + "{{ else }}"
+                     + lit(head) + "{{ end }}{{ end }}")
+    elif head_t:
+        lines.append("{{- if and (eq $i 0) (ne .Role \"system\") $.Tools }}" + lit(head_t) + "{{ end }}")
+    lines.append("{{- if eq .Role \"system\" }}{{ if $.Tools }}" + lit(p["sys_pre_t"]) + "{{ else }}"
+                 + lit(fmt.sys_pre) + "{{ end }}{{ .Content }}" + lit(fmt.sys_suf))
+    lines.append("{{- else if eq .Role \"user\" }}" + lit(fmt.user_pre) + "{{ if and $.Tools (not $toolsDone) }}"
+                 + lit(p["tools_pre"]) + "{{ range $.Tools }}" + lit(p["tool_sep"])
+                 + ("{{ . }}" if p["tool_key"] == "tool" else "{{ json .Function }}") + "{{ end }}" + lit(p["post"])
+                 + "{{ $toolsDone = true }}{{ end }}{{ .Content }}" + lit(fmt.user_suf))
+    single = ""
+    if p["single"]:
+        single = "{{ if gt (len .ToolCalls) 1 }}{{ slice " + _go_str(p["single"]) + " 0 100000 }}{{ end }}"
+    lines.append("{{- else if eq .Role \"assistant\" }}" + lit(fmt.asst_pre) + single + "{{ if .ToolCalls }}"
+                 "{{ range $j, $c := .ToolCalls }}{{ if $j }}" + lit(p["call_sep"] + p["call_pre"]) + "{{ else }}"
+                 + lit(p["call_pre"]) + "{{ end }}{{ .Function.Name }}" + lit(p["mid"]) + "{{ .Function.Arguments }}"
+                 + lit(p["call_suf"]) + "{{ end }}{{ else }}{{ .Content }}{{ end }}" + lit(fmt.asst_suf))
+    lines.append("{{- else if eq .Role \"tool\" }}" + lit(p["res_pre"])
+                 + ("{{ json .Content }}" if p["res_json"] else "{{ .Content }}") + lit(p["res_suf"]))
+    lines.append("{{- end }}")
+    lines.append("{{- end }}" + lit(fmt.gen))
+    return "\n".join(line + ('{{ "" }}' if line[-1:].isspace() else "") for line in lines)
+
+
+def _go_last_user_layout(fmt: Any, parts: ToolParts, lit: Any) -> str:
+    """Tools before the last user turn, the system text folded into the last message when it is a user turn, calls
+    as one list, results carrying their call's id (Mistral Nemo)."""
+    p, f = parts.pieces, parts.flags
+    if f["keep"] != "never" or f["gen_on"] is not None or f["gen_off"] is not None or fmt.bos_repeat or fmt.lead:
+        raise _NoLayout("this tools layout is supported without thinking, BOS per turn or fixed opening text")
+    lines = ["{{- $lastUser := -1 }}{{- $hasSys := false }}{{- $sys := \"\" }}{{- range $i, $m := .Messages }}"
+             "{{ if eq .Role \"user\" }}{{ $lastUser = $i }}{{ end }}{{ end }}",
+             "{{- range $i, $m := .Messages }}",
+             "{{- if eq .Role \"system\" }}{{ $hasSys = true }}{{ $sys = .Content }}",
+             "{{- else if eq .Role \"user\" }}{{ if and $.Tools (eq $i $lastUser) }}" + lit(p["tools_pre"])
+             + "{{ range $j, $t := $.Tools }}{{ if $j }}" + lit(p["tool_sep"]) + "{{ end }}{{ $t }}{{ end }}"
+             + lit(p["tools_post"]) + "{{ end }}" + lit(fmt.user_pre)
+             + "{{ if and $hasSys (eq (len (slice $.Messages $i)) 1) }}" + lit(fmt.sys_pre) + "{{ $sys }}"
+             + lit(fmt.sys_suf) + "{{ end }}{{ .Content }}" + lit(fmt.user_suf),
+             "{{- else if eq .Role \"assistant\" }}{{ if .ToolCalls }}" + lit(p["calls_open"])
+             + "{{ range $j, $c := .ToolCalls }}{{ if $j }}" + lit(p["call_sep"] + p["call_pre"]) + "{{ else }}"
+             + lit(p["call_pre"]) + "{{ end }}{{ .Function.Name }}" + lit(p["mid"]) + "{{ .Function.Arguments }}"
+             + lit(p["mid_id"]) + "{{ .ID }}" + lit(p["call_suf"]) + "{{ end }}" + lit(p["calls_close"])
+             + "{{ else }}" + lit(fmt.asst_pre) + "{{ .Content }}" + lit(fmt.asst_suf) + "{{ end }}",
+             "{{- else if eq .Role \"tool\" }}" + lit(p["res_pre"]) + "{{ .Content }}" + lit(p["res_mid"])
+             + "{{ .ToolCallID }}" + lit(p["res_suf"]),
+             "{{- end }}",
+             "{{- end }}" + lit(fmt.gen)]
+    return "\n".join(line + ('{{ "" }}' if line[-1:].isspace() else "") for line in lines)
+
+
+def _go_str(text: str) -> str:
+    return json.dumps(text, ensure_ascii=True).replace("<", "\\u003c")
+
+
+def _think_gen(gen: str, f: dict[str, Any], lit: Any) -> str:
+    """The generation prompt: as without the think flag, or as the template writes it with thinking on / off."""
+    on = gen if f["gen_on"] is None else f["gen_on"]
+    off = gen if f["gen_off"] is None else f["gen_off"]
+    if on == gen and off == gen:
+        return lit(gen)
+    return ("{{ if .IsThinkSet }}{{ if .Think }}" + lit(on) + "{{ else }}" + lit(off) + "{{ end }}{{ else }}"
+            + lit(gen) + "{{ end }}")
+
+
+@dataclass
+class ToolResult:
+    """What :func:`translate_tools` decided: the TEMPLATE with tools/thinking (or None) and how exact it is."""
+
+    go_template: str | None
+    status: str  # "none" (nothing to do), "exact", "exact but JSON whitespace", "refused"
+    reason: str = ""
+    layout: str = ""
+    note: str = ""  # what Ollama does not do with this TEMPLATE's tool calls (arguments not as JSON)
+
+
+def cases_for(go_tpl: str) -> list[Case]:
+    """The tool suite's cases that apply to ``go_tpl``: without ``.Tools`` in it, Ollama refuses requests with tools
+    ("does not support tools"), so only the thinking cases remain."""
+    if ".Tools" in go_tpl:
+        return tool_suite()
+    return [c for c in tool_suite()
+            if not c.tools and not any(m.get("calls") or m["role"] == "tool" for m in c.messages)]
+
+
+def verify(template: str, go_tpl: str, bos: str, eos: str, strip_bos: bool, system: str | None,
+           cases: list[Case] | None = None) -> tuple[bool, str]:
+    """Render the tool suite with Jinja and with ``go_tpl``; (whether any JSON whitespace differs, problem or "")."""
+    any_ws = False
+    for case in cases or cases_for(go_tpl):
+        try:
+            want = jinja_render(template, case, bos, eos, system)
+        except ForgeError as e:
+            want_err = str(e)
+            want = None
+        if want is not None and strip_bos and bos and want.startswith(bos):
+            want = want[len(bos):]
+        try:
+            got = go_render(go_tpl, case, system)
+        except gotemplate.GoTemplateError as e:
+            if want is None:
+                continue  # both refuse it (e.g. a template that allows one tool call per turn)
+            return any_ws, f"'{case.name}': the Go template fails ({e})"
+        if want is None:
+            return any_ws, f"'{case.name}': the chat template refuses it ({want_err}) but the Go template renders it"
+        same, ws = same_but_json_whitespace(want, got)
+        if not same:
+            return any_ws, f"'{case.name}': {first_difference(want, got)}"
+        any_ws = any_ws or ws
+    return any_ws, ""
+
+
+def translate_tools(template: str, fmt: Any, *, bos: str, eos: str, strip_bos: bool, system: str | None,
+                    lit: Any) -> ToolResult:
+    """The tool/thinking TEMPLATE for ``template`` proven on :func:`tool_suite`, or why it cannot be written."""
+    try:
+        parts = infer(template, fmt, bos, eos, strip_bos)
+    except _NoLayout as e:
+        return ToolResult(None, "refused", f"its tool format fits no layout a Go template can reproduce ({e})")
+    if parts is None:
+        return ToolResult(None, "none")
+    try:
+        go_tpl = go_template(fmt, parts, lit)
+    except _NoLayout as e:
+        return ToolResult(None, "refused", str(e), parts.layout)
+    ws, problem = verify(template, go_tpl, bos, eos, strip_bos, system)
+    if problem:
+        return ToolResult(None, "refused", f"the Go template would differ on {problem}", parts.layout)
+    note = ""
+    if "arg_pre" in parts.pieces:
+        note = ("tool calls in replies write their arguments one by one (<function=...><parameter=...>), not as JSON: "
+                "Ollama's tool parser derived from this TEMPLATE finds the call's tag and name but reads JSON "
+                "arguments only; Ollama's built-in parser for this format is chosen with PARSER (e.g. qwen3.5)")
+    return ToolResult(go_tpl, "exact but JSON whitespace" if ws else "exact", "", parts.layout, note)

@@ -1,0 +1,328 @@
+"""Tools and thinking in the Ollama TEMPLATE (issue 13): for the real templates in tests/data/templates, the Go
+TEMPLATE renders the tool suite (tool definitions, one and two calls, results, thinking on and off, earlier
+reasoning) as the Jinja template does apart from whitespace inside JSON, with the real Go text/template; the
+tool-call text starts with the tag Ollama's parser derives from the TEMPLATE; refused templates say why."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from gguf_forge import chat_template
+from gguf_forge.errors import ForgeError
+from gguf_forge.modelfiles import gotemplate, tools
+
+translate = importlib.import_module("gguf_forge.modelfiles.translate").translate
+
+HERE = Path(__file__).resolve().parent
+TEMPLATES = HERE / "data" / "templates"
+LLAMA = ("<|begin_of_text|>", "<|eot_id|>")
+R1 = ("<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>")
+# template file -> (bos, eos, status, why); the table the README states
+STATUS = {
+    "Qwen-Qwen2.5-7B-Instruct": ("", "<|im_end|>", "exact but JSON whitespace", ""),
+    "Qwen-Qwen3-0.6B": ("", "<|im_end|>", "exact but JSON whitespace", ""),
+    "Qwen3.5-4B": ("", "<|im_end|>", "exact but JSON whitespace", ""),
+    "NousResearch-Hermes-2-Pro-Llama-3-8B-tool_use": ("<|begin_of_text|>", "<|im_end|>", "error", "NoneType"),
+    "meta-llama-Llama-3.1-8B-Instruct": (*LLAMA, "exact but JSON whitespace", ""),
+    "meta-llama-Llama-3.2-3B-Instruct": (*LLAMA, "error", "today's date"),
+    "meta-llama-Llama-3.3-70B-Instruct": (*LLAMA, "exact but JSON whitespace", ""),
+    "mistralai-Mistral-Nemo-Instruct-2407": ("<s>", "</s>", "exact but JSON whitespace", ""),
+    "HuggingFaceTB-SmolLM3-3B": ("", "<|im_end|>", "error", "cannot be reproduced exactly"),
+    "ibm-granite-granite-3.3-2B-Instruct": ("", "<|end_of_text|>", "refused", "each tool as JSON"),
+    "deepseek-ai-DeepSeek-R1-Distill-Qwen-32B": (*R1, "exact", ""),
+    "deepseek-ai-DeepSeek-R1-Distill-Llama-8B": (*R1, "none", ""),
+    "openai-gpt-oss-120b": ("", "<|return|>", "error", "today's date"),
+}
+# Llama 3.2 writes today's date (refused as such, as for plain chats); its copy with the date fixed translates
+FIXED_DATE = "meta-llama-Llama-3.2-3B-Instruct (date fixed)"
+STATUS[FIXED_DATE] = (*LLAMA, "exact but JSON whitespace", "")
+# gpt-oss likewise: with the date fixed its plain chats translate; Harmony's TypeScript-style tools block does not
+GPT_OSS_FIXED = "openai-gpt-oss-120b (date fixed)"
+STATUS[GPT_OSS_FIXED] = ("", "<|return|>", "refused", "each tool as JSON")
+EXACT = [n for n, v in STATUS.items() if v[2].startswith("exact")]
+TAGS = {"Qwen-Qwen2.5-7B-Instruct": "<tool_call>", "Qwen-Qwen3-0.6B": "<tool_call>",
+        "Qwen3.5-4B": "<tool_call>\n<function=", "mistralai-Mistral-Nemo-Instruct-2407": "[TOOL_CALLS][",
+        "meta-llama-Llama-3.1-8B-Instruct": "{", "meta-llama-Llama-3.3-70B-Instruct": "{", FIXED_DATE: "{"}
+
+
+def source(name: str) -> str:
+    if name == FIXED_DATE:
+        text = (TEMPLATES / "meta-llama-Llama-3.2-3B-Instruct.jinja").read_text(encoding="utf-8")
+        return text.replace('strftime_now("%d %b %Y")', '"26 Jul 2024"')
+    if name == GPT_OSS_FIXED:
+        text = (TEMPLATES / "openai-gpt-oss-120b.jinja").read_text(encoding="utf-8")
+        return text.replace('strftime_now("%Y-%m-%d")', '"2026-12-02"')
+    return (TEMPLATES / f"{name}.jinja").read_text(encoding="utf-8")
+
+
+@pytest.fixture(scope="module")
+def go_bin(tmp_path_factory):
+    go = shutil.which("go")
+    if go is None:
+        pytest.skip("go is not installed (make test installs Debian's golang-go)")
+    out = tmp_path_factory.mktemp("gorender13") / "render"
+    env = {**__import__("os").environ, "GOFLAGS": "-mod=mod", "CGO_ENABLED": "0"}
+    r = subprocess.run([go, "build", "-o", str(out), "."], cwd=HERE / "go", capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr
+    return out
+
+
+def go_run(binary: Path, request: dict) -> object:
+    p = subprocess.run([str(binary)], input=json.dumps(request), capture_output=True, text=True)
+    assert p.returncode == 0, p.stdout + p.stderr
+    return json.loads(p.stdout)
+
+
+def go_conversations(cases: list[tools.Case]) -> list[dict]:
+    return [{"messages": tools.ollama_messages(c.messages), "tools": c.tools, "think": c.think} for c in cases]
+
+
+@pytest.mark.parametrize("name", sorted(STATUS))
+def test_every_real_template_has_its_stated_status(name):
+    bos, eos, status, why = STATUS[name]
+    if status == "error":
+        with pytest.raises(Exception, match=why):
+            translate(source(name), bos=bos, eos=eos)
+        return
+    tr = translate(source(name), bos=bos, eos=eos)
+    assert tr.tools == status, tr.tools_reason
+    assert why in tr.tools_reason
+    if status == "refused":
+        # never half-right: no tools in the TEMPLATE, and the Modelfile says so
+        assert ".Tools" not in tr.go_template and ".ToolCalls" not in tr.go_template
+        assert any("tools and thinking are not in this TEMPLATE" in n for n in tr.notes)
+    if status == "exact but JSON whitespace":
+        assert ".Tools" in tr.go_template and any("whitespace inside JSON" in n for n in tr.notes)
+
+
+@pytest.mark.parametrize("name", EXACT)
+def test_tool_suite_renders_identically_in_real_go(go_bin, name):
+    bos, eos, _, _ = STATUS[name]
+    src = source(name)
+    tr = translate(src, bos=bos, eos=eos)
+    cases = tools.cases_for(tr.go_template)
+    got = go_run(go_bin, {"template": tr.go_template, "system": tr.system or "", "conversations":
+                          go_conversations(cases)})
+    wants = []
+    for case in cases:
+        try:
+            w = tools.jinja_render(src, case, bos, eos, tr.system)
+        except ForgeError:
+            w = None  # the template refuses it (Llama 3.1-3.3: one call per turn): so must the Go template
+        wants.append(w[len(bos):] if w and bos and w.startswith(bos) else w)
+    for case, go_out, want in zip(cases, got, wants):
+        if want is None:
+            assert go_out.startswith("\x00template error"), case.name
+            with pytest.raises(gotemplate.GoTemplateError):
+                tools.go_render(tr.go_template, case, tr.system)
+            continue
+        same, _ = tools.same_but_json_whitespace(want, go_out)
+        assert same, (case.name, tools.first_difference(want, go_out))
+        # the interpreter the proof runs on agrees with Go byte for byte
+        assert tools.go_render(tr.go_template, case, tr.system) == go_out, case.name
+    # "exact but JSON whitespace" really has such a difference; "exact" has none
+    assert (wants != got) == (STATUS[name][2] == "exact but JSON whitespace")
+
+
+def test_a_difference_outside_json_is_refused_naming_the_conversation():
+    src = source("Qwen-Qwen3-0.6B")
+    tr = translate(src, bos="", eos="<|im_end|>")
+    broken = tr.go_template.replace("<tool_response>", "<tool_result>")
+    _, problem = tools.verify(src, broken, "", "<|im_end|>", True, tr.system)
+    assert "'one tool call and its result'" in problem and "<tool_result>" in problem
+    _, problem = tools.verify(src, tr.go_template.replace("<think>", "<thinking>"), "", "<|im_end|>", True, None)
+    assert "thinking" in problem
+
+
+def test_json_whitespace_comparison_is_strict():
+    assert tools.same_but_json_whitespace('a {"x": [1, 2]} b', 'a {"x":[1,2]} b') == (True, True)
+    assert tools.same_but_json_whitespace('a {"x": 1} b', 'a {"x":2} b')[0] is False
+    assert tools.same_but_json_whitespace('a {"x": 1, "y": 2}', 'a {"y":2,"x":1}')[0] is False  # key order
+    assert tools.same_but_json_whitespace('a {"x": "<"}', 'a {"x":"\\u003c"}')[0] is False  # Go's HTML escape
+    assert tools.same_but_json_whitespace("a  b", "a b")[0] is False  # whitespace outside JSON
+
+
+@pytest.mark.parametrize("name", sorted(TAGS))
+def test_tool_call_reply_is_recognised_by_the_tag_ollama_derives(go_bin, name):
+    bos, eos, _, _ = STATUS[name]
+    src = source(name)
+    tr = translate(src, bos=bos, eos=eos)
+    tag = go_run(go_bin, {"template": tr.go_template, "tag": True})["tag"]
+    assert tag == gotemplate.tool_call_tag(tr.go_template) == TAGS[name]
+    # what a model trained on the template emits for a call: the Jinja rendering of an assistant tool-call turn
+    ask = {"role": "user", "content": "Weather and time in Paris?"}
+    calls = [{"name": "get_weather", "arguments": {"city": "Paris"}, "id": "call00001"},
+             {"name": "get_time", "arguments": {"timezone": "Europe/Paris"}, "id": "call00002"}]
+    if "single tool-calls" in src:
+        calls = calls[:1]  # Llama 3.1-3.3: one call per turn
+    convo = tools.jinja_messages([ask, {"role": "assistant", "content": "", "calls": calls}])
+    prompt = chat_template.render(src, convo[:1], add_generation_prompt=True, tools=tools.TOOLS, bos_token=bos)
+    full = chat_template.render(src, convo, add_generation_prompt=False, tools=tools.TOOLS, bos_token=bos)
+    assert full.startswith(prompt.rstrip("\n"))
+    reply = full[len(prompt):] if full.startswith(prompt) else full[len(prompt.rstrip("\n")):]
+    reply = reply.split(eos)[0]
+    if "</think>" in reply:
+        reply = reply.split("</think>", 1)[1]
+    assert reply.lstrip().startswith(tag), reply[:40]
+    # Ollama's parser: after each tag, a JSON object with the name of a known tool and its arguments
+    found = []
+    if "<function=" in tag:
+        # arguments one by one (Qwen3.5): the tag and the name are found; the arguments are not JSON, so Ollama's
+        # TEMPLATE-derived parser cannot read them (the Modelfile says so and names Ollama's own parser)
+        assert any("not as JSON" in n for n in tr.notes)
+        for chunk in reply.split(tag)[1:]:
+            name, _, body = chunk.partition(">")
+            args = dict(re.findall(r"<parameter=([^>]+)>\n(.*?)\n</parameter>", body, re.S))
+            found.append((name, args))
+        assert found == [(c["name"], c["arguments"]) for c in calls]
+        return
+    if tag.endswith("["):  # Mistral: one JSON list of calls after the tag
+        listed, _ = json.JSONDecoder().raw_decode("[" + reply.split(tag, 1)[1])
+        found = [(c["name"], c["arguments"]) for c in listed]
+        assert found == [(c["name"], c["arguments"]) for c in calls]
+        return
+    chunks = reply.split(tag)[1:] if tag != "{" else [reply.lstrip()[1:]]
+    for chunk in chunks:
+        chunk = chunk.lstrip() if tag != "{" else "{" + chunk
+        obj, _ = json.JSONDecoder().raw_decode(chunk)
+        found.append((obj["name"], obj.get("arguments", obj.get("parameters"))))
+    assert found == [(c["name"], c["arguments"]) for c in calls]
+
+
+@pytest.mark.parametrize("name", ["Qwen-Qwen3-0.6B", "Qwen-Qwen2.5-7B-Instruct", "meta-llama-Llama-3.1-8B-Instruct",
+                                  "mistralai-Mistral-Nemo-Instruct-2407"])
+def test_render_matches_transformers_with_tools_and_thinking(name):
+    from transformers.utils.chat_template_utils import render_jinja_template
+
+    bos, eos, _, _ = STATUS[name]
+    src = source(name)
+    for case in tools.tool_suite():
+        msgs = tools.jinja_messages(case.messages)
+        extra = {} if case.think is None else {"enable_thinking": case.think}
+        try:
+            ours = chat_template.render(src, msgs, bos_token=bos, eos_token=eos, tools=case.tools, **extra)
+        except Exception:  # noqa: BLE001 - both refuse (Llama: one call per turn; Mistral: ids of 9 characters)
+            with pytest.raises(Exception):
+                render_jinja_template(conversations=[msgs], chat_template=src, tools=case.tools,
+                                      add_generation_prompt=True, bos_token=bos, eos_token=eos, **extra)
+            continue
+        theirs = render_jinja_template(conversations=[msgs], chat_template=src, tools=case.tools,
+                                       add_generation_prompt=True, bos_token=bos, eos_token=eos, **extra)[0][0]
+        assert ours == theirs, case.name
+
+
+def test_go_json_matches_go_for_tools(go_bin):
+    tpl = "{{ range .Tools }}{{ . }}|{{ json .Function.Parameters.Properties }}\n{{ end }}" \
+          "{{ range .Messages }}{{ range .ToolCalls }}{{ .Function.Arguments }}{{ range $k, $v := " \
+          ".Function.Arguments }}{{ $k }}={{ $v }};{{ end }}{{ end }}{{ end }}"
+    case = tools.Case("x", [{"role": "user", "content": "a<b & c"}, {"role": "assistant", "content": "", "calls": [
+        {"name": "f", "arguments": {"z": 1, "a": "x<y", "m": [1.5, True, None], "n": {"b": 2, "a": 1e21}},
+         "id": "c"}]}], tools.TOOLS)
+    got = go_run(go_bin, {"template": tpl, "conversations": go_conversations([case])})[0]
+    assert tools.go_render(tpl, case, None) == got
+
+
+# -- the written files: Modelfile comment, model.yaml against LM Studio's schema ------------------------------------
+def _hf_with(folder: Path, name: str) -> Path:
+    bos, eos, _, _ = STATUS[name]
+    folder.mkdir()
+    (folder / "tokenizer_config.json").write_text(json.dumps({"chat_template": source(name), "bos_token": bos,
+                                                              "eos_token": eos}))
+    (folder / "config.json").write_text(json.dumps({"max_position_embeddings": 40960}))
+    return folder
+
+
+def test_modelfile_and_model_yaml_for_a_tool_template(tmp_path):
+    import yaml
+
+    from gguf_forge.modelfiles import write_modelfile
+    from test_modelfile import parse_modelfile, validate_presets
+
+    (tmp_path / "m.gguf").write_bytes(b"GGUF")
+    res = write_modelfile(_hf_with(tmp_path / "hf", "Qwen-Qwen3-0.6B"), tmp_path / "out", gguf=tmp_path / "m.gguf",
+                          ctx=4096, name="Qwen3-Test")
+    assert res.tools == "exact but JSON whitespace"
+    mf = parse_modelfile(res.modelfile.read_text())
+    assert ".Tools" in mf["template"] and ".ToolCalls" in mf["template"] and ".Thinking" in mf["template"]
+    assert any("whitespace inside JSON" in c for c in mf["comments"])
+    definition = yaml.safe_load(res.model_yaml.read_text())
+    assert definition["model"] == "local/Qwen3-Test" and definition["metadataOverrides"]["trainedForToolUse"] is True
+    assert definition["customFields"][0]["effects"] == [{"type": "setJinjaVariable", "variable": "enable_thinking"}]
+    as_json = tmp_path / "model.json"
+    as_json.write_text(json.dumps(definition))
+    r = validate_presets([as_json])
+    assert r.returncode == 0, r.stdout + r.stderr
+    # the check can fail: a base without sources, a bad field value
+    bad = json.loads(as_json.read_text())
+    del bad["base"][0]["sources"]
+    bad["config"]["load"]["fields"][0]["value"] = "lots"
+    as_json.write_text(json.dumps(bad))
+    r = validate_presets([as_json])
+    assert r.returncode == 1 and "sources" in r.stdout and "llm.load.contextLength" in r.stdout
+
+
+THINKING = {"Qwen-Qwen3-0.6B": ("<think>", "</think>"), "Qwen3.5-4B": ("<think>", "</think>"), "deepseek-ai-DeepSeek-R1-Distill-Qwen-32B": ("<think>", "</think>"),
+            "Qwen-Qwen2.5-7B-Instruct": ("", ""), "meta-llama-Llama-3.1-8B-Instruct": ("", "")}
+
+
+@pytest.mark.parametrize("name", sorted(THINKING))
+def test_ollama_sees_thinking_support_and_its_tags(go_bin, name):
+    """Ollama decides that a TEMPLATE supports thinking, and which tags split reasoning from the answer, from the
+    text around .Thinking (its InferTags); a template without thinking shows none."""
+    bos, eos, _, _ = STATUS[name]
+    tr = translate(source(name), bos=bos, eos=eos)
+    got = go_run(go_bin, {"template": tr.go_template, "thinking_tags": True})
+    assert (got["open"], got["close"]) == gotemplate.thinking_tags(tr.go_template) == THINKING[name]
+
+
+@pytest.mark.parametrize("field", ["reasoning_content", "thinking", "reasoning"])
+@pytest.mark.parametrize("name", ["Qwen-Qwen3-0.6B", "Qwen3.5-4B", "openai-gpt-oss-120b"])
+def test_reasoning_under_any_name_renders_as_transformers(name, field):
+    """transformers passes a message's reasoning to the template under both names templates read; so does
+    chat_template.render (Qwen3 reads reasoning_content, gpt-oss thinking)."""
+    from datetime import datetime
+
+    from transformers.utils.chat_template_utils import render_jinja_template
+
+    src = source(name)
+    msgs = [{"role": "user", "content": "What is 2+2?"},
+            {"role": "assistant", "content": "It is 4.", field: "Two plus two is four."}]
+    today = datetime(2026, 12, 2)
+    ours = chat_template.render(src, msgs, add_generation_prompt=False, today=today)
+    theirs = render_jinja_template(conversations=[msgs], chat_template=src, add_generation_prompt=False)[0][0]
+    if "strftime_now" in src:  # the date line: same template, today's date on both sides
+        theirs_date = datetime.now().strftime("%Y-%m-%d")
+        ours = ours.replace(today.strftime("%Y-%m-%d"), theirs_date)
+    assert ours == theirs
+    assert "Two plus two is four." in ours
+    assert msgs[1].get("reasoning_content") is None or field == "reasoning_content"  # the caller's dict untouched
+
+
+def test_a_tool_difference_is_refused_naming_the_conversation(tmp_path):
+    """A template whose thinking prompt changes with tools (something no layout expresses): by default the TEMPLATE
+    is written without tools, with the reason; with --require-tools it is exit 2 naming the conversation, nothing
+    written."""
+    from helpers import assert_user_error, run
+
+    src = source("Qwen-Qwen3-0.6B") + ("{%- if tools and enable_thinking is defined and enable_thinking %}"
+                                       "{{- '<think>\\n' }}{%- endif %}")
+    hf = tmp_path / "hf"
+    hf.mkdir()
+    (hf / "tokenizer_config.json").write_text(json.dumps({"chat_template": src, "eos_token": "<|im_end|>"}))
+    (tmp_path / "m.gguf").write_bytes(b"GGUF")
+    r = run("modelfile", str(hf), "--gguf", str(tmp_path / "m.gguf"), "-o", str(tmp_path / "strict"),
+            "--require-tools")
+    assert_user_error(r, "--require-tools", "'thinking on with tools'")
+    assert not (tmp_path / "strict").exists() or not any((tmp_path / "strict").iterdir())
+    r = run("modelfile", str(hf), "--gguf", str(tmp_path / "m.gguf"), "-o", str(tmp_path / "out"), "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["tools"] == "refused" and "'thinking on with tools'" in r.stderr
+    text = (tmp_path / "out" / "Modelfile").read_text()
+    assert ".Tools" not in text and "tools and thinking are not in this TEMPLATE" in text
