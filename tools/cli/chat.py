@@ -134,8 +134,8 @@ def _reply(session: ChatSession, text: str, max_tokens: int, interactive: bool =
     last = session.last
     if session.tools:
         if last.tool_calls:
-            for call in last.tool_calls:
-                click.echo(("\n" if "".join(shown).strip() else "") + f"tool call> {describe(call)}", nl=False)
+            for i, call in enumerate(last.tool_calls):
+                click.echo(("\n" if i or "".join(shown).strip() else "") + f"tool call> {describe(call)}", nl=False)
         else:  # text held back as the possible start of a call, that was none
             _show(last.text[len("".join(shown)):])
         for error in last.tool_errors:
