@@ -178,24 +178,35 @@ class Job:
 
     def start(self) -> None:
         self.model.busy += 1
+        self.pool.threads.add(self.thread)
         self.thread.start()
 
     def _emit(self, kind: str, value: Any) -> None:
-        self.loop.call_soon_threadsafe(self.events.put_nowait, (kind, value))
+        try:
+            self.loop.call_soon_threadsafe(self.events.put_nowait, (kind, value))
+        except RuntimeError:  # the loop is closed: nobody is listening any more
+            pass
 
     def _cancel(self) -> bool:
         return self.cancelled.is_set() or self.pool.stopping.is_set()
 
     def _main(self) -> None:
         try:
-            session = self.pool.session(self.model, self.slot)
+            try:
+                session = self.pool.session(self.model, self.slot)
+            except ForgeError as e:
+                raise ApiError(500, f"could not load {self.model.id}: {e}", type="server_error") from None
             reply = self._run(session, on_start=lambda n: self._emit("start", n),
                               on_token=lambda s: self._emit("text", s), cancel=self._cancel)
             self._emit("done", reply)
         except BaseException as e:  # noqa: BLE001 - handed to the request, which answers it
             self._emit("error", e)
         finally:
-            self.loop.call_soon_threadsafe(self._release)
+            self.pool.threads.discard(self.thread)
+            try:
+                self.loop.call_soon_threadsafe(self._release)
+            except RuntimeError:  # the loop is closed: the server has stopped
+                pass
 
     def _release(self) -> None:
         self.model.busy -= 1
@@ -239,8 +250,7 @@ def create_app(pool: ModelPool, api_key: str | None = None) -> Any:
         try:
             yield
         finally:
-            pool.stopping.set()
-            pool.close()
+            pool.close()  # waits for the generations still running (each stops at its next token)
 
     app = FastAPI(title="gguf-forge", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     page = resources.files("gguf_forge.tools.serve").joinpath("static", "index.html").read_text(encoding="utf-8")
