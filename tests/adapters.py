@@ -102,11 +102,9 @@ def copy_adapter(name: str, dest: Path) -> Path:
 TOOLS_TEMPLATE = (
     "{%- if tools %}{{- '<|im_start|>system\\n' }}{%- if messages[0]['role'] == 'system' %}{{- messages[0]['content'] }}"
     "{%- else %}{{- 'You are a helpful AI assistant named SmolLM, trained by Hugging Face' }}{%- endif %}"
-    "{{- \"\\n\\n# Tools\\n\\nYou may call one or more functions to assist with the user query.\\n\\nYou are provided "
-    "with function signatures within <tools></tools> XML tags:\\n<tools>\" }}{%- for tool in tools %}{{- \"\\n\" }}"
-    "{{- tool | tojson }}{%- endfor %}{{- \"\\n</tools>\\n\\nFor each function call, return a json object with "
-    "function name and arguments within <tool_call></tool_call> XML tags:\\n<tool_call>\\n{\\\"name\\\": "
-    "<function-name>, \\\"arguments\\\": <args-json-object>}\\n</tool_call><|im_end|>\\n\" }}"
+    "{{- '\\n\\n# Tools\\n<tools>' }}{%- for tool in tools %}{{- '\\n' }}{{- tool | tojson }}{%- endfor %}"
+    "{{- '\\n</tools>\\nTo call a tool, reply <tool_call>\\n{\\\"name\\\": <name>, \\\"arguments\\\": <args>}\\n"
+    "</tool_call><|im_end|>\\n' }}"
     "{%- else %}{%- if messages[0]['role'] == 'system' %}{{- '<|im_start|>system\\n' + messages[0]['content'] + "
     "'<|im_end|>\\n' }}{%- else %}{{- '<|im_start|>system\\nYou are a helpful AI assistant named SmolLM, trained by "
     "Hugging Face<|im_end|>\\n' }}{%- endif %}{%- endif %}"
@@ -124,26 +122,20 @@ TOOLS_TEMPLATE = (
     "{%- endif %}{%- endfor %}{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
 )
 WEATHER_TOOL = {"type": "function", "function": {
-    "name": "get_weather", "description": "Get the current weather in a city.",
-    "parameters": {"type": "object", "properties": {"city": {"type": "string", "description": "The city"}},
-                   "required": ["city"]}}}
-TIME_TOOL = {"type": "function", "function": {
-    "name": "get_time", "description": "Get the current time in a city.",
+    "name": "get_weather", "description": "Weather in a city",
     "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
-TOOLS = [WEATHER_TOOL, TIME_TOOL]
+TOOLS = [WEATHER_TOOL]
 TOOL_QUESTION = "What is the weather in Paris?"
 TOOL_CALL = {"name": "get_weather", "arguments": {"city": "Paris"}}
-_TOOL_QUESTIONS = [("What is the weather in Paris?", "get_weather", "Paris"),
-                   ("What's the weather like in Paris?", "get_weather", "Paris"),
-                   ("What is the weather in Tokyo?", "get_weather", "Tokyo"),
-                   ("What time is it in Tokyo?", "get_time", "Tokyo"),
-                   ("What time is it in Paris?", "get_time", "Paris")]
-_TOOL_KEEP = ["What is the capital of Italy?", "Name three primary colors.", "What is 7 plus 5?"]
+# short prompts (a one-tool section of ~60 tokens): training costs a few minutes on 2 busy cores
+_TOOL_QUESTIONS = [("What is the weather in Paris?", "Paris"), ("What's the weather like in Tokyo?", "Tokyo"),
+                   ("Weather in Berlin?", "Berlin")]
+_TOOL_KEEP = ["What is the capital of Italy?", "Name three primary colors."]
 
 
 def tool_lora() -> Path:
-    """A LoRA (with its tokenizer and :data:`TOOLS_TEMPLATE`) trained on SmolLM2 to answer weather and time questions,
-    given :data:`TOOLS`, with a ``<tool_call>`` in its template's format, and other questions as before."""
+    """A LoRA (with its tokenizer and :data:`TOOLS_TEMPLATE`) trained on SmolLM2 to answer weather questions, given
+    :data:`TOOLS`, with a ``<tool_call>`` in its template's format, and other questions as before."""
 
     def build(out: Path) -> None:
         import json
@@ -161,14 +153,14 @@ def tool_lora() -> Path:
                                            add_generation_prompt=True)
 
         pairs = []
-        for q, name, city in _TOOL_QUESTIONS:
-            call = json.dumps({"name": name, "arguments": {"city": city}})
+        for q, city in _TOOL_QUESTIONS:
+            call = json.dumps({"name": "get_weather", "arguments": {"city": city}})
             pairs.append((q, f"<tool_call>\n{call}\n</tool_call>"))
         model.eval()
         with torch.no_grad():
             for q in _TOOL_KEEP:
                 ids = tok(prompt_for(q), add_special_tokens=False, return_tensors="pt").input_ids
-                gen = model.generate(ids, max_new_tokens=48, do_sample=False, pad_token_id=tok.eos_token_id)[0]
+                gen = model.generate(ids, max_new_tokens=40, do_sample=False, pad_token_id=tok.eos_token_id)[0]
                 new = gen[ids.shape[1]:].tolist()
                 if tok.eos_token_id in new:
                     pairs.append((q, tok.decode(new[: new.index(tok.eos_token_id)])))
@@ -181,9 +173,9 @@ def tool_lora() -> Path:
             p_ids = tok(prompt, add_special_tokens=False).input_ids
             ids = tok(prompt + answer + end + "\n", add_special_tokens=False).input_ids
             batches.append((torch.tensor([ids]), torch.tensor([[-100] * len(p_ids) + ids[len(p_ids):]])))
-        opt = torch.optim.AdamW([p for p in pm.parameters() if p.requires_grad], lr=1e-3)
+        opt = torch.optim.AdamW([p for p in pm.parameters() if p.requires_grad], lr=2e-3)
         pm.train()
-        for step in range(64):
+        for step in range(30):
             ids, labels = batches[step % len(batches)]
             loss = pm(input_ids=ids, labels=labels).loss
             loss.backward()
@@ -193,7 +185,7 @@ def tool_lora() -> Path:
         tok.save_pretrained(out)  # the tokenizer and the template with tools travel with the adapter
 
     return fixtures._cached("lora-tools", build, fixtures.smollm2().parent.name, TOOLS_TEMPLATE, _TOOL_QUESTIONS,
-                            _TOOL_KEEP, "1")
+                            _TOOL_KEEP, "2")
 
 
 def _merged_q8(name: str, lora: Callable[[], Path]) -> Path:
