@@ -178,7 +178,7 @@ class Job:
 
     def start(self) -> None:
         self.model.busy += 1
-        self.pool.threads.add(self.thread)
+        self.pool.running.add(self.thread)
         self.thread.start()
 
     def _emit(self, kind: str, value: Any) -> None:
@@ -202,7 +202,7 @@ class Job:
         except BaseException as e:  # noqa: BLE001 - handed to the request, which answers it
             self._emit("error", e)
         finally:
-            self.pool.threads.discard(self.thread)
+            self.pool.running.discard(self.thread)
             try:
                 self.loop.call_soon_threadsafe(self._release)
             except RuntimeError:  # the loop is closed: the server has stopped

@@ -85,7 +85,7 @@ class ModelPool:
         self.template, self.system = template, system
         self.models: dict[str, Model] = {}
         self.stopping = threading.Event()  # set on shutdown: every generation stops at its next token
-        self.threads: set[threading.Thread] = set()  # generations running (a model is never freed under one)
+        self.running: set[threading.Thread] = set()  # generations running (a model is never freed under one)
 
     def start(self) -> None:
         """Create the queues (inside the server's event loop)."""
@@ -115,9 +115,9 @@ class ModelPool:
         """Stop every generation (at its next token; a prompt being evaluated finishes first), then free the
         models. A session whose thread is still running after ``wait`` seconds is left to the process's exit."""
         self.stopping.set()
-        for t in list(self.threads):
+        for t in list(self.running):
             t.join(wait)
-        running = {t.name for t in self.threads if t.is_alive()}
+        running = {t.name for t in self.running if t.is_alive()}
         for m in self.models.values():
             for s in m.slots:
                 if s.session is not None and f"generate-{m.id}-{s.index}" not in running:
