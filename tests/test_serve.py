@@ -412,7 +412,7 @@ def test_page_in_headless_chromium(server, models):
             errors: list[str] = []
             page.on("pageerror", lambda e: errors.append(str(e)))
             page.goto(server.url + "/")
-            page.wait_for_function("document.querySelectorAll('#model option').length >= 3")
+            page.wait_for_selector(f"#model option[value='{model}']", state="attached")
             page.select_option("#model", model)
             page.fill("#input", adapters.IDENTITY_QUESTION)
             page.press("#input", "Enter")
