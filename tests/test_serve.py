@@ -144,6 +144,11 @@ def test_paths_and_options_are_checked(tmp_path):
         {"file": "README.md", "kind": "model-card"}]}))
     assert list(find_models([out])) == ["M-Q4_K_M", "M-Q8_0"]
     assert_user_error(run("serve", str(out), "--port", "70000"), "--port")
+    with socket.socket() as busy:  # a port in use: one line, before any model is loaded
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = str(busy.getsockname()[1])
+        assert_user_error(run("serve", str(out), "--port", port), "--port " + port, "in use")
 
 
 # ---------------------------------------------------------------------------------------------- the API

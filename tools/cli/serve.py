@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 import click
@@ -20,6 +21,7 @@ def start(paths: list[Path], *, host: str = "127.0.0.1", port: int = 8000, api_k
     models = find_models(paths)
     if api_key is not None and not api_key.strip():
         raise ForgeError("--api-key: empty; give a key, or leave the option out")
+    _check_listen(host, port)
     pool = ModelPool(models, ctx=ctx, threads=threads, parallel=parallel, template=opt.template_source(template),
                      system=system)
     shown = f"[{host}]" if ":" in host else host
@@ -31,6 +33,18 @@ def start(paths: list[Path], *, host: str = "127.0.0.1", port: int = 8000, api_k
         opt.note(f"warning: listening on {host} without --api-key: anyone who can reach this machine can use it")
     run_server(pool, host=host, port=port, api_key=api_key)
     opt.note("stopped")
+
+
+def _check_listen(host: str, port: int) -> None:
+    """A one-line error now for an address this machine cannot listen on (a port in use, a foreign address)."""
+    try:
+        family, kind, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        with socket.socket(family, kind, proto) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(addr)
+    except OSError as e:
+        raise ForgeError(f"--host {host} --port {port}: cannot listen there ({e.strerror or e}); "
+                         "is another server using the port? try another --port") from None
 
 
 @click.command()
