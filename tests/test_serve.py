@@ -253,6 +253,10 @@ def test_errors_in_openais_shape(server, models, tmp_path):
         with pytest.raises(openai.BadRequestError) as e:
             client.chat.completions.create(model=model, **kw)
         assert e.value.status_code == 400 and e.value.body["message"], kw
+    # tools for a model whose template has no tools section (SmolLM2's own): refused, not silently dropped
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model=model, messages=[{"role": "user", "content": "Hi"}], tools=adapters.TOOLS)
+    assert "no tools section" in e.value.body["message"]
     # context overflow: 400 with the token counts (the server runs with --ctx 1024)
     with pytest.raises(openai.BadRequestError) as e:
         client.chat.completions.create(model=model, messages=[{"role": "user", "content": "word " * 1500}], stream=True)

@@ -213,6 +213,9 @@ class ChatSession:
         as ``tool_calls``. ``raw_prompt`` is text to continue as it is (``/v1/completions``). A conversation
         longer than the context is a :class:`ContextOverflow` (nothing is dropped); ``on_start(prompt_tokens)`` is
         called once the prompt is known to fit, before it is evaluated."""
+        # a template that never shows tools, or whose calls cannot be read: refused, not silently ignored
+        fmt = toolcalls.check_template_sees_tools(self.template, tools, bos_token=self._bos_text,
+                                                  eos_token=self._eos_text) if tools else None
         if raw_prompt is not None:
             prompt = raw_prompt
             tokens = self.llm.tokenize(prompt.encode("utf-8"), add_bos=False, special=False)
@@ -231,7 +234,6 @@ class ChatSession:
         limit = min(max_tokens or self.max_tokens, room)
         if on_start is not None:
             on_start(len(tokens))
-        fmt = toolcalls.detect_format(self.template) if tools else None
         sampler = self._sampler if (temp <= 0 and self._greedy) else self._make_sampler(temp, top_p, seed)
         try:
             reply = self._generate(tokens, limit, on_token, sampler, stop=stop,
