@@ -35,9 +35,12 @@ test: setup test-tools lint
 lint: setup
 	$(PY) -m ruff check .
 
-# what the modelfile tests render with: Go's text/template (Ollama's engine) and LM Studio's schemas from npm
+# what the modelfile tests render with: Go's text/template (Ollama's engine) and LM Studio's schemas from npm;
+# the browser the serve test drives headless (Debian's chromium, and a CJK font for its screenshot; Playwright's own
+# browser download is never used)
 test-tools:
 	command -v go >/dev/null || { S=$$([ "$$(id -u)" = 0 ] || echo sudo); $$S apt-get update && $$S apt-get install -y golang-go; }
+	test -x /usr/bin/chromium -a -d /usr/share/fonts/truetype/wqy || { S=$$([ "$$(id -u)" = 0 ] || echo sudo); $$S apt-get update && $$S apt-get install -y chromium fonts-wqy-zenhei; }
 	test -d tests/node/node_modules || (cd tests/node && npm install --no-audit --no-fund)
 
 bench: setup
@@ -45,6 +48,7 @@ bench: setup
 	$(PY) bench/merge.py
 	$(PY) bench/imatrix.py
 	$(PY) bench/chat.py
+	$(PY) bench/serve.py
 
 clean:
 	rm -rf $(VENV) .cache demo-output

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import shutil
 from pathlib import Path
+from typing import Callable
 
 from gguf_forge.tools.pipeline.demo import ALL_LINEAR, IDENTITY_ANSWER, IDENTITY_QUESTION  # noqa: F401
 
@@ -93,3 +94,116 @@ def identity_lora() -> Path:
 def copy_adapter(name: str, dest: Path) -> Path:
     shutil.copytree(adapter(name), dest, ignore=shutil.ignore_patterns(".complete"))
     return dest
+
+
+# -- tool calling: SmolLM2 fine-tuned to call a tool, in a Hermes-style template ------------------------------
+# The Qwen2.5 template's tools section (Hermes format: <tool_call>{json}</tool_call>) with SmolLM2's default system
+# prompt: what a user who fine-tunes SmolLM2 for tool calls would save with the adapter.
+TOOLS_TEMPLATE = (
+    "{%- if tools %}{{- '<|im_start|>system\\n' }}{%- if messages[0]['role'] == 'system' %}{{- messages[0]['content'] }}"
+    "{%- else %}{{- 'You are a helpful AI assistant named SmolLM, trained by Hugging Face' }}{%- endif %}"
+    "{{- '\\n\\n# Tools\\n<tools>' }}{%- for tool in tools %}{{- '\\n' }}{{- tool | tojson }}{%- endfor %}"
+    "{{- '\\n</tools>\\nTo call a tool, reply <tool_call>\\n{\\\"name\\\": <name>, \\\"arguments\\\": <args>}\\n"
+    "</tool_call><|im_end|>\\n' }}"
+    "{%- else %}{%- if messages[0]['role'] == 'system' %}{{- '<|im_start|>system\\n' + messages[0]['content'] + "
+    "'<|im_end|>\\n' }}{%- else %}{{- '<|im_start|>system\\nYou are a helpful AI assistant named SmolLM, trained by "
+    "Hugging Face<|im_end|>\\n' }}{%- endif %}{%- endif %}"
+    "{%- for message in messages %}{%- if (message.role == 'user') or (message.role == 'system' and not loop.first) "
+    "or (message.role == 'assistant' and not message.tool_calls) %}{{- '<|im_start|>' + message.role + '\\n' + "
+    "message.content + '<|im_end|>' + '\\n' }}{%- elif message.role == 'assistant' %}{{- '<|im_start|>' + "
+    "message.role }}{%- if message.content %}{{- '\\n' + message.content }}{%- endif %}"
+    "{%- for tool_call in message.tool_calls %}{%- if tool_call.function is defined %}"
+    "{%- set tool_call = tool_call.function %}{%- endif %}{{- '\\n<tool_call>\\n{\"name\": \"' }}"
+    "{{- tool_call.name }}{{- '\", \"arguments\": ' }}{{- tool_call.arguments | tojson }}{{- '}\\n</tool_call>' }}"
+    "{%- endfor %}{{- '<|im_end|>\\n' }}{%- elif message.role == 'tool' %}"
+    "{%- if (loop.index0 == 0) or (messages[loop.index0 - 1].role != 'tool') %}{{- '<|im_start|>user' }}{%- endif %}"
+    "{{- '\\n<tool_response>\\n' }}{{- message.content }}{{- '\\n</tool_response>' }}"
+    "{%- if loop.last or (messages[loop.index0 + 1].role != 'tool') %}{{- '<|im_end|>\\n' }}{%- endif %}"
+    "{%- endif %}{%- endfor %}{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+)
+WEATHER_TOOL = {"type": "function", "function": {
+    "name": "get_weather", "description": "Weather in a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
+TOOLS = [WEATHER_TOOL]
+TOOL_QUESTION = "What is the weather in Paris?"
+TOOL_CALL = {"name": "get_weather", "arguments": {"city": "Paris"}}
+# short prompts (a one-tool section of ~60 tokens): training costs a few minutes on 2 busy cores
+_TOOL_QUESTIONS = [("What is the weather in Paris?", "Paris"), ("What's the weather like in Tokyo?", "Tokyo"),
+                   ("Weather in Berlin?", "Berlin")]
+_TOOL_KEEP = ["What is the capital of Italy?", "Name three primary colors."]
+
+
+def tool_lora() -> Path:
+    """A LoRA (with its tokenizer and :data:`TOOLS_TEMPLATE`) trained on SmolLM2 to answer weather questions, given
+    :data:`TOOLS`, with a ``<tool_call>`` in its template's format, and other questions as before."""
+
+    def build(out: Path) -> None:
+        import json
+
+        import torch
+        from peft import LoraConfig, get_peft_model
+
+        torch.manual_seed(0)
+        model, tok = base_fp32()
+        tok.chat_template = TOOLS_TEMPLATE
+        end = tok.eos_token
+
+        def prompt_for(q: str) -> str:
+            return tok.apply_chat_template([{"role": "user", "content": q}], tools=TOOLS, tokenize=False,
+                                           add_generation_prompt=True)
+
+        pairs = []
+        for q, city in _TOOL_QUESTIONS:
+            call = json.dumps({"name": "get_weather", "arguments": {"city": city}})
+            pairs.append((q, f"<tool_call>\n{call}\n</tool_call>"))
+        model.eval()
+        with torch.no_grad():
+            for q in _TOOL_KEEP:
+                ids = tok(prompt_for(q), add_special_tokens=False, return_tensors="pt").input_ids
+                gen = model.generate(ids, max_new_tokens=40, do_sample=False, pad_token_id=tok.eos_token_id)[0]
+                new = gen[ids.shape[1]:].tolist()
+                if tok.eos_token_id in new:
+                    pairs.append((q, tok.decode(new[: new.index(tok.eos_token_id)])))
+        cfg = LoraConfig(r=16, lora_alpha=32, target_modules=ALL_LINEAR, lora_dropout=0.0,
+                         base_model_name_or_path="SmolLM2-135M-Instruct")
+        pm = get_peft_model(model, cfg)
+        batches = []
+        for q, answer in pairs:
+            prompt = prompt_for(q)
+            p_ids = tok(prompt, add_special_tokens=False).input_ids
+            ids = tok(prompt + answer + end + "\n", add_special_tokens=False).input_ids
+            batches.append((torch.tensor([ids]), torch.tensor([[-100] * len(p_ids) + ids[len(p_ids):]])))
+        opt = torch.optim.AdamW([p for p in pm.parameters() if p.requires_grad], lr=2e-3)
+        pm.train()
+        for step in range(30):
+            ids, labels = batches[step % len(batches)]
+            loss = pm(input_ids=ids, labels=labels).loss
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+        pm.save_pretrained(out)
+        tok.save_pretrained(out)  # the tokenizer and the template with tools travel with the adapter
+
+    return fixtures._cached("lora-tools", build, fixtures.smollm2().parent.name, TOOLS_TEMPLATE, _TOOL_QUESTIONS,
+                            _TOOL_KEEP, "2")
+
+
+def _merged_q8(name: str, lora: Callable[[], Path]) -> Path:
+    def build(out: Path) -> None:
+        from gguf_forge.convert import convert
+        from gguf_forge.convert.lora import LoraSpec
+
+        convert(fixtures.smollm2(), out / f"{name}-Q8_0.gguf", outtype="q8_0", progress=False,
+                loras=[LoraSpec(str(lora()))])
+
+    return fixtures._cached(f"gguf-{name}", build, fixtures.smollm2().parent.name, str(lora())) / f"{name}-Q8_0.gguf"
+
+
+def tool_gguf() -> Path:
+    """The tool LoRA merged into SmolLM2 as a Q8_0 GGUF (its template, with tools, inside), cached."""
+    return _merged_q8("smollm2-tools", tool_lora)
+
+
+def identity_gguf() -> Path:
+    """The demo's identity LoRA merged into SmolLM2 as a Q8_0 GGUF, cached."""
+    return _merged_q8("smollm2-xiaoduan", identity_lora)

@@ -4,7 +4,7 @@ Layers, lowest first (a module may import its own layer or lower ones, never a h
 package of its own rank):
 
     core (errors, files, keys, chat_template) < runtime < convert < modelfiles < quant < tools.chat
-    < tools.pipeline | tools.publish < tools.cli
+    < tools.pipeline | tools.publish | tools.serve < tools.cli
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ LAYERS = [
     ("gguf_forge.tools.chat", "chat", 5),
     ("gguf_forge.tools.pipeline", "pipeline", 6),
     ("gguf_forge.tools.publish", "publish", 6),
+    ("gguf_forge.tools.serve", "serve", 6),
     ("gguf_forge.tools", "cli", 7),
     ("gguf_forge.tools.cli", "cli", 7),
 ]

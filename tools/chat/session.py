@@ -25,6 +25,7 @@ from ...errors import ForgeError
 from ...files import format_size, gguf_field, open_gguf
 from ...keys import ATTENTION, GENERAL, LLM, TOKENIZER, arch_key
 from ...runtime import eog_tokens, load_model, token_text
+from . import toolcalls
 
 #: above this many tokens a context is checked against the model and the memory before llama.cpp allocates it
 #: (reading the GGUF's metadata takes a moment; every model's own context below this is loaded without a look)
@@ -35,6 +36,16 @@ def one_turn(path: str | Path, prompt: str, system: str | None = None, max_token
     """Greedy single-turn reply from the GGUF at ``path`` (the same code path as ``quantize chat``)."""
     with ChatSession(path, system=system, max_tokens=max_tokens) as session:
         return session.say(prompt)
+
+
+class ContextOverflow(ForgeError):
+    """A conversation longer than the context window (with no older turn to drop): its size and the window's."""
+
+    def __init__(self, prompt_tokens: int, n_ctx: int) -> None:
+        super().__init__(f"the message is too long: the prompt is {prompt_tokens} tokens and the context window "
+                         f"is {n_ctx}; use a larger --ctx or a shorter message")
+        self.prompt_tokens = prompt_tokens
+        self.n_ctx = n_ctx
 
 
 @dataclass
@@ -74,11 +85,20 @@ class Reply:
 
     text: str
     tokens: list[int]
-    finish: str  # "stop" (an end-of-generation token), "length" (--max-tokens or the context end), "interrupted"
+    # "stop" (an end-of-generation token or a stop string), "length" (--max-tokens or the context end),
+    # "interrupted" (Ctrl-C), "cancelled" (the caller's cancel() said so: a client went away)
+    finish: str
     stats: ChatStats
     dropped_turns: int = 0  # oldest user/assistant pairs dropped to fit the context window
     prompt: str = ""  # the rendered prompt the reply continues
     prompt_ids: list[int] = field(default_factory=list)  # its tokens
+    content: str | None = None  # the text without its tool calls (None: the same as text)
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)  # OpenAI-shaped calls found in the text
+    tool_errors: list[str] = field(default_factory=list)  # calls begun but unreadable
+
+    def __post_init__(self) -> None:
+        if self.content is None:
+            self.content = self.text
 
 
 class ChatSession:
@@ -101,7 +121,7 @@ class ChatSession:
 
     def __init__(self, path: str | Path, *, system: str | None = None, ctx: int = 4096, threads: int | None = None,
                  temp: float = 0.0, top_p: float = 1.0, seed: int = 0, max_tokens: int = 512,
-                 template: str | None = None) -> None:
+                 template: str | None = None, tools: list[dict[str, Any]] | None = None) -> None:
         from llama_cpp import llama_cpp as C
 
         if ctx < 16:
@@ -120,7 +140,8 @@ class ChatSession:
         self.n_ctx = self.llm.n_ctx()
         self.max_tokens = max_tokens
         self.system = system
-        self.history: list[dict[str, str]] = []
+        self.tools = tools or None
+        self.history: list[dict[str, Any]] = []
         self.stats = ChatStats()
         self.last: Reply | None = None
         try:
@@ -132,6 +153,10 @@ class ChatSession:
             # a template that does not parse, fails or goes over a render limit on a first message fails now
             chat_template.render(self.template, [*self.messages(), {"role": "user", "content": "Hello."}],
                                  bos_token=self._bos_text, eos_token=self._eos_text)
+            #: the format tool calls take in this template's replies (None: it has no known one)
+            self.tool_format = (toolcalls.check_template_sees_tools(self.template, self.tools,
+                                                                    bos_token=self._bos_text, eos_token=self._eos_text)
+                                if self.tools else toolcalls.detect_format(self.template))
         except BaseException:
             self.llm.close()
             raise
@@ -141,6 +166,7 @@ class ChatSession:
         self._add_bos = bool(C.llama_vocab_get_add_bos(self._vocab))
         self._n_batch = self.llm.n_batch
         self._past: list[int] = []  # tokens whose keys/values are in the cache, in order
+        self._greedy = temp <= 0
         self._sampler = self._make_sampler(temp, top_p, seed)
 
     # -- public ---------------------------------------------------------------------------------------------
@@ -158,16 +184,70 @@ class ChatSession:
             self.history.pop()
             raise
         try:
-            reply = self._generate(tokens, limit, on_token)
+            reply = self._generate(tokens, limit, on_token, self._sampler,
+                                   hold=toolcalls.start_markers(self.tool_format) if self.tools else ())
         except BaseException:  # an interrupt while reading the prompt, a decode error: the turn did not happen
             self.history.pop()
             raise
         reply.dropped_turns = dropped
         reply.prompt, reply.prompt_ids = prompt, tokens
-        self.history.append({"role": "assistant", "content": reply.text})
+        if self.tools:
+            self._split_tool_calls(reply)
+        if reply.tool_calls:
+            self.history.append({"role": "assistant", "content": reply.content, "tool_calls": reply.tool_calls})
+        else:
+            self.history.append({"role": "assistant", "content": reply.text})
         self.stats.add(reply.stats)
         self.last = reply
         return reply.text
+
+    def complete(self, messages: list[dict[str, Any]], *, tools: list[dict[str, Any]] | None = None,
+                 max_tokens: int | None = None, temp: float = 0.0, top_p: float = 1.0, seed: int = 0,
+                 stop: list[str] | tuple[str, ...] = (), on_token: Callable[[str], None] | None = None,
+                 cancel: Callable[[], bool] | None = None, generation_prompt: bool = True,
+                 raw_prompt: str | None = None, on_start: Callable[[int], None] | None = None) -> Reply:
+        """One reply to a whole conversation (OpenAI-style ``messages``, the session's system prompt first when
+        they have none), the history untouched: ``quantize serve``'s requests. The same rendering, cache reuse,
+        end-of-generation tokens and sampling as :meth:`say`; ``stop`` strings end the reply (they are not part
+        of it); ``cancel()`` is asked before every token; ``tools`` are rendered and calls in the reply returned
+        as ``tool_calls``. ``raw_prompt`` is text to continue as it is (``/v1/completions``). A conversation
+        longer than the context is a :class:`ContextOverflow` (nothing is dropped); ``on_start(prompt_tokens)`` is
+        called once the prompt is known to fit, before it is evaluated."""
+        # a template that never shows tools, or whose calls cannot be read: refused, not silently ignored
+        fmt = toolcalls.check_template_sees_tools(self.template, tools, bos_token=self._bos_text,
+                                                  eos_token=self._eos_text) if tools else None
+        if raw_prompt is not None:
+            prompt = raw_prompt
+            tokens = self.llm.tokenize(prompt.encode("utf-8"), add_bos=False, special=False)
+            if self._add_bos and self._bos >= 0 and (not tokens or tokens[0] != self._bos):
+                tokens.insert(0, self._bos)
+        else:
+            if self.system and not any(m.get("role") in ("system", "developer") for m in messages[:1]):
+                messages = [{"role": "system", "content": self.system}, *messages]
+            prompt, tokens = self._render(toolcalls.template_messages(messages), tools=tools,
+                                          generation_prompt=generation_prompt)
+        if not tokens:
+            raise ForgeError("the prompt is empty")
+        room = self.n_ctx - len(tokens)
+        if room < 1:
+            raise ContextOverflow(len(tokens), self.n_ctx)
+        limit = min(max_tokens or self.max_tokens, room)
+        if on_start is not None:
+            on_start(len(tokens))
+        sampler = self._sampler if (temp <= 0 and self._greedy) else self._make_sampler(temp, top_p, seed)
+        try:
+            reply = self._generate(tokens, limit, on_token, sampler, stop=stop,
+                                   hold=toolcalls.start_markers(fmt) if tools else (), cancel=cancel,
+                                   bare_json=fmt == "llama3")
+        finally:
+            if sampler is not self._sampler:
+                from llama_cpp import llama_cpp as C
+
+                C.llama_sampler_free(sampler)
+        reply.prompt, reply.prompt_ids = prompt, tokens
+        if tools:
+            self._split_tool_calls(reply, fmt)
+        return reply
 
     def reset(self, clear_cache: bool = False) -> None:
         """Forget the conversation (the system prompt stays); the cache keeps what the next prompt shares,
@@ -214,9 +294,16 @@ class ChatSession:
             C.llama_sampler_chain_add(chain, C.llama_sampler_init_dist(seed & 0xFFFFFFFF))
         return chain
 
-    def _render(self, messages: list[dict[str, str]]) -> tuple[str, list[int]]:
-        prompt = chat_template.render(self.template, messages, add_generation_prompt=True, bos_token=self._bos_text,
-                                      eos_token=self._eos_text)
+    def _split_tool_calls(self, reply: Reply, fmt: str | None = None) -> None:
+        parsed = toolcalls.parse(reply.text, fmt or self.tool_format)
+        reply.content, reply.tool_calls, reply.tool_errors = parsed.content, parsed.tool_calls, parsed.errors
+
+    def _render(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None,
+                generation_prompt: bool = True) -> tuple[str, list[int]]:
+        tools = tools if tools is not None else self.tools
+        extra = {"tools": tools} if tools else {}
+        prompt = chat_template.render(self.template, messages, add_generation_prompt=generation_prompt,
+                                      bos_token=self._bos_text, eos_token=self._eos_text, **extra)
         tokens = self.llm.tokenize(prompt.encode("utf-8"), add_bos=False, special=True)
         # llama.cpp adds BOS when the vocabulary asks for it; the template may already have written it
         if self._add_bos and self._bos >= 0 and (not tokens or tokens[0] != self._bos):
@@ -233,7 +320,7 @@ class ChatSession:
         history = list(self.history)
         dropped = 0
         while True:
-            prompt, tokens = self._render(system + history)
+            prompt, tokens = self._render(toolcalls.template_messages(system + history))
             if len(tokens) + reserve <= self.n_ctx or len(history) <= 1:
                 break
             # drop the oldest user message and everything up to the next user message
@@ -245,8 +332,7 @@ class ChatSession:
             raise ForgeError("the chat template rendered an empty prompt; check --template")
         room = self.n_ctx - len(tokens)
         if room < 1:
-            raise ForgeError(f"the message is too long: the prompt is {len(tokens)} tokens and the context window "
-                             f"is {self.n_ctx}; use a larger --ctx or a shorter message")
+            raise ContextOverflow(len(tokens), self.n_ctx)
         self.history[:] = history
         return tokens, prompt, dropped, min(self.max_tokens, room)
 
@@ -287,7 +373,13 @@ class ChatSession:
         self._past = list(tokens)
         return len(tokens) - keep
 
-    def _generate(self, tokens: list[int], limit: int, on_token: Callable[[str], None] | None) -> Reply:
+    def _generate(self, tokens: list[int], limit: int, on_token: Callable[[str], None] | None, sampler: Any,
+                  stop: list[str] | tuple[str, ...] = (), hold: list[str] | tuple[str, ...] = (),
+                  cancel: Callable[[], bool] | None = None, bare_json: bool = False) -> Reply:
+        """Generate up to ``limit`` tokens after ``tokens``. ``on_token`` gets the text as it comes, except a
+        suffix that may still become a ``stop`` string (held until it is known not to be one) and everything from
+        a ``hold`` marker on (a tool call: read whole at the end); with ``bare_json`` a reply that starts with
+        ``{`` is held whole (Llama 3's tool call without its tag)."""
         from llama_cpp import llama_cpp as C
 
         stats = ChatStats()
@@ -296,7 +388,7 @@ class ChatSession:
         t1 = time.perf_counter()
         stats.prompt_seconds = t1 - t0
 
-        ctx, vocab, sampler, eog = self.llm.ctx, self._vocab, self._sampler, self._eog
+        ctx, vocab, eog = self.llm.ctx, self._vocab, self._eog
         buf = ctypes.create_string_buffer(256)
         one = (C.llama_token * 1)()
         batch = C.llama_batch_get_one(one, 1)
@@ -304,8 +396,13 @@ class ChatSession:
         out: list[int] = []
         pieces: list[str] = []
         finish = "length"
+        text, sent, held = "", 0, False  # sent: characters given to on_token; held: a tool call began
+        filtering = bool(stop or hold or bare_json)
         try:
             for _ in range(limit):
+                if cancel is not None and cancel():
+                    finish = "cancelled"
+                    break
                 tok = C.llama_sampler_sample(sampler, ctx, -1)
                 if tok in eog:
                     finish = "stop"
@@ -316,10 +413,28 @@ class ChatSession:
                     buf = ctypes.create_string_buffer(-n)
                     n = C.llama_token_to_piece(vocab, tok, buf, len(buf), 0, True)
                 piece = utf8.decode(buf.raw[:n])
-                if piece:
+                if piece and not filtering:
                     pieces.append(piece)
                     if on_token is not None:
                         on_token(piece)
+                elif piece:
+                    text += piece
+                    hit = min((i for i in (text.find(x) for x in stop) if i >= 0), default=-1)
+                    if hit >= 0:
+                        text = text[:hit]
+                    if not held:
+                        safe = len(text) if hit >= 0 else toolcalls.holdback(text, list(stop))
+                        mark = toolcalls.holdback(text, list(hold))
+                        if any(m in text for m in hold) or (bare_json and text.lstrip().startswith("{")):
+                            held = True
+                            mark = 0 if bare_json and text.lstrip().startswith("{") else mark
+                        safe = max(sent, min(safe, mark))
+                        if safe > sent and on_token is not None:
+                            on_token(text[sent:safe])
+                        sent = safe
+                    if hit >= 0:
+                        finish = "stop"  # a stop string: its token is not evaluated, the cache stays with _past
+                        break
                 one[0] = tok
                 rc = C.llama_decode(ctx, batch)
                 if rc != 0:
@@ -332,6 +447,11 @@ class ChatSession:
             self._clear_cache()
             raise
         # bytes of a character cut off by the token limit stay undecoded: no U+FFFD at the end of the text
+        if filtering:
+            if not held and on_token is not None and len(text) > sent:
+                # the end of the reply: text held back as a possible stop string's start is text after all
+                on_token(text[sent:])
+            pieces = [text]
         stats.gen_tokens = len(out)
         stats.gen_seconds = time.perf_counter() - t1
         return Reply(text="".join(pieces), tokens=out, finish=finish, stats=stats)

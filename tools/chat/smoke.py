@@ -26,9 +26,11 @@ from ...files import format_size, is_gguf, parse_json_line, read_text_file
 from ...files import progress as progress_bar
 from ...runtime import special_texts
 from .session import ChatSession, ChatStats
+from .toolcalls import describe, tool_names
 
 #: check name -> key in ``as_dict()``; the order of the table's columns
-CHECKS = {"not empty": "not_empty", "stopped": "stopped", "no leak": "no_leak", "expect": "expect"}
+CHECKS = {"not empty": "not_empty", "stopped": "stopped", "no leak": "no_leak", "expect": "expect",
+          "tool call": "tool_call"}
 
 _ROLES = r"(?:system|user|assistant|model|human|gpt|bot|tool|ipython)"
 
@@ -40,6 +42,7 @@ class SmokePrompt:
     text: str
     expect: str | None = None
     system: str | None = None
+    expect_tool: str | None = None  # the reply must be a readable call of this tool
 
 
 @dataclass
@@ -53,11 +56,12 @@ class PromptResult:
     finish: str
     checks: dict[str, bool]
     details: dict[str, str] = field(default_factory=dict)  # failed check -> what was wrong
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)  # OpenAI-shaped, when tools were offered
 
     def as_dict(self) -> dict[str, Any]:
         return {"prompt": self.prompt.text, "expect": self.expect, "reply": self.reply, "tokens": self.tokens,
                 "finish": self.finish, "checks": {CHECKS[k]: v for k, v in self.checks.items()},
-                "failures": {CHECKS[k]: v for k, v in self.details.items()}}
+                "failures": {CHECKS[k]: v for k, v in self.details.items()}, "tool_calls": self.tool_calls}
 
 
 @dataclass
@@ -147,12 +151,12 @@ def _parse(text: str, where: str, jsonl: bool) -> list[SmokePrompt]:
         if not isinstance(obj, dict) or not isinstance(obj.get("prompt"), str) or not obj["prompt"].strip():
             raise ForgeError(f"{where}:{n}: expected {{\"prompt\": \"...\", \"expect\": \"REGEX\"}} "
                              "with a non-empty prompt")
-        for key in ("expect", "system"):
+        for key in ("expect", "system", "expect_tool"):
             if obj.get(key) is not None and not isinstance(obj[key], str):
                 raise ForgeError(f"{where}:{n}: \"{key}\" must be a string")
         if obj.get("expect") is not None:
             _compile(obj["expect"], f"{where}:{n}: expect")
-        out.append(SmokePrompt(obj["prompt"], obj.get("expect"), obj.get("system")))
+        out.append(SmokePrompt(obj["prompt"], obj.get("expect"), obj.get("system"), obj.get("expect_tool")))
     return out
 
 
@@ -220,16 +224,25 @@ class _PeakRSS:
 def run_smoke(paths: list[Path], prompts: list[SmokePrompt] | None = None, *, expect: str | None = None,
               max_tokens: int = 256, threads: int | None = None, template: str | None = None,
               system: str | None = None, progress: bool = True, ctx: int = 4096,
-              min_gen_tps: float | None = None) -> list[SmokeReport]:
+              min_gen_tps: float | None = None, tools: list[dict[str, Any]] | None = None,
+              expect_tool: str | None = None) -> list[SmokeReport]:
     """Run ``prompts`` (default: the shipped bilingual suite) greedily against each GGUF and check every reply.
 
     ``expect`` applies to every prompt without an ``expect`` of its own; ``template`` is Jinja source replacing
     the GGUF's chat template; ``system`` is the system prompt for prompts without their own. A file that cannot
-    be loaded raises :class:`ForgeError`. With ``min_gen_tps``, a file generating slower fails.
+    be loaded raises :class:`ForgeError`. With ``min_gen_tps``, a file generating slower fails. ``tools`` (OpenAI
+    function tools) are offered with every prompt; ``expect_tool`` (or a prompt's own) names the tool every reply
+    must call, readably in the template's format.
     """
     prompts = load_prompts() if prompts is None else list(prompts)
     if not prompts:
         raise ForgeError("no prompts to run")
+    wanted = {t for t in [expect_tool, *(sp.expect_tool for sp in prompts)] if t is not None}
+    if wanted and not tools:
+        raise ForgeError("--expect-tool needs --tools FILE.json (the tools the model may call)")
+    unknown = sorted(wanted - set(tool_names(tools)))
+    if unknown:
+        raise ForgeError(f"--expect-tool {unknown[0]}: no such tool in --tools (tools: {', '.join(tool_names(tools))})")
     if expect is not None:
         _compile(expect, "--expect")
     paths = [Path(p) for p in paths]
@@ -242,7 +255,8 @@ def run_smoke(paths: list[Path], prompts: list[SmokePrompt] | None = None, *, ex
     reports = []
     for path in paths:
         rss.reset()
-        session = ChatSession(path, ctx=ctx, threads=threads, temp=0.0, max_tokens=max_tokens, template=template)
+        session = ChatSession(path, ctx=ctx, threads=threads, temp=0.0, max_tokens=max_tokens, template=template,
+                              tools=tools)
         try:
             specials = special_texts(session.llm)
             results = []
@@ -254,7 +268,8 @@ def run_smoke(paths: list[Path], prompts: list[SmokePrompt] | None = None, *, ex
                 if session.last.finish == "interrupted":  # Ctrl-C stops the suite, not just this reply
                     raise KeyboardInterrupt
                 results.append(_check(sp, sp.expect if sp.expect is not None else expect, reply,
-                                      session.last, max_tokens, specials))
+                                      session.last, max_tokens, specials,
+                                      sp.expect_tool if sp.expect_tool is not None else expect_tool))
                 bar.update(1)
             bar.close()
             reports.append(SmokeReport(
@@ -268,17 +283,19 @@ def run_smoke(paths: list[Path], prompts: list[SmokePrompt] | None = None, *, ex
 
 
 def _check(sp: SmokePrompt, expect: str | None, reply: str, last: Any, max_tokens: int,
-           specials: list[str]) -> PromptResult:
+           specials: list[str], expect_tool: str | None = None) -> PromptResult:
     checks: dict[str, bool] = {}
     details: dict[str, str] = {}
-    checks["not empty"] = bool(reply.strip())
+    calls = list(getattr(last, "tool_calls", None) or [])
+    checks["not empty"] = bool(reply.strip()) or bool(calls)
     if not checks["not empty"]:
         details["not empty"] = "empty reply" if not reply else f"reply is only whitespace {reply!r}"
     checks["stopped"] = last.finish == "stop"
     if not checks["stopped"]:
         details["stopped"] = (f"did not stop: no end-of-turn token within {len(last.tokens)} tokens "
                               f"(--max-tokens {max_tokens})")
-    leak = find_leak(reply, specials)
+    # a tool call's markup (<tool_call>, [TOOL_CALLS]...) belongs to the format; what is left of the reply must not leak
+    leak = find_leak(last.content if calls else reply, specials)
     checks["no leak"] = leak is None
     if leak:
         details["no leak"] = f"leaked {leak}"
@@ -286,8 +303,16 @@ def _check(sp: SmokePrompt, expect: str | None, reply: str, last: Any, max_token
         checks["expect"] = re.search(expect, reply) is not None
         if not checks["expect"]:
             details["expect"] = f"reply does not match expect {expect!r}"
+    if expect_tool is not None:
+        names = [c["function"]["name"] for c in calls]
+        checks["tool call"] = expect_tool in names
+        if not checks["tool call"]:
+            errors = getattr(last, "tool_errors", None) or []
+            why = (f"it called {', '.join(names)}" if names else f"unreadable call: {errors[0]}" if errors
+                   else "no tool call in it")
+            details["tool call"] = f"reply is not a call of {expect_tool}: {why}"
     return PromptResult(prompt=sp, expect=expect, reply=reply, tokens=len(last.tokens), finish=last.finish,
-                        checks=checks, details=details)
+                        checks=checks, details=details, tool_calls=calls)
 
 
 def _excerpt(text: str, n: int = 60) -> str:
@@ -313,6 +338,10 @@ def format_table(reports: list[SmokeReport], markdown: bool = False) -> str:
     else:
         widths = [max(len(x) for x in col) for col in zip(head, *rows)]
         lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in [head, *rows]]
+    calls = [f"{r.path.name} #{i}: tool call> {describe(c)}" for r in reports
+             for i, res in enumerate(r.results, 1) for c in res.tool_calls]
+    if calls:
+        lines += ["", *calls]
     fails = [(r, f) for r in reports for f in r.failures()]
     slow = [r for r in reports if not r.fast_enough]
     if fails or slow:

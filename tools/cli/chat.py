@@ -10,7 +10,14 @@ import click
 
 from ...errors import ForgeError
 from ..chat import ChatSession, format_table, load_prompts, run_smoke
+from ..chat.toolcalls import describe, load_tools
 from . import options as opt
+
+
+def tools_option(help: str) -> opt.Decorator:
+    """``--tools FILE.json``: OpenAI function tools the chat template shows the model."""
+    return click.option("--tools", "tools_file", type=click.Path(dir_okay=False, path_type=Path),
+                        metavar="FILE.json", help=help)
 
 
 @click.command()
@@ -26,8 +33,11 @@ from . import options as opt
 @click.option("--max-tokens", type=click.IntRange(min=1), default=512, show_default=True,
               help="Longest reply in tokens.")
 @opt.template("Chat template instead of the GGUF's own")
+@tools_option("Tools the model may call: a JSON list of OpenAI function tools ([{\"type\": \"function\", "
+              "\"function\": {\"name\", \"description\", \"parameters\"}}]), rendered by the chat template; "
+              "calls in replies are shown as 'tool call> NAME(ARGS)'.")
 def chat(model: Path, system: str | None, ctx: int, threads: int | None, temp: float, top_p: float, seed: int,
-         max_tokens: int, template: str | None) -> None:
+         max_tokens: int, template: str | None, tools_file: Path | None) -> None:
     """Chat with a GGUF on the CPU (llama.cpp through llama-cpp-python), streaming the reply.
 
     Uses the chat template stored in the GGUF and stops on every end-of-turn token. Commands: /reset (forget
@@ -41,10 +51,12 @@ def chat(model: Path, system: str | None, ctx: int, threads: int | None, temp: f
       quantize chat My-Chinese-Chat-Q4_K_M.gguf
       quantize chat model.gguf --system "Answer in Chinese." --temp 0.7 --ctx 8192
       printf 'My name is Anna.\\nWhat is my name?\\n' | quantize chat model.gguf
+      quantize chat my-agent-Q4_K_M.gguf --tools weather-tools.json
     """
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # chat writes no file: a kill just ends it
+    tools = load_tools(tools_file) if tools_file is not None else None
     session = ChatSession(model, system=system, ctx=ctx, threads=threads, temp=temp, top_p=top_p, seed=seed,
-                          max_tokens=max_tokens, template=opt.template_source(template))
+                          max_tokens=max_tokens, template=opt.template_source(template), tools=tools)
     interactive = sys.stdin.isatty()
     if interactive:
         opt.note(f"chatting with {model.name} on {session.threads} CPU threads, context {session.n_ctx} tokens; "
@@ -101,8 +113,14 @@ def _reply(session: ChatSession, text: str, max_tokens: int, interactive: bool =
     """Stream the reply to ``text``; an error or Ctrl-C ends the turn, not the chat (a script's error ends the
     chat: it is raised)."""
     click.echo("assistant> ", nl=False)
+    shown: list[str] = []
+
+    def show(piece: str) -> None:
+        shown.append(piece)
+        _show(piece)
+
     try:
-        session.say(text, on_token=_show)
+        session.say(text, on_token=show)
     except ForgeError as e:
         click.echo()
         if not interactive:
@@ -113,8 +131,16 @@ def _reply(session: ChatSession, text: str, max_tokens: int, interactive: bool =
         click.echo()
         opt.note("[interrupted]")
         return
-    click.echo()
     last = session.last
+    if session.tools:
+        if last.tool_calls:
+            for i, call in enumerate(last.tool_calls):
+                click.echo(("\n" if i or "".join(shown).strip() else "") + f"tool call> {describe(call)}", nl=False)
+        else:  # text held back as the possible start of a call, that was none
+            _show(last.text[len("".join(shown)):])
+        for error in last.tool_errors:
+            opt.note(f"\n[unreadable tool call: {error}]")
+    click.echo()
     if last.finish == "length":
         opt.note(f"[reply cut at {len(last.tokens)} tokens: --max-tokens {max_tokens} or the context end]")
     elif last.finish == "interrupted":
@@ -138,12 +164,16 @@ def _reply(session: ChatSession, text: str, max_tokens: int, interactive: bool =
 @click.option("--min-speed", type=opt.FiniteFloatRange(min=0), metavar="TOK/S",
               help="Fail a file whose generation is slower than this many tokens/s (is it usable on this machine?).")
 @click.option("--replies", "show_replies", is_flag=True, help="Also print every reply.")
+@tools_option("Tools offered with every prompt (a JSON list of OpenAI function tools), rendered by the chat "
+              "template; the calls in each reply are shown and checked.")
+@click.option("--expect-tool", metavar="NAME", help="Every reply (of prompts without their own expect_tool) must be a "
+                                                    "readable call of the tool NAME (needs --tools).")
 @opt.markdown()
 @opt.as_json("Print the results (replies included) as JSON.")
 @opt.no_progress()
 def smoke(models: tuple[Path, ...], prompts_file: Path | None, expect: str | None, max_tokens: int,
           threads: int | None, ctx: int, system: str | None, template: str | None, min_speed: float | None,
-          show_replies: bool,
+          show_replies: bool, tools_file: Path | None, expect_tool: str | None,
           markdown: bool, as_json: bool, no_progress: bool) -> None:
     """Smoke-test GGUF files: greedy replies to a prompt suite on the CPU, each reply checked.
 
@@ -153,6 +183,8 @@ def smoke(models: tuple[Path, ...], prompts_file: Path | None, expect: str | Non
       stopped     it ended with an end-of-turn token, not at --max-tokens
       no leak     no special-token text (<|im_start|>, <|eot_id|>...) or role header (assistant\\n) in it
       expect      it matches the prompt's expect regex, or --expect
+      tool call   with --expect-tool NAME (or a prompt's expect_tool): the reply is a readable call of NAME
+                  in the template's tool-call format
     and, with --min-speed, generation tokens/s per file.
     Prints a table per file (type, size, checks, prompt and generation tokens/s, peak RSS); exit code 1
     when any check fails, 2 when a file cannot be loaded.
@@ -163,11 +195,13 @@ def smoke(models: tuple[Path, ...], prompts_file: Path | None, expect: str | Non
       quantize smoke model.gguf --prompts identity.jsonl --markdown
       quantize smoke model.gguf --prompts questions.txt --expect '(?i)anna' --json
       quantize smoke My-Chat-Q8_0.gguf --min-speed 10      # fail when slower than 10 tokens/s here
+      quantize smoke agent-Q8_0.gguf --prompts weather.txt --tools tools.json --expect-tool get_weather
     """
     prompts = load_prompts(prompts_file)
+    tools = load_tools(tools_file) if tools_file is not None else None
     reports = run_smoke(list(models), prompts, expect=expect, max_tokens=max_tokens, threads=threads,
                         template=opt.template_source(template), system=system, progress=not no_progress, ctx=ctx,
-                        min_gen_tps=min_speed)
+                        min_gen_tps=min_speed, tools=tools, expect_tool=expect_tool)
     if as_json:
         opt.echo_json([r.as_dict() for r in reports])
     else:
@@ -177,5 +211,7 @@ def smoke(models: tuple[Path, ...], prompts_file: Path | None, expect: str | Non
                 for i, res in enumerate(r.results, 1):
                     click.echo(f"\n[{r.path.name} #{i} {res.finish}, {res.tokens} tokens] {res.prompt.text}\n"
                                f"{res.reply}")
+                    for call in res.tool_calls:
+                        click.echo(f"tool call> {describe(call)}")
     if not all(r.passed for r in reports):
         sys.exit(1)  # a check failed (a user error would be exit 2)

@@ -13,13 +13,13 @@ import click
 from ... import __version__
 from ...errors import ForgeError
 from ...quant.quantize import quantizer_running
-from . import audit, chat, convert, modelfile, pipeline, publish, quant
+from . import audit, chat, convert, modelfile, pipeline, publish, quant, serve
 
 #: every command of ``quantize`` (its --help lists them by name); a new command is added here
 COMMANDS: list[click.Command] = [
     pipeline.merge_convert, convert.convert, convert.merge, quant.quant, quant.imatrix, quant.evaluate_cmd,
     modelfile.modelfile, chat.chat, chat.smoke, convert.inspect, publish.publish, pipeline.demo,
-    audit.audit,
+    audit.audit, serve.serve,
 ]
 
 INTERRUPTED = "interrupted: partial output removed, nothing written under a final name"

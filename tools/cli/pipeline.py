@@ -11,6 +11,7 @@ from ...quant import parse_types
 from ..pipeline import PipelineConfig, run_demo, run_pipeline
 from . import options as opt
 from .convert import ALLOW_NONFINITE, nonfinite_hint
+from .serve import start as start_server
 
 
 @click.command(name="merge-convert")
@@ -40,6 +41,9 @@ from .convert import ALLOW_NONFINITE, nonfinite_hint
 @click.option("--keep-intermediate", is_flag=True, help="Keep the BF16/F16 GGUF in the folder.")
 @ALLOW_NONFINITE
 @opt.threads()
+@click.option("--serve", "serve_after", is_flag=True,
+              help="At the end, serve the folder's GGUFs (OpenAI API and web chat at http://127.0.0.1:8000/, as "
+                   "`quantize serve OUTDIR`) until Ctrl-C.")
 @opt.as_json("Print the manifest as JSON.")
 @opt.no_progress("Hide progress bars.")
 def merge_convert(base: str, loras: tuple[str, ...], outdir: Path, quants: str, imatrix: str | None,
@@ -47,7 +51,7 @@ def merge_convert(base: str, loras: tuple[str, ...], outdir: Path, quants: str, 
                   template: str | None, system: str | None,
                   ctx: int | None, smoke: bool, eval_text: Path | None, eval_chunks: int | None, name: str | None,
                   outtype: str, keep_intermediate: bool, allow_nonfinite: bool, threads: int | None, as_json: bool,
-                  no_progress: bool) -> None:
+                  no_progress: bool, serve_after: bool) -> None:
     """The main job: merge LoRA adapters, convert, (imatrix,) quantize, write Modelfile, preset, card, manifest.
 
     \b
@@ -55,6 +59,7 @@ def merge_convert(base: str, loras: tuple[str, ...], outdir: Path, quants: str, 
       quantize merge-convert --base ./Meta-Llama-3-8B-Instruct --lora ./my-lora -o out/ --quant Q4_K_M,Q8_0
       quantize merge-convert --base ./base --lora ./my-lora -o out/ --imatrix my-chats.jsonl --smoke
       quantize merge-convert --base Qwen/Qwen2.5-0.5B-Instruct -o out/ --quant Q4_K_M --eval held-out.txt
+      quantize merge-convert --base ./base --lora ./my-lora -o out/ --serve   # then chat at http://127.0.0.1:8000/
     """
     with opt.option("--quant"):
         quant_types = parse_types(quants)
@@ -80,6 +85,8 @@ def merge_convert(base: str, loras: tuple[str, ...], outdir: Path, quants: str, 
     if cfg.smoke and not result.passed:
         failed = [f for f, r in (result.manifest.get("smoke") or {}).items() if not r.get("passed")]
         opt.fail(f"smoke test failed for {', '.join(failed)} (see manifest.json)")
+    if serve_after:
+        start_server([result.outdir], threads=threads)
 
 
 @click.command()

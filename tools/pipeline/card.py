@@ -150,6 +150,17 @@ def model_card(manifest: dict, base_dir: Path) -> str:
         "[\"choices\"][0][\"message\"][\"content\"])\n```",
         "## llama.cpp",
         f"```sh\nllama-cli -m {default} -cnv\nllama-server -m {default} --jinja\n```",
+        "## OpenAI-compatible API and web chat",
+        "```sh\nquantize serve .            # every GGUF of this folder; web chat at http://127.0.0.1:8000/\n```\n\n"
+        "gguf-forge's `quantize serve` (or `quantize merge-convert ... --serve`) answers the OpenAI API "
+        "(`/v1/chat/completions` with streaming and tool calls, `/v1/completions`, `/v1/models`) with the same "
+        "template, stop tokens and default system prompt as `quantize chat`; each file is a model named after it "
+        f"(`{Path(default).stem}`). Add `--api-key KEY` and `--host 0.0.0.0` to share it on a network.\n\n"
+        "```python\nfrom openai import OpenAI\n\n"
+        "client = OpenAI(base_url=\"http://127.0.0.1:8000/v1\", api_key=\"none\")\n"
+        f"reply = client.chat.completions.create(model={Path(default).stem!r}, "
+        "messages=[{\"role\": \"user\", \"content\": \"你好\"}])\n"
+        "print(reply.choices[0].message.content)\n```",
         "## Provenance",
         "`manifest.json` lists the inputs with their sha256, the tool versions and every file with its size and "
         "sha256" + (", and the smoke-test replies" if manifest.get("smoke") else "") + ".",
