@@ -260,7 +260,7 @@ def test_cli_from_gguf_writes_modelfile_and_presets(converted, go_render, tmp_pa
     assert not strip  # SmolLM2's BOS text is <|im_start|>, which its GGUF does not add: TEMPLATE must write it
     assert mf["template"].startswith("{{") and "<|im_start|>system" in mf["template"]
     check_equivalence(go_render, template, mf, bos, eos, strip)
-    assert sorted(p.name for p in out.iterdir()) == ["Modelfile", "smol-test.legacy.preset.json",
+    assert sorted(p.name for p in out.iterdir()) == ["Modelfile", "model.yaml", "smol-test.legacy.preset.json",
                                                       "smol-test.preset.json"]
     legacy = json.loads((out / "smol-test.legacy.preset.json").read_text())
     assert legacy["inference_params"]["antiprompt"] == mf["stop"] and legacy["load_params"]["n_ctx"] == 4096
