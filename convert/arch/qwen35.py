@@ -37,6 +37,7 @@ import numpy as np
 from ...errors import ForgeError
 from ..checkpoint import TensorRef, to_float32
 from . import Architecture, Assembly, register
+from .multimodal import text_config
 
 #: where the text model's tensors live -> their plain causal-LM names
 _TEXT_PREFIXES = (("model.language_model.", "model."), ("language_model.model.", "model."),
@@ -51,20 +52,6 @@ _MOE_FFN = ("ffn_gate_inp.weight", "ffn_gate_exps.weight", "ffn_up_exps.weight",
             "ffn_gate_inp_shexp.weight", "ffn_gate_shexp.weight", "ffn_up_shexp.weight", "ffn_down_shexp.weight")
 #: Qwen3.5's default MRoPE sections (transformers' Qwen3_5TextRotaryEmbedding), written when a config omits them
 _DEFAULT_MROPE = [11, 11, 10]
-
-
-def text_config(config: dict) -> dict:
-    """A multimodal ``config.json`` with its ``text_config`` merged over it (architectures and tying kept)."""
-    text = config.get("text_config")
-    if text is None:
-        return config
-    if not isinstance(text, dict):
-        raise ForgeError(f"config.json: text_config must be an object, got {type(text).__name__}")
-    merged = dict(text)
-    merged["architectures"] = config.get("architectures")
-    if config.get("tie_word_embeddings") is not None:
-        merged["tie_word_embeddings"] = config["tie_word_embeddings"]
-    return merged
 
 
 def reorder_v_heads(data: np.ndarray, axis: int, n_k: int, per_k: int, head_dim: int) -> np.ndarray:
