@@ -130,11 +130,13 @@ class LlamaLog:
 
 
 @contextlib.contextmanager
-def _model_params(**fields: Any) -> Iterator[None]:
-    """Let ``llama_cpp.Llama`` build its llama_model_params with ``fields`` set (it exposes no such option)."""
+def _patched_defaults(function: str, **fields: Any) -> Iterator[None]:
+    """Let ``llama_cpp.Llama`` build its parameters with ``fields`` set, by patching llama-cpp-python's
+    ``function`` (``llama_model_default_params`` / ``llama_context_default_params``) while it runs: it exposes no
+    option for ``use_extra_bufts`` or ``cb_eval``."""
     from llama_cpp import llama_cpp as C
 
-    original = C.llama_model_default_params
+    original = getattr(C, function)
 
     def patched():
         params = original()
@@ -142,31 +144,11 @@ def _model_params(**fields: Any) -> Iterator[None]:
             setattr(params, k, v)
         return params
 
-    C.llama_model_default_params = patched
+    setattr(C, function, patched)
     try:
         yield
     finally:
-        C.llama_model_default_params = original
-
-
-@contextlib.contextmanager
-def _context_params(**fields: Any) -> Iterator[None]:
-    """Let ``llama_cpp.Llama`` build its llama_context_params with ``fields`` set (``cb_eval``: it has no option)."""
-    from llama_cpp import llama_cpp as C
-
-    original = C.llama_context_default_params
-
-    def patched():
-        params = original()
-        for k, v in fields.items():
-            setattr(params, k, v)
-        return params
-
-    C.llama_context_default_params = patched
-    try:
-        yield
-    finally:
-        C.llama_context_default_params = original
+        setattr(C, function, original)
 
 
 class _NoChatFormatter:
@@ -217,8 +199,8 @@ def load_model(path: str | Path, n_ctx: int = 2048, threads: int | None = None, 
     with LlamaLog() as log:
         try:
             ctx_fields = {"cb_eval": cb_eval} if cb_eval is not None else {}
-            with _model_params(use_extra_bufts=use_extra_buffer_types()), _context_params(**ctx_fields), \
-                    _without_chat_formatters():
+            with _patched_defaults("llama_model_default_params", use_extra_bufts=use_extra_buffer_types()), \
+                    _patched_defaults("llama_context_default_params", **ctx_fields), _without_chat_formatters():
                 return llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_threads=threads, verbose=False,
                                        **kwargs)
         except (ValueError, RuntimeError) as e:
