@@ -3,6 +3,9 @@
 The GGUF header (metadata and tensor infos) is computed from the safetensors headers alone; then
 tensor data is streamed: read a slab of rows, rearrange/convert it, write it, drop it. Peak memory
 is one slab (or, for tensors that must be rearranged as a whole, such as Q/K rope rows, one tensor).
+Every slab is written at its offset in the file (the header fixes them all), so sources are read in storage order
+even where the GGUF order differs: a layer's per-expert tensors are read once, expert by expert, and each slab is
+placed in its stacked ``ffn_{gate,up,down}_exps`` tensor. Reading and encoding run in a thread beside the writes.
 The output is written under a temporary name in the target folder and renamed when complete.
 """
 
