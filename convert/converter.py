@@ -255,10 +255,11 @@ def _encoded_chunks(ckpt, arch: arch_registry.Architecture, plan: list[_Planned]
     Each slab is checked for NaN and infinity before it is encoded (unless ``allow_nonfinite``)."""
     groups = _scatter_groups(plan)
     in_group = {i for g in groups.values() for i in g}
+    order = {n: k for k, n in enumerate(ckpt.names())} if groups else {}
     fresh_reads = type(ckpt) is Checkpoint  # its whole-tensor reads are new arrays nothing else holds
     for i, p in enumerate(plan):
         if i in groups:
-            yield from _scattered(ckpt, plan, groups[i], offsets, allow_nonfinite)
+            yield from _scattered(ckpt, plan, groups[i], offsets, order, allow_nonfinite)
             continue
         if i in in_group:
             continue
@@ -281,11 +282,10 @@ def _encoded_chunks(ckpt, arch: arch_registry.Architecture, plan: list[_Planned]
             row += chunk.shape[0] if chunk.ndim else 1
 
 
-def _scattered(ckpt, plan: list[_Planned], group: list[int], offsets: list[int],
+def _scattered(ckpt, plan: list[_Planned], group: list[int], offsets: list[int], order: dict[str, int],
                allow_nonfinite: bool) -> Iterator[tuple[int, memoryview]]:
     """The data of a scatter group (see :func:`_scatter_groups`): every piece of its assemblies read once, in storage
     order, in slabs, each encoded slab placed at its offset inside its assembly. Memory: one slab, as always."""
-    order = {n: k for k, n in enumerate(ckpt.names())}
     fresh_reads = type(ckpt) is Checkpoint
     where: list[tuple[int, str, int]] = []  # (storage position, source, file offset)
     for i in group:
