@@ -197,7 +197,7 @@ def test_per_expert_tensors_stack_bit_exactly_in_bf16(converted):
 
     ckpt = Checkpoint(fixtures_moe.ALL["qwen3_moe"]())
     tensors = _tensors(converted("qwen3_moe", "bf16"))
-    n_expert = ckpt.config["num_experts"]
+    n_expert = ckpt.config.get("num_experts", ckpt.config.get("num_local_experts"))
     for b in range(ckpt.config["num_hidden_layers"]):
         for w in ("gate", "up", "down"):
             want = np.stack([ckpt.read(f"model.layers.{b}.mlp.experts.{e}.{w}_proj.weight") for e in range(n_expert)])
