@@ -214,7 +214,7 @@ def test_nonfinite_expert_is_named_and_nothing_is_written(tmp_path):
     sd["model.layers.2.mlp.experts.5.up_proj.weight"][7, 3] = float("nan")
     save_file(sd, m / "model.safetensors", metadata={"format": "pt"})
     out = tmp_path / "o.gguf"
-    assert_user_error(run("convert", str(m), "-o", str(out), "--outtype", "bf16"),
+    assert_user_error(run("convert", str(m), "-o", str(out), "--outtype", "bf16", "--no-progress"),
                       "model.layers.2.mlp.experts.5.up_proj.weight", "row 7")
     assert [f.name for f in tmp_path.iterdir()] == ["m"]  # no output, no temporary file left
 
