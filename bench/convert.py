@@ -67,7 +67,6 @@ def synthetic_8b(dest: Path, tokenizer_from: Path) -> Path:
     """Random bf16 weights with Llama-3-8B shapes, written shard by shard without holding them."""
     if (dest / ".complete").is_file():
         return dest
-    dest.mkdir(parents=True, exist_ok=True)
     c = SHAPE_8B
     h, ff, kv = c["hidden_size"], c["intermediate_size"], c["num_key_value_heads"] * 128
     tensors: list[tuple[str, tuple[int, ...]]] = [("model.embed_tokens.weight", (c["vocab_size"], h))]
@@ -79,44 +78,10 @@ def synthetic_8b(dest: Path, tokenizer_from: Path) -> Path:
                     (p + "mlp.gate_proj.weight", (ff, h)), (p + "mlp.up_proj.weight", (ff, h)),
                     (p + "mlp.down_proj.weight", (h, ff))]
     tensors += [("model.norm.weight", (h,)), ("lm_head.weight", (c["vocab_size"], h))]
-    n_shards = 4
-    per = -(-len(tensors) // n_shards)
-    weight_map = {}
-    rng = np.random.default_rng(0)
-    block = (rng.standard_normal(1 << 22, dtype=np.float32) * 0.02).view(np.uint32)
-    block = (block >> 16).astype(np.uint16)  # 4 Mi random bf16 values, tiled
-    total = 0
-    for s in range(n_shards):
-        part = tensors[s * per:(s + 1) * per]
-        fname = f"model-{s + 1:05d}-of-{n_shards:05d}.safetensors"
-        header, off = {}, 0
-        for name, shape in part:
-            n = int(np.prod(shape)) * 2
-            header[name] = {"dtype": "BF16", "shape": list(shape), "data_offsets": [off, off + n]}
-            off += n
-            weight_map[name] = fname
-        raw = json.dumps(header).encode()
-        raw += b" " * ((-len(raw)) % 8)
-        with open(dest / fname, "wb") as f:
-            f.write(struct.pack("<Q", len(raw)) + raw)
-            for name, shape in part:
-                n = int(np.prod(shape))
-                done = 0
-                while done < n:
-                    k = min(n - done, block.size)
-                    f.write(memoryview(np.roll(block, done % 9973)[:k]).cast("B"))
-                    done += k
-        total += off
-    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
-    (dest / "model.safetensors.index.json").write_text(json.dumps(index))
     cfg = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "rms_norm_eps": 1e-5, "rope_theta": 500000.0,
            "max_position_embeddings": 8192, "tie_word_embeddings": False, "torch_dtype": "bfloat16",
            "bos_token_id": 128000, "eos_token_id": 128009, **c}
-    (dest / "config.json").write_text(json.dumps(cfg, indent=2))
-    for f in tokenizer_from.iterdir():
-        if f.name.startswith("tokenizer") or f.name == "chat_template.jinja":
-            shutil.copy(f, dest / f.name)
-    (dest / ".complete").write_text("ok\n")
+    _write_synthetic(dest, tensors, cfg, tokenizer_from, shard_bytes=4 << 30)
     return dest
 
 
@@ -192,14 +157,16 @@ def _write_synthetic(dest: Path, tensors: list[tuple[str, tuple[int, ...]]], cfg
     (dest / ".complete").write_text("ok\n")
 
 
-def moe_layers(out: Path, cached: Path) -> int:
-    """Layers of the MoE checkpoint the disk allows (3x its size free plus 10 GB to spare), at least 8, at most 48."""
+def moe_layers(out: Path, cache: Path) -> int:
+    """Layers of the MoE checkpoint: those of one already cached under ``cache``, else as many as the disk allows
+    (3x its size free plus 10 GB to spare), at least 8, at most 48."""
+    cached = sorted(int(d.parent.name.rsplit("-", 1)[1][:-1]) for d in cache.glob("qwen3-30b-a3b-shape-*l/.complete"))
+    if cached:
+        return cached[-1]
     c = SHAPE_MOE
     h, f, e = c["hidden_size"], c["moe_intermediate_size"], c["num_experts"]
     per_layer = 2 * (3 * e * f * h + 2 * 32 * 128 * h + 2 * 4 * 128 * h + e * h)
     fixed = 2 * 2 * c["vocab_size"] * h
-    if (cached / ".complete").is_file():
-        return json.loads((cached / "config.json").read_text())["num_hidden_layers"]
     free = shutil.disk_usage(out).free - 10e9
     return int(max(8, min(48, (free / 3 - fixed) // per_layer)))
 
@@ -213,8 +180,11 @@ def measure(label: str, model: Path, out_dir: Path, outtype: str, reference: str
         copy_dir = out_dir / "copy"
         copy_dir.mkdir(parents=True, exist_ok=True)
         dt, rss, _ = run_measured(["cp", *map(str, files), str(copy_dir)])
+        # the converter fsyncs its output before it returns; cp leaves up to vm.dirty_ratio of RAM still to write
+        dt_sync, _, _ = run_measured(["sync", *(str(copy_dir / f.name) for f in files)])
         shutil.rmtree(copy_dir)
         rows.append(dict(model=label, tool="cp (reference)", seconds=dt, rss=rss, bytes=size))
+        rows.append(dict(model=label, tool="cp + sync of the copies", seconds=dt + dt_sync, rss=rss, bytes=size))
     drop_caches()
     out = out_dir / f"{label}-{outtype}.gguf"
     dt, rss, rc = run_measured([sys.executable, "-m", "gguf_forge.tools.cli", "convert", str(model), "-o", str(out),
@@ -244,13 +214,17 @@ def main() -> None:
     ap.add_argument("--moe", action="store_true", help="also the Qwen3-30B-A3B-shaped MoE checkpoint")
     ap.add_argument("--reference-script", help="llama.cpp's convert_hf_to_gguf.py (e.g. from the llama-cpp-python "
                     "sdist), run with this python and the gguf-py beside it")
+    ap.add_argument("--moe-layers", type=int, help="layers of the MoE checkpoint (default: a cached one's, else "
+                    "as many as the disk allows, at least 8)")
+    ap.add_argument("--prepare", action="store_true", help="only write the synthetic checkpoints (outside a timing "
+                    "run), measure nothing")
     ap.add_argument("--skip-fixtures", action="store_true", help="only the large synthetic checkpoints")
     args = ap.parse_args()
     import fixtures
 
     args.out.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
-    for name in () if args.skip_fixtures else ("smollm2", "qwen3", "llama3"):
+    for name in () if args.skip_fixtures or args.prepare else ("smollm2", "qwen3", "llama3"):
         try:
             model = fixtures.ALL[name]()
         except Exception as e:  # llama3 needs ../shared
@@ -268,37 +242,36 @@ def main() -> None:
             t = time.perf_counter()
             model = synthetic_8b(Path(os.environ["GGUF_FORGE_CACHE"]) / "bench" / "llama3-8b-shape", tok_src)
             print(f"synthetic 8B-shaped checkpoint ready ({time.perf_counter() - t:.0f} s)")
-            rows += measure("llama3-8b-shape", model, args.out, "bf16", args.reference, copy=True)
+            if not args.prepare:
+                rows += measure("llama3-8b-shape", model, args.out, "bf16", args.reference, copy=True)
     if args.moe:
-        cache = Path(os.environ["GGUF_FORGE_CACHE"]) / "bench" / "qwen3-30b-a3b-shape"
-        n = moe_layers(args.out, cache)
+        cache = Path(os.environ["GGUF_FORGE_CACHE"]) / "bench"
+        n = args.moe_layers or moe_layers(args.out, cache)
         t = time.perf_counter()
-        model = synthetic_moe(cache, fixtures.llama3(), n)
+        model = synthetic_moe(cache / f"qwen3-30b-a3b-shape-{n}l", fixtures.llama3(), n)
         print(f"synthetic Qwen3-30B-A3B-shaped checkpoint ({n} layers) ready ({time.perf_counter() - t:.0f} s)")
-        rows += measure("qwen3-30b-a3b-shape", model, args.out, "bf16", args.reference_script or args.reference,
-                        copy=True)
-    print(f"\n{'model':<18} {'tool':<30} {'seconds':>8} {'GB/s':>6} {'peak RSS':>10}")
+        if not args.prepare:
+                rows += measure("qwen3-30b-a3b-shape", model, args.out, "bf16",
+                            args.reference_script or args.reference, copy=True)
+    if rows:
+        print(f"\n{'model':<18} {'tool':<30} {'seconds':>8} {'GB/s':>6} {'peak RSS':>10}")
     for r in rows:
         print(f"{r['model']:<18} {r['tool']:<30} {r['seconds']:>8.1f} {r['bytes'] / r['seconds'] / 1e9:>6.2f} "
               f"{r['rss'] / 2**30:>8.2f} GiB" + ("" if r.get("ok", True) else "  FAILED"))
     by = {(r["model"], r["tool"]): r for r in rows}
-    cp, ours = by.get(("llama3-8b-shape", "cp (reference)")), by.get(("llama3-8b-shape", "quantize convert"))
-    if cp and ours:
-        print(f"\n8B-shaped bf16: throughput {cp['seconds'] / ours['seconds']:.0%} of cp (target >= 50%), "
+    for label, title, target in (("llama3-8b-shape", "8B-shaped bf16", 0.5),
+                                 ("qwen3-30b-a3b-shape", "Qwen3-30B-A3B-shaped bf16 MoE", 0.8)):
+        cp, ours = by.get((label, "cp (reference)")), by.get((label, "quantize convert"))
+        if not (cp and ours):
+            continue
+        synced = by[(label, "cp + sync of the copies")]
+        print(f"\n{title}: throughput {cp['seconds'] / ours['seconds']:.0%} of cp, "
+              f"{synced['seconds'] / ours['seconds']:.0%} of cp + sync (target >= {target:.0%}), "
               f"peak RSS {ours['rss'] / 2**30:.2f} GiB (target < 2 GB)")
-        ref = by.get(("llama3-8b-shape", "llama.cpp convert_hf_to_gguf"))
-        if ref:
-            print(f"vs llama.cpp's converter: {ref['seconds'] / ours['seconds']:.2f}x faster, "
-                  f"{ref['rss'] / max(ours['rss'], 1):.1f}x less RSS")
-    cp, ours = by.get(("qwen3-30b-a3b-shape", "cp (reference)")), by.get(("qwen3-30b-a3b-shape", "quantize convert"))
-    if cp and ours:
-        print(f"\nQwen3-30B-A3B-shaped bf16 MoE: throughput {cp['seconds'] / ours['seconds']:.0%} of cp "
-              f"(target >= 80%), peak RSS {ours['rss'] / 2**30:.2f} GiB (target < 2 GB)")
-        ref = by.get(("qwen3-30b-a3b-shape", "llama.cpp convert_hf_to_gguf"))
+        ref = by.get((label, "llama.cpp convert_hf_to_gguf"))
         if ref:
             print(f"vs llama.cpp's converter: {ref['seconds'] / ours['seconds']:.2f}x faster, "
                   f"{ref['rss'] / max(ours['rss'], 1):.1f}x less RSS" + ("" if ref.get("ok") else " (it FAILED)"))
-
 
 if __name__ == "__main__":
     main()

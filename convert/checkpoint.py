@@ -312,6 +312,11 @@ def nonfinite_at(arr: np.ndarray, dtype: str) -> int | None:
         return None
     mask = _EXPONENT.get(dtype)
     if mask is not None and arr.dtype.itemsize == 2:
+        # fast path, two reductions and no temporary: a positive NaN/inf is in [mask, 0x7FFF] (as int16: the only
+        # values >= mask), a negative one in [0x8000 | mask, 0xFFFF] (as uint16: the only values >= that)
+        flat = arr.reshape(-1)
+        if flat.view(np.uint16).max() < (0x8000 | mask) and flat.view(np.int16).max() < mask:
+            return None
         bits = np.bitwise_and(arr.view(np.uint16), mask)
         return None if bits.max() != mask else int(np.flatnonzero(bits == mask)[0])
     if arr.dtype.kind != "f" or np.isfinite(arr).all():

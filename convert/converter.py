@@ -3,6 +3,9 @@
 The GGUF header (metadata and tensor infos) is computed from the safetensors headers alone; then
 tensor data is streamed: read a slab of rows, rearrange/convert it, write it, drop it. Peak memory
 is one slab (or, for tensors that must be rearranged as a whole, such as Q/K rope rows, one tensor).
+Every slab is written at its offset in the file (the header fixes them all), so sources are read in storage order
+even where the GGUF order differs: a layer's per-expert tensors are read once, expert by expert, and each slab is
+placed in its stacked ``ffn_{gate,up,down}_exps`` tensor. Reading and encoding run in a thread beside the writes.
 The output is written under a temporary name in the target folder and renamed when complete.
 """
 
@@ -16,7 +19,7 @@ import struct
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterator
+from typing import Callable, Iterator
 
 import gguf
 import numpy as np
@@ -175,9 +178,11 @@ def convert(
             writer.write_kv_data_to_file()
             writer.write_ti_data_to_file()
             fout = writer.fout[0]  # type: ignore[index]
+            fout.flush()  # tensor data goes in with positioned writes from here on
+            offsets, end = _data_offsets(plan, fout.tell(), writer.data_alignment)
             with progress_bar(sum(p.nbytes for p in plan), f"writing {out.name}", enabled=progress) as bar:
-                chunks = _encoded_chunks(ckpt, arch, plan, allow_nonfinite)
-                _write_tensor_data(fout, writer.data_alignment, chunks, bar.update)
+                chunks = _encoded_chunks(ckpt, arch, plan, offsets, allow_nonfinite)
+                _write_tensor_data(fout.fileno(), chunks, end, bar.update)
             writer.close()
         except BaseException:
             try:
@@ -189,46 +194,127 @@ def convert(
     return ConvertResult(out, arch.arch_name, outtype, len(plan), n_params, out.stat().st_size, vocab.pre, warnings)
 
 
-def _write_tensor_data(fout: BinaryIO, align: int, chunks: Iterator[memoryview | None],
+def _data_offsets(plan: list[_Planned], header_end: int, align: int) -> tuple[list[int], int]:
+    """Each planned tensor's byte offset in the file (the data section starts at the first aligned offset after the
+    header; every tensor is padded to the alignment, as the tensor infos say), and the file's final length."""
+    pos = header_end + (-header_end) % align
+    offsets = []
+    for p in plan:
+        offsets.append(pos)
+        pos += p.nbytes + (-p.nbytes) % align
+    return offsets, pos
+
+
+def _write_tensor_data(fd: int, chunks: Iterator[tuple[int, memoryview]], end: int,
                        advance: Callable[[int], object]) -> None:
-    """Write every tensor's data, aligned, after the header; ``advance(n)`` is told each chunk's size."""
-    # reading, merging and encoding run in a background thread while this one writes
-    _pad(fout, align)
-    for item in _prefetch(chunks, depth=3):
-        if item is None:  # end of a tensor
-            _pad(fout, align)
+    """Write every (file offset, bytes) chunk where it belongs, set the file's length to ``end`` (the padding between
+    tensors reads as zeros) and fsync; ``advance(n)`` is told each chunk's size.
+
+    Reading, merging and encoding run in a background thread while this one writes. Positioned writes let the
+    reader go through the checkpoint in storage order even where the GGUF file wants another order (per-expert
+    tensors stored expert by expert, stacked into one tensor per projection: see :func:`_scatter_groups`)."""
+    for off, data in _prefetch(chunks, depth=3):
+        n = len(data)
+        while data:
+            k = os.pwrite(fd, data, off)
+            data, off = data[k:], off + k
+        advance(n)
+    os.ftruncate(fd, end)
+    os.fsync(fd)
+
+
+def _scatter_groups(plan: list[_Planned]) -> dict[int, list[int]]:
+    """Assemblies read together, every source once in storage order, their slabs written where each belongs: runs of
+    consecutive plan entries in one block (``blk.N.``) whose pieces are plain whole tensors (no ``pick``, no
+    ``also``, not already quantized), e.g. a layer's gate, up and down experts stored expert by expert. Keyed by
+    the first member's plan index."""
+    groups: dict[int, list[int]] = {}
+    run: list[int] = []
+
+    def plain(p: _Planned) -> bool:
+        a = p.assembly
+        return a is not None and a.qtype is None and all(x.pick is None and not x.also for x in a.pieces)
+
+    def block(p: _Planned) -> str:
+        return p.gguf_name.split(".", 2)[1] if p.gguf_name.startswith("blk.") else ""
+
+    for i, p in enumerate(plan + [None]):  # type: ignore[operator]
+        if p is not None and plain(p) and (not run or block(plan[run[0]]) == block(p)):
+            run.append(i)
             continue
-        fout.write(item)
-        advance(len(item))
-    fout.flush()
-    os.fsync(fout.fileno())
+        if len(run) > 1:
+            groups[run[0]] = run
+        run = [i] if p is not None and plain(p) else []
+    return groups
 
 
-def _encoded_chunks(ckpt, arch: arch_registry.Architecture, plan: list[_Planned],
-                    allow_nonfinite: bool = False) -> Iterator[memoryview | None]:
-    """The bytes of every tensor in plan order; None after each tensor (alignment padding goes there).
+def _encoded_chunks(ckpt, arch: arch_registry.Architecture, plan: list[_Planned], offsets: list[int],
+                    allow_nonfinite: bool = False) -> Iterator[tuple[int, memoryview]]:
+    """(file offset, bytes) of every tensor's data; ``offsets``: each planned tensor's (see :func:`_data_offsets`).
 
     Each slab is checked for NaN and infinity before it is encoded (unless ``allow_nonfinite``)."""
-    for p in plan:
+    groups = _scatter_groups(plan)
+    in_group = {i for g in groups.values() for i in g}
+    order = {n: k for k, n in enumerate(ckpt.names())} if groups else {}
+    fresh_reads = type(ckpt) is Checkpoint  # its whole-tensor reads are new arrays nothing else holds
+    for i, p in enumerate(plan):
+        if i in groups:
+            yield from _scattered(ckpt, plan, groups[i], offsets, order, allow_nonfinite)
+            continue
+        if i in in_group:
+            continue
+        pos = offsets[i]
         if p.assembly is not None:
             for chunk, chunk_dtype, src, row in p.assembly.chunks(ckpt, SLAB_BYTES):
                 if p.assembly.qtype is not None:  # already GGML data (e.g. MXFP4 blocks)
-                    yield memoryview(np.array(chunk, copy=True, order="C")).cast("B")
+                    data = memoryview(np.array(chunk, copy=True, order="C")).cast("B")
                 else:
-                    yield _encoded(chunk, chunk_dtype, p.qtype, src, row, allow_nonfinite)
-            yield None
+                    data = _encoded(chunk, chunk_dtype, p.qtype, src, row, allow_nonfinite,
+                                    fresh_reads and p.assembly.pieces[0].pick is None)
+                yield pos, data
+                pos += len(data)
             continue
         row = 0
         for chunk, chunk_dtype in _tensor_chunks(ckpt, arch, p):
-            yield _encoded(chunk, chunk_dtype, p.qtype, p.hf_name or p.gguf_name, row, allow_nonfinite)
+            data = _encoded(chunk, chunk_dtype, p.qtype, p.hf_name or p.gguf_name, row, allow_nonfinite, fresh_reads)
+            yield pos, data
+            pos += len(data)
             row += chunk.shape[0] if chunk.ndim else 1
-        yield None
+
+
+def _scattered(ckpt, plan: list[_Planned], group: list[int], offsets: list[int], order: dict[str, int],
+               allow_nonfinite: bool) -> Iterator[tuple[int, memoryview]]:
+    """The data of a scatter group (see :func:`_scatter_groups`): every piece of its assemblies read once, in storage
+    order, in slabs, each encoded slab placed at its offset inside its assembly. Memory: one slab, as always."""
+    fresh_reads = type(ckpt) is Checkpoint
+    where: list[tuple[int, str, int]] = []  # (storage position, source, file offset)
+    for i in group:
+        p = plan[i]
+        block, type_size = gguf.GGML_QUANT_SIZES[p.qtype]
+        pos = offsets[i]
+        for piece in p.assembly.pieces:  # type: ignore[union-attr]
+            where.append((order[piece.hf_name], piece.hf_name, pos))
+            pos += ckpt.tensors[piece.hf_name].n_elements // block * type_size
+        if pos - offsets[i] != p.nbytes:
+            raise ForgeError(f"tensor {p.gguf_name}: internal error, its pieces hold {pos - offsets[i]} bytes "
+                             f"of {p.nbytes}")
+    qtypes = {piece.hf_name: plan[i].qtype for i in group for piece in plan[i].assembly.pieces}  # type: ignore
+    for _, name, pos in sorted(where):
+        row = 0
+        dtype = ckpt.tensors[name].dtype
+        for slab in ckpt.iter_rows(name, SLAB_BYTES):
+            chunk = slab.reshape(-1, slab.shape[-1]) if slab.ndim > 2 else slab
+            data = _encoded(chunk, dtype, qtypes[name], name, row, allow_nonfinite, fresh_reads)
+            yield pos, data
+            pos += len(data)
+            row += slab.shape[0]
 
 
 def _encoded(chunk: np.ndarray, chunk_dtype: str, qtype: T, name: str, row: int,
-             allow_nonfinite: bool) -> memoryview:
+             allow_nonfinite: bool, fresh: bool = False) -> memoryview:
     """One slab checked for NaN/infinity (unless allowed) and encoded to ``qtype``; ``row``: its first row in the
-    tensor ``name`` (for messages)."""
+    tensor ``name`` (for messages). ``fresh``: a chunk that owns its data (no view of a reused read buffer) is
+    handed on without a copy when its bytes are already the output's."""
     if not allow_nonfinite:
         check_finite(chunk, chunk_dtype, name, row)
     data = encode(chunk, chunk_dtype, qtype)
@@ -236,8 +322,9 @@ def _encoded(chunk: np.ndarray, chunk_dtype: str, qtype: T, name: str, row: int,
         raise NonFiniteError(f"tensor {name}: values beyond float16's range (65504) would be written "
                              f"as infinity (from row {row}); convert to bf16 or f32 instead")
     # copy: the reader reuses its slab buffer for the next rows while this one waits to be written
-    return memoryview(np.array(data, copy=True, order="C")).cast("B") if data is chunk \
-        else memoryview(np.ascontiguousarray(data)).cast("B")
+    if data is chunk and not (fresh and chunk.base is None and chunk.flags.c_contiguous):
+        data = np.array(data, copy=True, order="C")
+    return memoryview(np.ascontiguousarray(data)).cast("B")
 
 
 def _prefetch(items: Iterator, depth: int) -> Iterator:
@@ -432,13 +519,6 @@ def _plain_array(values: list) -> bool:
             raise ValueError("not every value is a finite float32")
         return True
     return all(type(v) is bool for v in values)
-
-
-def _pad(f, align: int) -> None:
-    pos = f.tell()
-    pad = (-pos) % align
-    if pad:
-        f.write(b"\0" * pad)
 
 
 def _add_metadata(

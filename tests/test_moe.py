@@ -190,6 +190,35 @@ def test_missing_expert_tensor_is_named(tmp_path):
                       "model.layers.3.mlp.experts.6.up_proj.weight", "complete")
 
 
+def test_per_expert_tensors_stack_bit_exactly_in_bf16(converted):
+    """Per-expert tensors are read once in storage order (each expert's down, gate and up together) and each placed
+    in its stacked tensor: the bf16 file's expert tensors equal the stacking of the checkpoint's, bit for bit."""
+    from gguf_forge.convert.checkpoint import Checkpoint
+
+    ckpt = Checkpoint(fixtures_moe.ALL["qwen3_moe"]())
+    tensors = _tensors(converted("qwen3_moe", "bf16"))
+    n_expert = ckpt.config.get("num_experts", ckpt.config.get("num_local_experts"))
+    for b in range(ckpt.config["num_hidden_layers"]):
+        for w in ("gate", "up", "down"):
+            want = np.stack([ckpt.read(f"model.layers.{b}.mlp.experts.{e}.{w}_proj.weight") for e in range(n_expert)])
+            got = tensors[f"blk.{b}.ffn_{w}_exps.weight"]
+            assert got.tensor_type.name == "BF16"
+            assert np.asarray(got.data).tobytes() == want.tobytes(), (b, w)
+
+
+def test_nonfinite_expert_is_named_and_nothing_is_written(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    m = _copy("qwen3_moe", tmp_path / "m")
+    sd = load_file(m / "model.safetensors")
+    sd["model.layers.2.mlp.experts.5.up_proj.weight"][7, 3] = float("nan")
+    save_file(sd, m / "model.safetensors", metadata={"format": "pt"})
+    out = tmp_path / "o.gguf"
+    assert_user_error(run("convert", str(m), "-o", str(out), "--outtype", "bf16", "--no-progress"),
+                      "model.layers.2.mlp.experts.5.up_proj.weight", "row 7")
+    assert [f.name for f in tmp_path.iterdir()] == ["m"]  # no output, no temporary file left
+
+
 def test_gpt_oss_truncate_false_is_noted(tmp_path):
     m = _copy("gpt_oss", tmp_path / "m")
     cfg = json.loads((m / "config.json").read_text())

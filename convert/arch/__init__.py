@@ -106,7 +106,9 @@ class Assembly:
     first, as Hugging Face shapes are; the GGUF file stores it reversed, as every tensor). The converter reads one
     slab of one piece at a time (a slab is at most the converter's slab size, and at least one step of the
     source's first axis: one expert of a 3-D expert tensor, a few rows of a 2-D one), so peak memory is bounded by
-    one expert (or one slab), never the layer or the model. llama.cpp's 3-D expert tensors
+    one expert (or one slab), never the layer or the model. Assemblies of one block whose pieces are whole tensors
+    (no ``pick``, no ``also``) are read together, every source once in storage order, each slab written at its
+    place (a layer's gate, up and down experts stored expert by expert). llama.cpp's 3-D expert tensors
     (``blk.N.ffn_{gate,up,down}_exps.weight``, shape ``[n_expert, rows, cols]``) are the main use: see
     :meth:`Architecture.expert_assemblies`, which builds them from per-expert 2-D tensors or fused 3-D ones.
 
