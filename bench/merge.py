@@ -159,10 +159,11 @@ def merge_error(base: Path, adapter: Path, names: list[str]) -> str:
             same_sign = diff & ((got < 0) == (want < 0))
             if same_sign.any():
                 worst_ulp = max(worst_ulp, int(np.abs(got[same_sign].astype(np.int32) - want[same_sign]).max()))
-            g = torch.from_numpy(got[diff]).view(torch.bfloat16).float().numpy()
-            worst_rel = max(worst_rel, float(np.abs(g - ref32[diff]).max() / np.abs(ref32).max()))
+            g, w = (torch.from_numpy(x[diff]).view(torch.bfloat16).float().numpy() for x in (got, want))
+            worst_rel = max(worst_rel, float(np.abs(g - w).max() / np.abs(ref32).max()))
     return (f"{off} of {total} values ({off / total:.1e}) differ from the float32 merge rounded to bf16, "
-            f"by at most {worst_ulp} ulp (same sign), at most {worst_rel:.1e} of the tensor's largest value")
+            f"by at most {worst_ulp} ulp (same sign; values near zero have tiny ulps), by at most {worst_rel:.1e} "
+            "of the tensor's largest value")
 
 
 def print_rows(rows: list[dict]) -> None:
