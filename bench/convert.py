@@ -63,11 +63,13 @@ def drop_caches() -> None:
         pass
 
 
-def synthetic_8b(dest: Path, tokenizer_from: Path) -> Path:
-    """Random bf16 weights with Llama-3-8B shapes, written shard by shard without holding them."""
+def synthetic_8b(dest: Path, tokenizer_from: Path, shape: dict | None = None) -> Path:
+    """Random bf16 weights with Llama-3-8B shapes (``shape`` overrides some), written shard by shard without
+    holding them."""
     if (dest / ".complete").is_file():
         return dest
-    c = SHAPE_8B
+    dest.mkdir(parents=True, exist_ok=True)
+    c = {**SHAPE_8B, **(shape or {})}
     h, ff, kv = c["hidden_size"], c["intermediate_size"], c["num_key_value_heads"] * 128
     tensors: list[tuple[str, tuple[int, ...]]] = [("model.embed_tokens.weight", (c["vocab_size"], h))]
     for i in range(c["num_hidden_layers"]):

@@ -3,10 +3,15 @@
     python bench/merge.py            # SmolLM2 fixture (+ peft merge_and_unload/save_pretrained reference)
                                      # and the Llama-3-8B-shaped checkpoint with a rank-128 all-linear adapter
     python bench/merge.py --no-8b
+    python bench/merge.py --no-smollm2 --ram-disk /dev/shm/merge   # 8B shape (bf16 and f32 adapters) + RAM disk
 
-Every run is a child process whose peak RSS comes from the kernel (wait4); all figures are measured in the
-same run. The 8B-shaped base comes from bench/convert.py (generated once, ~16 GB); its adapter (random bf16,
-rank 128 on q/k/v/o/gate/up/down of all 32 layers) is generated once beside it.
+Every run is a child process whose peak RSS and CPU time (user + system) come from the kernel (wait4); all
+figures are measured in the same run, with the page cache dropped before each. The 8B-shaped base comes from
+bench/convert.py (generated once, ~16 GB); its adapters (random, rank 128 on q/k/v/o/gate/up/down of all 32
+layers, one bf16, one f32 as peft saves by default) are generated once beside it. The output is BF16 (the merge
+then runs in place in bf16 slabs, see convert/lora.py); the error of that path against the float32 merge is
+measured on three tensors and printed. --ram-disk takes the disk out (the ratio's worst case: convert alone is
+then pure CPU).
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import argparse
 import json
 import os
 import struct
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -26,7 +32,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "bench"))
 os.environ.setdefault("GGUF_FORGE_CACHE", str(ROOT / ".cache"))
 
-from convert import drop_caches, run_measured, synthetic_8b  # noqa: E402  (bench/convert.py)
+from convert import drop_caches, synthetic_8b  # noqa: E402  (bench/convert.py)
 
 PEFT_REFERENCE = """
 import sys, torch
@@ -39,8 +45,9 @@ merged.save_pretrained(out)
 """
 
 
-def synthetic_adapter(base: Path, dest: Path, rank: int = 128) -> Path:
-    """Random bf16 rank-``rank`` LoRA on every linear layer of the 8B-shaped base."""
+def synthetic_adapter(base: Path, dest: Path, rank: int = 128, dtype: str = "BF16") -> Path:
+    """Random rank-``rank`` LoRA (``dtype`` BF16 or F32, peft's default) on every linear layer of the 8B-shaped
+    base."""
     if (dest / ".complete").is_file():
         return dest
     dest.mkdir(parents=True, exist_ok=True)
@@ -55,8 +62,8 @@ def synthetic_adapter(base: Path, dest: Path, rank: int = 128) -> Path:
             tensors += [(p + ".lora_A.weight", (rank, n_in)), (p + ".lora_B.weight", (n_out, rank))]
     header, off = {}, 0
     for name, shape in tensors:
-        n = int(np.prod(shape)) * 2
-        header[name] = {"dtype": "BF16", "shape": list(shape), "data_offsets": [off, off + n]}
+        n = int(np.prod(shape)) * (2 if dtype == "BF16" else 4)
+        header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [off, off + n]}
         off += n
     raw = json.dumps(header).encode()
     raw += b" " * ((-len(raw)) % 8)
@@ -64,8 +71,11 @@ def synthetic_adapter(base: Path, dest: Path, rank: int = 128) -> Path:
     with open(dest / "adapter_model.safetensors", "wb") as f:
         f.write(struct.pack("<Q", len(raw)) + raw)
         for name, shape in tensors:
-            x = (rng.standard_normal(shape, dtype=np.float32) * 0.01).view(np.uint32)
-            f.write(((x + 0x7FFF + ((x >> 16) & 1)) >> 16).astype(np.uint16).tobytes())
+            x = rng.standard_normal(shape, dtype=np.float32) * 0.01
+            if dtype == "BF16":
+                x = x.view(np.uint32)
+                x = ((x + 0x7FFF + ((x >> 16) & 1)) >> 16).astype(np.uint16)
+            f.write(x.tobytes())
     (dest / "adapter_config.json").write_text(json.dumps({
         "peft_type": "LORA", "r": rank, "lora_alpha": 2 * rank, "target_modules": list(dims),
         "base_model_name_or_path": base.name, "use_rslora": False, "use_dora": False,
@@ -78,21 +88,39 @@ def quantize(*args: str) -> list[str]:
     return [sys.executable, "-m", "gguf_forge.tools.cli", *args, "--no-progress"]
 
 
-def bench(label: str, base: Path, adapter: Path, out_dir: Path, peft: bool) -> list[dict]:
+def run_cpu(cmd: list[str]) -> tuple[float, int, float, int]:
+    """(wall seconds, peak RSS bytes, CPU seconds user + system, return code) of a child process."""
+    t = time.perf_counter()
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(p.pid, 0)
+    dt = time.perf_counter() - t
+    err = p.stderr.read().decode(errors="replace") if p.stderr else ""
+    rc = os.waitstatus_to_exitcode(status)
+    if rc != 0:
+        print(err[-2000:], file=sys.stderr)
+    return dt, usage.ru_maxrss * 1024, usage.ru_utime + usage.ru_stime, rc
+
+
+def bench(label: str, base: Path, adapters: dict[str, Path], out_dir: Path, peft: bool,
+          drop: bool = True) -> list[dict]:
+    """``convert`` alone, then ``convert --lora`` with each adapter (tag -> folder), BF16 output, page cache dropped
+    before each run (unless ``drop`` is false: a RAM disk)."""
     rows = []
     out = out_dir / f"{label}.gguf"
 
     def measure(tool: str, cmd: list[str]) -> None:
-        drop_caches()
-        dt, rss, rc = run_measured(cmd)
-        rows.append(dict(model=label, tool=tool, seconds=dt, rss=rss, ok=rc == 0))
+        if drop:
+            drop_caches()
+        dt, rss, cpu, rc = run_cpu(cmd)
+        rows.append(dict(model=label, tool=tool, seconds=dt, rss=rss, cpu=cpu, ok=rc == 0))
+        out.unlink(missing_ok=True)
 
     measure("convert (bf16)", quantize("convert", str(base), "-o", str(out), "--outtype", "bf16"))
-    out.unlink(missing_ok=True)
-    measure("convert --lora (bf16)", quantize("convert", str(base), "--lora", str(adapter), "-o", str(out),
-                                              "--outtype", "bf16"))
-    out.unlink(missing_ok=True)
+    for tag, adapter in adapters.items():
+        measure(f"convert --lora {tag} (bf16)", quantize("convert", str(base), "--lora", str(adapter), "-o", str(out),
+                                                          "--outtype", "bf16"))
     if peft:
+        adapter = next(iter(adapters.values()))
         merged = out_dir / f"{label}-peft-merged"
         import shutil
 
@@ -103,45 +131,102 @@ def bench(label: str, base: Path, adapter: Path, out_dir: Path, peft: bool) -> l
             if (base / f).is_file():
                 shutil.copy(base / f, merged / f)
         measure("  then quantize convert (bf16)", quantize("convert", str(merged), "-o", str(out), "--outtype", "bf16"))
-        out.unlink(missing_ok=True)
         shutil.rmtree(merged, ignore_errors=True)
     return rows
+
+
+def merge_error(base: Path, adapter: Path, names: list[str]) -> str:
+    """How far the BF16 output path (``MergedCheckpoint.write_bf16``) is from the float32 merge rounded to bf16,
+    on ``names`` of ``base`` (in-process, not timed)."""
+    import torch
+
+    from gguf_forge.convert.checkpoint import Checkpoint
+    from gguf_forge.convert.lora import LoraSpec, merged_source
+
+    fast = merged_source(Checkpoint(base), [LoraSpec(str(adapter))])
+    fast.write_bf16()
+    exact = merged_source(Checkpoint(base), [LoraSpec(str(adapter))])
+    off = total = worst_ulp = 0
+    worst_rel = 0.0
+    for name in names:
+        got = np.concatenate([np.array(x, copy=True) for x in fast.iter_rows(name, 64 << 20)]).view(np.int16)
+        ref32 = np.concatenate([np.array(x, copy=True) for x in exact.iter_rows(name, 64 << 20)])
+        want = torch.from_numpy(ref32).to(torch.bfloat16).view(torch.int16).numpy()
+        diff = got != want
+        off += int(diff.sum())
+        total += diff.size
+        if diff.any():
+            same_sign = diff & ((got < 0) == (want < 0))
+            if same_sign.any():
+                worst_ulp = max(worst_ulp, int(np.abs(got[same_sign].astype(np.int32) - want[same_sign]).max()))
+            g, w = (torch.from_numpy(x[diff]).view(torch.bfloat16).float().numpy() for x in (got, want))
+            worst_rel = max(worst_rel, float(np.abs(g - w).max() / np.abs(ref32).max()))
+    return (f"{off} of {total} values ({off / total:.1e}) differ from the float32 merge rounded to bf16, "
+            f"by at most {worst_ulp} ulp (same sign; values near zero have tiny ulps), by at most {worst_rel:.1e} "
+            "of the tensor's largest value")
+
+
+def print_rows(rows: list[dict]) -> None:
+    print(f"\n{'model':<26} {'tool':<42} {'seconds':>8} {'CPU s':>7} {'peak RSS':>10}")
+    for r in rows:
+        print(f"{r['model']:<26} {r['tool']:<42} {r['seconds']:>8.1f} {r['cpu']:>7.1f} {r['rss'] / 2**30:>8.2f} GiB"
+              + ("" if r["ok"] else "  FAILED"))
+    for label in dict.fromkeys(r["model"] for r in rows):
+        by = {r["tool"]: r for r in rows if r["model"] == label}
+        alone = by["convert (bf16)"]
+        for tool, fused in by.items():
+            if not tool.startswith("convert --lora"):
+                continue
+            line = f"{label}: {tool} takes {fused['seconds'] / alone['seconds']:.2f}x convert alone " \
+                   f"(target <= 1.3x; {fused['cpu'] - alone['cpu']:+.1f} CPU s), " \
+                   f"peak RSS {fused['rss'] / 2**30:.2f} GiB"
+            if "peft merge_and_unload + save_pretrained" in by:
+                p = by["peft merge_and_unload + save_pretrained"]
+                c = by["  then quantize convert (bf16)"]
+                line += f"; peft merge+save+convert {p['seconds'] + c['seconds']:.1f} s, {p['rss'] / 2**30:.2f} GiB"
+            print(line)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--no-8b", action="store_true")
     ap.add_argument("--no-smollm2", action="store_true", help="only the 8B shape (no identity LoRA training)")
+    ap.add_argument("--no-f32", action="store_true", help="8B shape: only the bf16 adapter (not the f32 one)")
+    ap.add_argument("--ram-disk", type=Path, metavar="DIR",
+                    help="also a 6-layer slice of the 8B shape (49152-token vocabulary, ~3.4 GB) with its input and "
+                         "output in DIR (e.g. /dev/shm/x: no disk at all, the worst case for the ratio)")
     ap.add_argument("--out", type=Path, default=ROOT / ".cache" / "bench-out")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     import adapters
     import fixtures
 
-    rows = [] if args.no_smollm2 else bench("smollm2+identity-r16", fixtures.smollm2(), adapters.identity_lora(),
-                                            args.out, peft=True)
+    rows = [] if args.no_smollm2 else bench("smollm2+identity-r16", fixtures.smollm2(),
+                                            {"identity r16": adapters.identity_lora()}, args.out, peft=True)
+    errors = []
     if not args.no_8b:
         cache = Path(os.environ["GGUF_FORGE_CACHE"]) / "bench"
         tok_src = fixtures.llama3() if fixtures.LLAMA3_TIKTOKEN.is_file() else fixtures.smollm2()
         base = synthetic_8b(cache / "llama3-8b-shape", tok_src)
         t = time.perf_counter()
-        adapter = synthetic_adapter(base, cache / "llama3-8b-shape-lora-r128")
-        print(f"rank-128 adapter ready ({time.perf_counter() - t:.0f} s)")
-        rows += bench("llama3-8b-shape+r128", base, adapter, args.out, peft=False)
-    print(f"\n{'model':<22} {'tool':<42} {'seconds':>8} {'peak RSS':>10}")
-    for r in rows:
-        print(f"{r['model']:<22} {r['tool']:<42} {r['seconds']:>8.1f} {r['rss'] / 2**30:>8.2f} GiB"
-              + ("" if r["ok"] else "  FAILED"))
-    for label in dict.fromkeys(r["model"] for r in rows):
-        by = {r["tool"]: r for r in rows if r["model"] == label}
-        alone, fused = by["convert (bf16)"], by["convert --lora (bf16)"]
-        line = f"{label}: convert --lora takes {fused['seconds'] / alone['seconds']:.2f}x convert alone " \
-               f"(target <= 1.3x), peak RSS {fused['rss'] / 2**30:.2f} GiB"
-        if "peft merge_and_unload + save_pretrained" in by:
-            p = by["peft merge_and_unload + save_pretrained"]
-            c = by["  then quantize convert (bf16)"]
-            line += f"; peft merge+save+convert {p['seconds'] + c['seconds']:.1f} s, {p['rss'] / 2**30:.2f} GiB"
-        print(line)
+        loras = {"bf16 r128": synthetic_adapter(base, cache / "llama3-8b-shape-lora-r128")}
+        if not args.no_f32:
+            loras["f32 r128"] = synthetic_adapter(base, cache / "llama3-8b-shape-lora-r128-f32", dtype="F32")
+        print(f"rank-128 adapters ready ({time.perf_counter() - t:.0f} s)")
+        rows += bench("llama3-8b-shape+r128", base, loras, args.out, peft=False)
+        names = ["model.layers.0.self_attn.q_proj.weight", "model.layers.0.mlp.down_proj.weight",
+                 "model.layers.31.mlp.gate_proj.weight"]
+        errors = [(tag, base, adapter, names) for tag, adapter in loras.items()]
+    if args.ram_disk:
+        args.ram_disk.mkdir(parents=True, exist_ok=True)
+        base = synthetic_8b(args.ram_disk / "slice", fixtures.smollm2(), dict(num_hidden_layers=6, vocab_size=49152))
+        loras = {"bf16 r128": synthetic_adapter(base, args.ram_disk / "slice-lora")}
+        if not args.no_f32:
+            loras["f32 r128"] = synthetic_adapter(base, args.ram_disk / "slice-lora-f32", dtype="F32")
+        rows += bench("8b-shape 6 layers, RAM disk", base, loras, args.ram_disk, peft=False, drop=False)
+    print_rows(rows)
+    for tag, base, adapter, names in errors:  # in this process, after the timed ones (their peak RSS would
+        print(f"{tag} adapter, BF16 output: " + merge_error(base, adapter, names))  # start from ours)
 
 
 if __name__ == "__main__":

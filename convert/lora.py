@@ -297,6 +297,7 @@ class MergedCheckpoint:
         self._build()
         self._param_loras: dict[str, list[_ExpertDelta]] = _build_param_loras(self)
         self._factor_cache: dict[tuple[int, str], tuple] = {}
+        self._buffers = _BufferPool()  # slab buffers of the merge, reused (no page faults per slab)
 
     # -- validation and structure ----------------------------------------------------------
     def _check_names(self) -> None:
@@ -398,24 +399,28 @@ class MergedCheckpoint:
                 yield n
 
     def read(self, name: str) -> np.ndarray:
-        slabs = list(self.iter_rows(name, 1 << 62))
+        slabs = [np.array(s, copy=True) for s in self.iter_rows(name, 1 << 62)]  # the slabs' buffers are reused
         return slabs[0] if len(slabs) == 1 else np.concatenate(slabs)
 
     def read_float32(self, name: str) -> np.ndarray:
         return to_float32(self.read(name), self.tensors[name].dtype)
 
     def write_bf16(self) -> None:
-        """The caller writes BF16: a tensor merged from a BF16 base by plain LoRA modules with BF16 factors (no
-        DoRA, bias or replacement) is then produced as BF16 (its bits as uint16, dtype ``BF16``), by one bf16
-        matmul with float32 accumulation (``torch.addmm`` on the bf16 base). Measured against the float32 merge
-        rounded to bf16: equal but for about one value in 10^7, which is one bf16 ulp off; about twice as fast."""
+        """The caller writes BF16: a tensor merged from a BF16 base by plain LoRA modules (no DoRA, bias or
+        replacement) is then produced as BF16 (its bits as uint16, dtype ``BF16``) by torch, in place in the slab:
+
+        - BF16 factors: one bf16 ``addmm`` (float32 accumulation, one rounding): against the float32 merge rounded
+          to bf16, about one value in 10^5 differs, by one bf16 ulp of the result (bench/merge.py measures it);
+        - other factors (F32, peft's default; F16): the float32 merge itself (the slab widened to float32, ``addmm``
+          in float32, rounded to bf16 once, round-to-nearest-even): the same bits as the float32 merge encoded to
+          BF16. Rounding F32 factors to bf16 instead is not exact enough (about one value in 10 moves).
+        """
         for name, mods in self._loras.items():
             if name in self._sources or name.endswith(".bias") or name not in self.base.tensors:
                 continue
             if self.base.tensors[name].dtype != "BF16":
                 continue
-            if all(m.magnitude is None and ad._torch is None and ad.refs[m.a].dtype == "BF16"
-                   and ad.refs[m.b].dtype == "BF16" for ad, m in mods):
+            if all(m.magnitude is None for _, m in mods):
                 self._bf16.add(name)
                 ref = self.tensors[name]
                 self.tensors[name] = TensorRef(name, ref.file, "BF16", ref.shape)
@@ -443,16 +448,33 @@ class MergedCheckpoint:
             dtype = self.base.tensors[src_name].dtype
             base_slabs = ((s, dtype) for s in self.base.iter_rows(src_name, slab_bytes // 2))
         bf16 = name in self._bf16
-        factors = [(ad, mod, *_factors(ad, mod, name, bf16)) for ad, mod in loras]
+        # bf16 factors merge by bf16 matmuls; any other factor takes the float32 merge (see write_bf16)
+        bf16_factors = bf16 and all(ad._torch is None and ad.refs[m.a].dtype == "BF16" and ad.refs[m.b].dtype == "BF16"
+                                    for ad, m in loras)
+        factors = [(ad, mod, *_factors(ad, mod, name, bf16_factors)) for ad, mod in loras]
 
         def merge(slab: np.ndarray, dtype: str, start: int) -> np.ndarray:
-            if bf16:
+            if bf16:  # in place in the slab (a buffer of ours): BF16 bits in, BF16 bits out
                 w = torch.from_numpy(slab.view(np.int16)).view(torch.bfloat16)
-                for ad, mod, a, b, _, _ in factors:
-                    left, right = (b[start:start + len(w)], a) if mod.kind == "linear" else \
-                        (a[:, start:start + len(w)].T, b.T)
-                    w = torch.addmm(w, left, right, alpha=ad.weight * mod.scale)
-                return w.view(torch.int16).numpy().view(np.uint16)
+                rows = w.shape[0]
+                if bf16_factors:
+                    for ad, mod, a, b, _, _ in factors:
+                        left, right = (b[start:start + rows], a) if mod.kind == "linear" else \
+                            (a[:, start:start + rows].T, b.T)
+                        w.addmm_(left, right, alpha=ad.weight * mod.scale)
+                    return slab
+                scratch = self._buffers.take(w.numel() * 4)
+                try:
+                    w32 = torch.from_numpy(scratch[:w.numel() * 4].view(np.float32)).view(w.shape)
+                    w32.copy_(w)
+                    for ad, mod, a, b, _, _ in factors:
+                        left, right = (b[start:start + rows], a) if mod.kind == "linear" else \
+                            (a[:, start:start + rows].T, b.T)
+                        w32.addmm_(left, right, alpha=ad.weight * mod.scale)
+                    w.copy_(w32)  # one rounding to bf16, to nearest even (as the converter's encoder)
+                finally:
+                    self._buffers.give(scratch)
+                return slab
             if dtype == "BF16":
                 w0 = torch.from_numpy(slab.view(np.int16)).view(torch.bfloat16).float()
             else:
@@ -475,23 +497,35 @@ class MergedCheckpoint:
                     w = w.addmm_(left, right, alpha=scale)
             return w.numpy()
 
+        # Slabs are merged in a worker thread (torch runs the matmuls on all cores, without the GIL), AHEAD slabs
+        # ahead of the one handed out, while this thread reads the next slab and the caller encodes and writes.
+        # Each slab is copied into a buffer of ours (the base reader reuses its own) taken from a pool, so no slab
+        # costs fresh pages; a buffer handed out is reused once the caller asks for the next slab.
+        from collections import deque
         from concurrent.futures import ThreadPoolExecutor
 
         pool = ThreadPoolExecutor(1, thread_name_prefix="lora-merge")
-        pending = None
+        pending: deque = deque()
+        held: list[np.ndarray] = []  # buffers taken by this generator
         try:
             start = 0
             for slab, dtype in base_slabs:
-                # the base reader reuses its buffer for the next slab: the worker gets its own copy
-                fut = pool.submit(merge, np.array(slab, copy=True), dtype, start)
+                if len(held) > _AHEAD:  # the oldest buffer (handed out last time) is free again
+                    self._buffers.give(held.pop(0))
+                buf = self._buffers.take(slab.nbytes)
+                held.append(buf)
+                own = buf[:slab.nbytes].view(slab.dtype).reshape(slab.shape)
+                np.copyto(own, slab)
+                pending.append(pool.submit(merge, own, dtype, start))
                 start += slab.shape[0]
-                if pending is not None:
-                    yield pending.result()
-                pending = fut
-            if pending is not None:
-                yield pending.result()
+                if len(pending) > _AHEAD:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
+            for buf in held:
+                self._buffers.give(buf)
 
 
     def _param_merged_rows(self, name: str, slab_bytes: int) -> Iterator[np.ndarray]:
@@ -529,6 +563,38 @@ class MergedCheckpoint:
                 self._factor_cache.pop(next(iter(self._factor_cache)))
             self._factor_cache[key] = got
         return got
+
+
+#: slabs merged ahead of the one handed out (each holds one slab buffer)
+_AHEAD = 2
+
+
+class _BufferPool:
+    """Byte buffers for merge slabs, reused: a fresh 32-64 MB array costs a page fault per 4 KiB page (as long as
+    half the slab's delta product on a 2-core machine); a reused one costs nothing. Buffers are at least ``MIN``
+    large (pages never written are never resident), so that any slab fits any buffer; larger ones (whole-tensor
+    reads) are not kept, nor more than ``KEEP`` of them."""
+
+    MIN, MAX, KEEP = 64 << 20, 256 << 20, 8
+
+    def __init__(self) -> None:
+        import threading
+
+        self._free: list[np.ndarray] = []
+        self._lock = threading.Lock()
+
+    def take(self, nbytes: int) -> np.ndarray:
+        with self._lock:
+            for i, buf in enumerate(self._free):
+                if buf.nbytes >= nbytes:
+                    return self._free.pop(i)
+        return np.empty(max(nbytes, self.MIN), dtype=np.uint8)
+
+    def give(self, buf: np.ndarray) -> None:
+        if buf.nbytes <= self.MAX:
+            with self._lock:
+                if len(self._free) < self.KEEP:
+                    self._free.append(buf)
 
 
 # -- issue 11 (multimodal checkpoints): peft names modules by transformers' runtime layout
