@@ -10,7 +10,8 @@ its float32 input (``src1``) in host memory. Per weight: the sum over tokens of 
 token count; for ``MUL_MAT_ID`` (MoE experts) one row of sums and one count per expert, counting every
 (token, selected expert) pair, as llama-imatrix stores them. Tensor names are the GGUF names llama-imatrix
 records. Sums of squares are taken with numpy on the tensor's own memory (no copy); matmuls that share an input
-(q/k/v, gate/up) square it once.
+(q/k/v, gate/up) sum it once, and only the first of them is asked for (every matmul asked for splits the graph
+there): the others are credited with its sums when the scheduler asks about them.
 
 Batching: one chunk of ``ctx`` tokens per decode, every token's logits requested (as llama-imatrix does: with
 fewer outputs llama.cpp skips the last layer's FFN for the other tokens), ``n_ubatch`` = min(ctx, 512).
@@ -55,6 +56,7 @@ _NAME_OFFSET = _Tensor.name.offset
 _GGML_F32, _GGML_I32 = 0, 26
 _GGML_OBJECT_SIZE = 32  # struct ggml_object: offs, size, next, type + padding
 _HEADER_SIZE = _Tensor.extra.offset  # every field up to the name, the name included
+_POINTER_SIZE = ctypes.sizeof(ctypes.c_void_p)
 
 
 class _Ggml:
@@ -150,7 +152,19 @@ class Collector:
                 src0, src1 = (ctypes.c_void_p * 2).from_address(t + _SRC_OFFSET)
                 if ctypes.c_int.from_address(src1).value != _GGML_F32:
                     return False
-                return self._wanted_name(_weight_name(ctypes.string_at(src0 + _NAME_OFFSET, 64)))
+                name = _weight_name(ctypes.string_at(src0 + _NAME_OFFSET, 64))
+                if not self._wanted_name(name):
+                    return False
+                last = self._last_input
+                if last is not None and name not in self._seen and ctypes.string_at(src1, _HEADER_SIZE) == last[0]:
+                    # the input the last collected matmul of this graph had (k and v after q, up after gate): it
+                    # was computed already and is unchanged, its sums are known; no graph split for this one
+                    t0 = time.perf_counter()
+                    self._collect_dense(t)
+                    self.seconds += time.perf_counter() - t0
+                    self.calls += 1
+                    return False
+                return True
             t0 = time.perf_counter()
             if op == self.ggml.mul_mat:
                 self._collect_dense(t)
@@ -195,7 +209,7 @@ class Collector:
         temporary), shared with the next matmuls on the same input (q/k/v, gate/up). The per-node work (names,
         shapes, numpy views) is done once per graph node and reused while the node's header bytes stay the same
         (llama.cpp rebuilds the same graph for every chunk)."""
-        src1 = ctypes.c_void_p.from_address(t + _SRC_OFFSET + ctypes.sizeof(ctypes.c_void_p)).value
+        src1 = ctypes.c_void_p.from_address(t + _SRC_OFFSET + _POINTER_SIZE).value
         in_key = ctypes.string_at(src1, _HEADER_SIZE)
         key = ctypes.string_at(t, _HEADER_SIZE) + in_key
         plan = self._plans.get(key)
