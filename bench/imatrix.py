@@ -8,13 +8,20 @@
                                          # and llama-imatrix on the same F16 GGUF; the torch engine's predicted
                                          # 4 bytes per parameter (it runs only where that fits in memory)
     python bench/imatrix.py --8b --folder   # and `quantize imatrix FOLDER` (temporary F16 GGUF) on the 8B shape
+    python bench/imatrix.py --no-smollm2 --8b --gguf-8b F16.gguf --engines-8b ours   # one 8B run, GGUF made before
+
+The speed target compares tokens per second of the WHOLE command (calibration tokens / wall seconds from start to
+exit: interpreter start-up, loading, tokenizing, decoding, writing the file; what a user waits for), the two
+commands alternating, ``--repeat`` times each, best run of each. The decoding-only rate is printed beside it:
+ours is the `--json` ``seconds`` (the decode loop), llama-imatrix's is its wall time less the time at which it logs
+"computing over N chunks" (this build prints no llama_perf line).
 
 Every run is a child process; its peak RssAnon (anonymous memory, not the page cache of the memory-mapped GGUF)
 is sampled from /proc/PID/status every 20 ms, its peak RSS (VmHWM, file pages included) read at the end.
 llama-imatrix is built once from the llama-cpp-python sdist that the installed llama-cpp-python came from
 (``pip download --no-binary``; only the llama-imatrix target; cached under ~/.cache/gguf-forge/bench), a
-benchmark-only dependency. Its tokens/s is its own "prompt eval" figure; ours is the `--json` tokens_per_s (both
-decode time only); wall times include loading.
+benchmark-only dependency. Export GGUF_FORGE_CACHE=$HOME/.cache/gguf-forge to share the 8B checkpoint (its default
+here is the worktree's .cache).
 """
 
 from __future__ import annotations
@@ -121,10 +128,16 @@ def llama_imatrix_binary() -> Path:
     return exe
 
 
-def llama_imatrix_speed(stderr: str) -> float | None:
-    """tokens/s of llama-imatrix's decoding, from llama_perf's "prompt eval time" line."""
-    m = re.search(r"prompt eval time =\s*([\d.]+) ms /\s*(\d+) tokens", stderr)  # absent: compare wall times
-    return int(m.group(2)) / (float(m.group(1)) / 1000) if m else None
+def llama_imatrix_decode_seconds(stderr: str, wall: float) -> float | None:
+    """llama-imatrix's decoding time: its wall time less the time at which it logs "computing over N chunks"
+    (load and tokenization done; its log lines carry the time since start, M.SS.mmm.uuu). This build prints no
+    llama_perf "prompt eval" line. What follows the last chunk (its last perplexity figure, writing the file) is
+    counted as decoding, a few ms."""
+    m = re.search(r"^(\d+)\.(\d+)\.(\d+)\.(\d+) I compute_imatrix: computing over", stderr, re.M)
+    if not m:
+        return None
+    minutes, sec, ms, us = map(int, m.groups())
+    return wall - (60 * minutes + sec + ms / 1e3 + us / 1e6)
 
 
 def texts(out: Path) -> tuple[Path, Path]:
@@ -141,16 +154,29 @@ def texts(out: Path) -> tuple[Path, Path]:
     return cal, held
 
 
-def row(label: str, r: dict, tps: float | None = None) -> dict:
-    return dict(label=label, seconds=r["seconds"], anon=r["anon"], hwm=r["hwm"], tps=tps, ok=r["rc"] == 0,
-                stopped=r.get("stopped", False))
+def row(label: str, r: dict, tokens: int | None = None, decode_s: float | None = None) -> dict:
+    """One run's figures. ``tps``: tokens / whole-command wall seconds (what a user waits for: start-up, loading,
+    tokenizing, decoding, writing the file): the figure the target compares. ``decode_tps``: tokens / decoding
+    seconds only."""
+    ok = r["rc"] == 0 and not r.get("stopped")
+    return dict(label=label, seconds=r["seconds"], anon=r["anon"], hwm=r["hwm"], ok=r["rc"] == 0,
+                stopped=r.get("stopped", False), tps=tokens / r["seconds"] if ok and tokens else None,
+                decode_tps=tokens / decode_s if ok and tokens and decode_s else None)
 
 
-def tokens_per_s(r: dict) -> float | None:
-    return json.loads(r["stdout"])["tokens_per_s"] if r["rc"] == 0 and not r.get("stopped") else None
+def ours_row(label: str, r: dict) -> dict:
+    if r["rc"] != 0 or r.get("stopped"):
+        return row(label, r)
+    stats = json.loads(r["stdout"])
+    return row(label, r, stats["tokens"], stats["seconds"])
 
 
-def smollm2(out: Path, exe: Path, threads: int, chunks: int, eval_chunks: int, no_ppl_row: bool) -> list[dict]:
+def llama_imatrix_row(label: str, r: dict, tokens: int) -> dict:
+    return row(label, r, tokens, llama_imatrix_decode_seconds(r["stderr"], r["seconds"]))
+
+
+def smollm2(out: Path, exe: Path, threads: int, chunks: int, eval_chunks: int, ppl_row: bool,
+            repeat: int) -> list[dict]:
     import fixtures
 
     model = fixtures.smollm2()
@@ -159,36 +185,48 @@ def smollm2(out: Path, exe: Path, threads: int, chunks: int, eval_chunks: int, n
         subprocess.run(quantize("convert", model, "-o", gguf, "--outtype", "f16", "--no-progress"), check=True,
                        stdout=subprocess.DEVNULL)
     cal, held = texts(out)
-    rows, files = [], {}
+    tokens = chunks * 512
     common = ["--calibration", cal, "--chunks", chunks, "--threads", threads, "--json", "--no-progress"]
-    for label, target, extra in (("quantize imatrix GGUF (llama engine)", gguf, []),
-                                 ("quantize imatrix --engine torch", model, ["--engine", "torch"])):
-        im = out / f"im-{'torch' if extra else 'llama'}.gguf"
-        r = measure(quantize("imatrix", target, "-o", im, *common, *extra))
-        rows.append(row(label, r, tokens_per_s(r)))
-        files[label] = im
-    for label, extra in (("llama-imatrix", []), ("llama-imatrix --no-ppl", ["--no-ppl"]))[:2 if no_ppl_row else 1]:
-        im = out / f"im-llama-cpp{'-noppl' if extra else ''}.gguf"
-        r = measure([str(exe), "-m", str(gguf), "-f", str(cal), "--chunks", str(chunks), "-t", str(threads), "-o",
-                     str(im), *extra])
-        rows.append(row(label, r, llama_imatrix_speed(r["stderr"])))
-        files[label] = im
-    print(f"\nSmolLM2-135M F16, {chunks} chunks x 512, {threads} threads")
+    ours_label, ref_label, torch_label = ("quantize imatrix GGUF (llama engine)", "llama-imatrix",
+                                          "quantize imatrix --engine torch")
+    files = {ours_label: out / "im-llama.gguf", ref_label: out / "im-llama-cpp.gguf",
+             torch_label: out / "im-torch.gguf"}
+
+    def llama_imatrix(im: Path, *extra: str) -> list[str]:
+        return [str(exe), "-m", str(gguf), "-f", str(cal), "--chunks", str(chunks), "-t", str(threads), "-o",
+                str(im), *extra]
+
+    # the two timed commands alternate, `repeat` times each: the best run of each is compared
+    runs: dict[str, list[dict]] = {ours_label: [], ref_label: []}
+    for i in range(repeat):
+        r = measure(quantize("imatrix", gguf, "-o", files[ours_label], *common))
+        runs[ours_label].append(ours_row(f"{ours_label} #{i + 1}", r))
+        r = measure(llama_imatrix(files[ref_label]))
+        runs[ref_label].append(llama_imatrix_row(f"{ref_label} #{i + 1}", r, tokens))
+    rows = [r for pair in zip(runs[ours_label], runs[ref_label]) for r in pair]
+    if ppl_row:
+        r = measure(llama_imatrix(out / "im-llama-cpp-noppl.gguf", "--no-ppl"))
+        rows.append(llama_imatrix_row("llama-imatrix --no-ppl", r, tokens))
+    r = measure(quantize("imatrix", model, "-o", files[torch_label], *common, "--engine", "torch"))
+    rows.append(ours_row(torch_label, r))
+    print(f"\nSmolLM2-135M F16, {chunks} chunks x 512 = {tokens} tokens, {threads} threads; load "
+          f"{os.getloadavg()[0]:.2f} at the end")
     print_rows(rows)
-    print(f"wall clock, load included: llama engine {rows[0]['seconds']:.1f} s, llama-imatrix "
-          f"{rows[2]['seconds']:.1f} s ({rows[2]['seconds'] / rows[0]['seconds']:.2f}x llama-imatrix's speed)")
-    _same_statistic(files["quantize imatrix GGUF (llama engine)"], files["llama-imatrix"])
-    ours, ref = rows[0]["tps"], rows[2]["tps"]
+    _same_statistic(files[ours_label], files[ref_label])
+    best = {k: min((r for r in v if r["tps"]), key=lambda r: r["seconds"], default=None) for k, v in runs.items()}
+    ours, ref = best[ours_label], best[ref_label]
     if ours and ref:
-        line = f"llama engine: {ours / ref:.2f}x llama-imatrix's tokens/s (target >= 1.0x)"
-        if len(rows) > 3 and rows[3]["tps"]:
-            line += f"; {ours / rows[3]['tps']:.2f}x llama-imatrix --no-ppl"
-        if rows[1]["tps"]:
-            line += f"; {ours / rows[1]['tps']:.2f}x the torch engine"
-        print(line)
-    # quality: Q4_K_M with each imatrix, KLD against F16 on held-out text
+        print(f"target (tokens / whole-command wall seconds, best of {repeat}): llama engine {ours['tps']:.0f} "
+              f"tokens/s = {ours['tps'] / ref['tps']:.2f}x llama-imatrix's {ref['tps']:.0f} (target >= 1.0x)")
+        if ours["decode_tps"] and ref["decode_tps"]:
+            print(f"decoding only: llama engine {ours['decode_tps']:.0f} tokens/s = "
+                  f"{ours['decode_tps'] / ref['decode_tps']:.2f}x llama-imatrix's {ref['decode_tps']:.0f}")
+    # quality: Q4_K_M with each imatrix, KLD against F16 on held-out text (disjoint from the calibration)
     quants = []
-    for label in ("quantize imatrix GGUF (llama engine)", "quantize imatrix --engine torch", "llama-imatrix"):
+    for label in (ours_label, torch_label, ref_label):
+        if not files[label].is_file():
+            print(f"no imatrix from {label}: no KLD row", file=sys.stderr)
+            continue
         qdir = out / f"q-{files[label].stem}"
         r = subprocess.run(quantize("quant", gguf, "--type", "Q4_K_M", "--imatrix", files[label], "-o", qdir,
                                     "--json", "--force"), capture_output=True, text=True)
@@ -202,15 +240,16 @@ def smollm2(out: Path, exe: Path, threads: int, chunks: int, eval_chunks: int, n
         print(r.stderr[-2000:], file=sys.stderr)
         return rows
     cands = json.loads(r.stdout)["candidates"]
-    print(f"\nQ4_K_M on held-out text ({eval_chunks} chunks x 512), against F16:")
+    print(f"\nQ4_K_M on held-out text ({eval_chunks} chunks x 512, disjoint from the calibration), against F16:")
     klds = {}
     for (label, _), c in zip(quants, cands):
         klds[label] = c["mean_kld"]
         print(f"  imatrix from {label:<40} mean KLD {c['mean_kld']:.5f}  same top {c['same_top']:.2%}  "
               f"PPL {c['ppl']:.3f}")
-    new = klds["quantize imatrix GGUF (llama engine)"]
-    for label in ("quantize imatrix --engine torch", "llama-imatrix"):
-        print(f"  llama engine vs {label}: {new / klds[label] - 1:+.2%} (target within 2%)")
+    new = klds.get(ours_label)
+    for label in (torch_label, ref_label):
+        if new is not None and label in klds:
+            print(f"  llama engine vs {label}: {new / klds[label] - 1:+.2%} (target within 2%)")
     return rows
 
 
@@ -231,15 +270,19 @@ def _same_statistic(ours: Path, theirs: Path) -> None:
 
 
 def print_rows(rows: list[dict]) -> None:
-    print(f"{'run':<44} {'wall s':>7} {'tokens/s':>9} {'peak RssAnon':>13} {'peak RSS':>10}")
+    print(f"{'run':<44} {'wall s':>7} {'tok/s wall':>10} {'tok/s decode':>12} {'peak RssAnon':>13} {'peak RSS':>10}")
     for r in rows:
         tps = f"{r['tps']:.0f}" if r.get("tps") else "-"
-        print(f"{r['label']:<44} {r['seconds']:>7.1f} {tps:>9} {r['anon'] / 2**30:>9.2f} GiB "
+        dtps = f"{r['decode_tps']:.0f}" if r.get("decode_tps") else "-"
+        print(f"{r['label']:<44} {r['seconds']:>7.1f} {tps:>10} {dtps:>12} {r['anon'] / 2**30:>9.2f} GiB "
               f"{r['hwm'] / 2**30:>6.2f} GiB" + ("" if r["ok"] else "  FAILED")
               + ("  (stopped at the time limit: memory peak so far)" if r.get("stopped") else ""))
 
 
-def eight_b(out: Path, exe: Path, threads: int, folder: bool, limit: float | None) -> list[dict]:
+def eight_b(out: Path, exe: Path, threads: int, folder: bool, limit: float | None, gguf_8b: Path | None,
+            engines: list[str]) -> list[dict]:
+    """``engines``: any of ours, llama-imatrix, torch (one per bench-lock call when a run is long). ``gguf_8b``: an
+    F16 GGUF of the 8B shape made beforehand (kept); otherwise one is converted here and removed afterwards."""
     import fixtures
 
     cache = Path(os.environ["GGUF_FORGE_CACHE"]) / "bench"
@@ -247,31 +290,36 @@ def eight_b(out: Path, exe: Path, threads: int, folder: bool, limit: float | Non
     base = synthetic_8b(cache / "llama3-8b-shape", tok_src)
     cal, _ = texts(out)
     rows = []
+    tokens = 2 * 512
     common = ["--calibration", cal, "--chunks", "2", "--threads", threads, "--json", "--no-progress"]
     if folder:
         drop_caches()
         r = measure(quantize("imatrix", base, "-o", out / "im8b-folder.gguf", *common), limit)
-        rows.append(row("quantize imatrix FOLDER (temp F16 GGUF)", r, tokens_per_s(r)))
-    gguf = out / "llama3-8b-shape-F16.gguf"
+        rows.append(ours_row("quantize imatrix FOLDER (temp F16 GGUF)", r))
+    gguf = gguf_8b or out / "llama3-8b-shape-F16.gguf"
     try:
-        subprocess.run(quantize("convert", base, "-o", gguf, "--outtype", "f16", "--no-progress"), check=True,
-                       stdout=subprocess.DEVNULL)
-        r = measure(quantize("imatrix", gguf, "-o", out / "im8b.gguf", *common), limit)
-        rows.append(row("quantize imatrix GGUF (llama engine)", r, tokens_per_s(r)))
-        r = measure([str(exe), "-m", str(gguf), "-f", str(cal), "--chunks", "2", "-t", str(threads), "-o",
-                     str(out / "im8b-llama-cpp.gguf")], limit)
-        rows.append(row("llama-imatrix (same GGUF)", r, llama_imatrix_speed(r["stderr"])))
+        if gguf_8b is None and {"ours", "llama-imatrix"} & set(engines):
+            subprocess.run(quantize("convert", base, "-o", gguf, "--outtype", "f16", "--no-progress"), check=True,
+                           stdout=subprocess.DEVNULL)
+        if "ours" in engines:
+            r = measure(quantize("imatrix", gguf, "-o", out / "im8b.gguf", *common), limit)
+            rows.append(ours_row("quantize imatrix GGUF (llama engine)", r))
+        if "llama-imatrix" in engines:
+            r = measure([str(exe), "-m", str(gguf), "-f", str(cal), "--chunks", "2", "-t", str(threads), "-o",
+                         str(out / "im8b-llama-cpp.gguf")], limit)
+            rows.append(llama_imatrix_row("llama-imatrix (same GGUF)", r, tokens))
     finally:
-        gguf.unlink(missing_ok=True)
+        if gguf_8b is None:
+            gguf.unlink(missing_ok=True)
     c = SHAPE_8B
     h, ff, kv, layers, vocab = (c["hidden_size"], c["intermediate_size"], c["num_key_value_heads"] * 128,
                                 c["num_hidden_layers"], c["vocab_size"])
     n_params = 2 * vocab * h + layers * (2 * h * h + 2 * kv * h + 3 * h * ff + 2 * h) + h
     predicted = 4 * n_params
     avail = _mem_available()
-    if avail > 1.2 * predicted:
+    if avail > 1.2 * predicted and "torch" in engines:
         r = measure(quantize("imatrix", base, "-o", out / "im8b-torch.gguf", "--engine", "torch", *common), limit)
-        rows.append(row("quantize imatrix --engine torch", r, tokens_per_s(r)))
+        rows.append(ours_row("quantize imatrix --engine torch", r))
     print(f"\nLlama-3-8B-shaped synthetic checkpoint, 2 chunks x 512, {threads} threads")
     print_rows(rows)
     if avail <= 1.2 * predicted:
@@ -298,7 +346,12 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--chunks", type=int, default=16)
     ap.add_argument("--eval-chunks", type=int, default=16)
+    ap.add_argument("--repeat", type=int, default=2, help="SmolLM2: runs of each timed command (alternating)")
     ap.add_argument("--no-ppl-row", action="store_true", help="skip the llama-imatrix --no-ppl run")
+    ap.add_argument("--gguf-8b", type=Path, help="with --8b: an F16 GGUF of the 8B shape made beforehand (kept)")
+    ap.add_argument("--engines-8b", default="ours,llama-imatrix,torch",
+                    help="with --8b: which runs (comma-separated: ours, llama-imatrix, torch); one per call keeps "
+                    "each call short")
     ap.add_argument("--time-limit", type=float, help="with --8b: interrupt each 8B run after this many seconds "
                     "(its memory peak so far is reported; on a busy machine 2 x 512 tokens of an 8B take long)")
     ap.add_argument("--out", type=Path, default=ROOT / ".cache" / "bench-imatrix")
@@ -306,9 +359,10 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     exe = llama_imatrix_binary()
     if not args.no_smollm2:
-        smollm2(args.out, exe, args.threads, args.chunks, args.eval_chunks, not args.no_ppl_row)
+        smollm2(args.out, exe, args.threads, args.chunks, args.eval_chunks, not args.no_ppl_row, args.repeat)
     if args.eight_b:
-        eight_b(args.out, exe, args.threads, args.folder, args.time_limit)
+        eight_b(args.out, exe, args.threads, args.folder, args.time_limit, args.gguf_8b,
+                [e.strip() for e in args.engines_8b.split(",")])
 
 
 if __name__ == "__main__":

@@ -10,7 +10,8 @@ its float32 input (``src1``) in host memory. Per weight: the sum over tokens of 
 token count; for ``MUL_MAT_ID`` (MoE experts) one row of sums and one count per expert, counting every
 (token, selected expert) pair, as llama-imatrix stores them. Tensor names are the GGUF names llama-imatrix
 records. Sums of squares are taken with numpy on the tensor's own memory (no copy); matmuls that share an input
-(q/k/v, gate/up) square it once.
+(q/k/v, gate/up) sum it once, and only the first of them is asked for (every matmul asked for splits the graph
+there): the others are credited with its sums when the scheduler asks about them.
 
 Batching: one chunk of ``ctx`` tokens per decode, every token's logits requested (as llama-imatrix does: with
 fewer outputs llama.cpp skips the last layer's FFN for the other tokens), ``n_ubatch`` = min(ctx, 512).
@@ -54,6 +55,8 @@ _SRC_OFFSET = _Tensor.src.offset
 _NAME_OFFSET = _Tensor.name.offset
 _GGML_F32, _GGML_I32 = 0, 26
 _GGML_OBJECT_SIZE = 32  # struct ggml_object: offs, size, next, type + padding
+_HEADER_SIZE = _Tensor.extra.offset  # every field up to the name, the name included
+_POINTER_SIZE = ctypes.sizeof(ctypes.c_void_p)
 
 
 class _Ggml:
@@ -118,6 +121,10 @@ class Collector:
         self._cache_key: tuple | None = None
         self._cache_val: np.ndarray | None = None
         self._seen: set[str] = set()
+        # dense matmuls: per node, keyed by the bytes of the node's and its input's ggml_tensor headers (op, shapes,
+        # strides, data addresses, names), what _collect_dense needs: the input as an array, its weight's entry
+        self._plans: dict[bytes, tuple] = {}
+        self._last_input: tuple[bytes, np.ndarray] | None = None
         from llama_cpp import llama_cpp as C
 
         # kept alive as long as the context may call it
@@ -126,6 +133,7 @@ class Collector:
     def new_batch(self) -> None:
         """Forget the shared-input cache (a new graph reuses tensor addresses)."""
         self._cache_key, self._cache_val = None, None
+        self._last_input = None
         self._seen.clear()
 
     def _wanted_name(self, name: str) -> bool:
@@ -144,9 +152,24 @@ class Collector:
                 src0, src1 = (ctypes.c_void_p * 2).from_address(t + _SRC_OFFSET)
                 if ctypes.c_int.from_address(src1).value != _GGML_F32:
                     return False
-                return self._wanted_name(_weight_name(ctypes.string_at(src0 + _NAME_OFFSET, 64)))
+                name = _weight_name(ctypes.string_at(src0 + _NAME_OFFSET, 64))
+                if not self._wanted_name(name):
+                    return False
+                last = self._last_input
+                if last is not None and name not in self._seen and ctypes.string_at(src1, _HEADER_SIZE) == last[0]:
+                    # the input the last collected matmul of this graph had (k and v after q, up after gate): it
+                    # was computed already and is unchanged, its sums are known; no graph split for this one
+                    t0 = time.perf_counter()
+                    self._collect_dense(t)
+                    self.seconds += time.perf_counter() - t0
+                    self.calls += 1
+                    return False
+                return True
             t0 = time.perf_counter()
-            self._collect(_Tensor.from_address(t), op == self.ggml.mul_mat_id)
+            if op == self.ggml.mul_mat:
+                self._collect_dense(t)
+            else:
+                self._collect(_Tensor.from_address(t), True)
             self.seconds += time.perf_counter() - t0
             self.calls += 1
             return True
@@ -180,6 +203,56 @@ class Collector:
         sq = np.square(x)
         self._cache_key, self._cache_val = key, sq
         return sq
+
+    def _collect_dense(self, t: int) -> None:
+        """A ``MUL_MAT``: per input column, the sum over tokens of x^2 (one einsum on the input's own memory, no
+        temporary), shared with the next matmuls on the same input (q/k/v, gate/up). The per-node work (names,
+        shapes, numpy views) is done once per graph node and reused while the node's header bytes stay the same
+        (llama.cpp rebuilds the same graph for every chunk)."""
+        src1 = ctypes.c_void_p.from_address(t + _SRC_OFFSET + _POINTER_SIZE).value
+        in_key = ctypes.string_at(src1, _HEADER_SIZE)
+        key = ctypes.string_at(t, _HEADER_SIZE) + in_key
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = self._plans[key] = self._dense_plan(_Tensor.from_address(t))
+        if not plan:  # an input outside host memory: copied every time
+            self._collect(_Tensor.from_address(t), False)
+            return
+        name, x, sums, counts, rows, slots = plan
+        if name in self._seen:  # a weight seen again: a new graph, whose tensors may reuse the old addresses
+            self.new_batch()
+        self._seen.add(name)
+        last = self._last_input
+        if last is not None and last[0] == in_key:
+            per_row = last[1]
+        else:
+            per_row = np.einsum("abij,abij->abj", x, x)  # (ne3, ne2, ne0) float32: the tokens of each slice
+            if not np.isfinite(per_row.sum(dtype=np.float64)):  # squares: one inf/nan makes the total non-finite
+                raise ForgeError(f"imatrix: non-finite activations at the input of {name}; the model (or its merge) "
+                                 "is broken, or float16 overflowed (convert to bf16 or f32)")
+            self._last_input = (in_key, per_row)
+        if slots is None:
+            sums[0] += per_row[0, 0]
+        else:
+            for (i3, i2), mat in slots:
+                sums[mat] += per_row[i3, i2]
+        counts += rows
+
+    def _dense_plan(self, t: _Tensor) -> tuple:
+        src0, src1 = _Tensor.from_address(t.src[0]), _Tensor.from_address(t.src[1])
+        name = _weight_name(src0.name)
+        if src1.type != _GGML_F32:
+            raise ForgeError(f"imatrix: the input of {name} is not float32")
+        n2, n3 = int(src0.ne[2]), int(src0.ne[3])
+        n_mat = n2 * n3
+        if src1.buffer and not self.ggml.lib.ggml_backend_buffer_is_host(src1.buffer):
+            return ()
+        sums, counts = self._entry(name, n_mat, int(src1.ne[0]))
+        x = self._host_array(src1, np.float32)
+        e3, e2 = int(src1.ne[3]), int(src1.ne[2])
+        slots = None if (e3, e2, n_mat) == (1, 1, 1) else \
+            [((i3, i2), (i3 % n3) * n2 + (i2 % n2)) for i3 in range(e3) for i2 in range(e2)]
+        return name, x, sums, counts, int(np.prod(src1.ne[1:])) // n_mat, slots
 
     def _collect(self, t: _Tensor, is_id: bool) -> None:
         src0 = _Tensor.from_address(t.src[0])
