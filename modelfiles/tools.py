@@ -137,9 +137,14 @@ def ollama_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def jinja_render(template: str, case: Case, bos: str, eos: str, system: str | None) -> str:
+def jinja_render(template: str, case: Case, bos: str, eos: str, system: str | None,
+                 tool_template: str | None = None) -> str:
     """The Jinja rendering (generation prompt on) of ``case``, with the Modelfile's SYSTEM first when the case has
-    no system message (what Ollama sends); ``enable_thinking`` only when the case sets thinking."""
+    no system message (what Ollama sends); ``enable_thinking`` only when the case sets thinking. With a separate
+    ``tool_template`` (a model's ``tool_use`` template) a case with tools is rendered by it, as transformers and
+    llama.cpp choose it when a request has tools."""
+    if tool_template and case.tools:
+        template = tool_template
     msgs = jinja_messages(case.messages)
     if system and msgs[0]["role"] != "system":
         msgs = [{"role": "system", "content": system}, *msgs]
@@ -844,12 +849,12 @@ def cases_for(go_tpl: str) -> list[Case]:
 
 
 def verify(template: str, go_tpl: str, bos: str, eos: str, strip_bos: bool, system: str | None,
-           cases: list[Case] | None = None) -> tuple[bool, str]:
+           cases: list[Case] | None = None, tool_template: str | None = None) -> tuple[bool, str]:
     """Render the tool suite with Jinja and with ``go_tpl``; (whether any JSON whitespace differs, problem or "")."""
     any_ws = False
     for case in cases or cases_for(go_tpl):
         try:
-            want = jinja_render(template, case, bos, eos, system)
+            want = jinja_render(template, case, bos, eos, system, tool_template)
         except ForgeError as e:
             want_err = str(e)
             want = None
@@ -892,3 +897,194 @@ def translate_tools(template: str, fmt: Any, *, bos: str, eos: str, strip_bos: b
                 "Ollama's tool parser derived from this TEMPLATE finds the call's tag and name but reads JSON "
                 "arguments only; Ollama's built-in parser for this format is chosen with PARSER (e.g. qwen3.5)")
     return ToolResult(go_tpl, "exact but JSON whitespace" if ws else "exact", "", parts.layout, note)
+
+
+# -- a separate tool_use template (Hermes 2 Pro / Hermes 3) -------------------------------------------------------------
+# A model can ship two templates, ``default`` and ``tool_use``; transformers and llama.cpp render the ``tool_use`` one
+# when a request has tools. The TEMPLATE does the same: ``{{ if .Tools }}`` the tool_use layout ``{{ else }}`` the
+# default template's. The tool_use layout (Hermes): a fixed system turn listing each tool as a JSON-like object whose
+# description is a Python-style signature and an ``Args:`` list (types mapped by the template's own macro), then the
+# messages as turns, calls as marker + JSON, results grouped in one turn whose closing depends on what follows.
+_JSON_TYPES = ("string", "number", "integer", "boolean", "object", "array")
+
+
+def _seq(text: str, marks: list[str], what: str) -> list[str]:
+    """``text`` cut at each mark in turn (each searched after the previous one)."""
+    parts, pos = [], 0
+    for m in marks:
+        i = text.find(m, pos)
+        if i < 0:
+            raise _NoLayout(f"{what}: {m!r} not found where expected")
+        parts.append(text[pos:i])
+        pos = i + len(m)
+    parts.append(text[pos:])
+    return parts
+
+
+def _ptool(name: str, desc: str, props: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    return {"type": "function", "function": {"name": name, "description": desc, "parameters": {
+        "type": "object", "required": list(props)[:1], "properties": props}}}
+
+
+def _common_prefix(items: list[str]) -> str:
+    n = 0
+    while all(len(s) > n for s in items) and len({s[n] for s in items}) == 1:
+        n += 1
+    return items[0][:n]
+
+
+def _tool_use_parts(r: _R, fmt: Any) -> dict[str, Any]:
+    u = {"role": "user", "content": _U}
+    turn = fmt.user_pre + _U + fmt.user_suf + fmt.gen
+
+    def block(tools_: list[dict[str, Any]], what: str) -> str:
+        out = r([u], True, tools_, what=what)
+        if not out.endswith(turn):
+            raise _NoLayout(f"{what}: the tools block is not followed by the user turn")
+        return out[: len(out) - len(turn)]
+
+    # one property of each JSON type: the template's name for each type
+    sig, arg = {}, {}
+    for t in _JSON_TYPES:
+        b = block([_ptool("Zq8toolA", "Zq8descA", {"Zq8p": {"type": t, "description": "Zq8pd"}})], f"a {t} parameter")
+        _, _, _, s, _, a, _, _ = _seq(b, ["Zq8toolA", "Zq8toolA", "Zq8p", "Zq8descA", "Zq8p", "Zq8pd",
+                                          _dump({"type": "object", "required": ["Zq8p"], "properties": {
+                                              "Zq8p": {"type": t, "description": "Zq8pd"}}})], f"a {t} parameter")
+        sig[t], arg[t] = s, a
+    sig_mid, arg_mid = _common_prefix(list(sig.values())), _common_prefix(list(arg.values()))
+    sig_close = _common_prefix([s[::-1] for s in sig.values()])[::-1]
+    arg_suf = _common_prefix([a[::-1] for a in arg.values()])[::-1]
+    types = {t: s[len(sig_mid): len(s) - len(sig_close)] for t, s in sig.items()}
+    if any(arg[t] != arg_mid + types[t] + arg_suf or not types[t] for t in _JSON_TYPES):
+        raise _NoLayout("the parameter types are not written alike in the signature and the argument list")
+    # two tools with two parameters each
+    two = {"Zq8p": {"type": "string", "description": "Zq8pd"}, "Zq8q": {"type": "string", "description": "Zq8qd"}}
+    tools2 = [_ptool("Zq8toolA", "Zq8descA", two), _ptool("Zq8toolB", "Zq8descB", two)]
+    b = block(tools2, "two tools")
+    params = _dump(tools2[0]["function"]["parameters"])
+    marks = ["Zq8toolA", "Zq8toolA", "Zq8p", "Zq8q", "Zq8descA", "Zq8p", "Zq8pd", "Zq8q", "Zq8qd", params]
+    a = _seq(b, marks + [m.replace("Zq8toolA", "Zq8toolB").replace("Zq8descA", "Zq8descB") for m in marks],
+             "two tools")
+    pre, t1, sig_open, sig_sep_full, sig_close_full, desc_args, a_mid1, line_sep, a_mid2, g, between = a[:11]
+    if a[11:20] != [t1, sig_open, sig_sep_full, sig_close_full, desc_args, a_mid1, line_sep, a_mid2, g]:
+        raise _NoLayout("the second tool is not written like the first")
+    after = a[20]
+    st = types["string"]
+    if not (sig_sep_full.startswith(sig_mid + st) and sig_close_full == sig_mid + st + sig_close
+            and a_mid1 == a_mid2 == arg_mid + st + arg_suf):
+        raise _NoLayout("the signature is not written parameter by parameter")
+    sig_sep = sig_sep_full[len(sig_mid + st):]
+    # no parameters: what follows the description, and what stands for the parameters
+    b0 = block([_ptool("Zq8toolA", "Zq8descA", {})], "a tool without parameters")
+    z = _seq(b0, ["Zq8toolA", "Zq8toolA", "Zq8descA"], "a tool without parameters")
+    if z[0] != pre or z[1] != t1 or z[2] != sig_open + sig_close or not z[3].endswith(after):
+        raise _NoLayout("a tool without parameters is not written like the others")
+    zero = z[3][: len(z[3]) - len(after)]
+    # zero == desc_suf + g + empty_params + tool_end, desc_args == desc_suf + args_head + line_pre
+    if not line_sep or not desc_args.endswith(line_sep):
+        raise _NoLayout("the argument list is not one line per parameter")
+    line_pre = line_sep
+    k = len(_common_prefix([zero, desc_args]))
+    desc_suf, args_head = desc_args[:k], desc_args[k: len(desc_args) - len(line_pre)]
+    rest0 = zero[k:]
+    if not rest0.startswith(g):
+        raise _NoLayout("a tool without parameters is not written like the others")
+    return {"pre": pre, "t1": t1, "sig_open": sig_open, "sig_mid": sig_mid, "sig_sep": sig_sep,
+            "sig_close": sig_close, "desc_suf": desc_suf, "args_head": args_head, "line_pre": line_pre,
+            "arg_mid": arg_mid, "arg_suf": arg_suf, "g": g, "empty_tail": rest0[len(g):], "between": between,
+            "after": after, "types": types}
+
+
+def _tool_use_turns(r: _R, fmt: Any) -> dict[str, str]:
+    """Calls and results in the tool_use template (rendered with tools, after its tools block)."""
+    u, u2 = {"role": "user", "content": _U}, {"role": "user", "content": _U2}
+    two = {"role": "assistant", "content": "", "calls": [_call(_N1, _ARGS1, "call00001"),
+                                                         _call(_N2, _ARGS2, "call00002")]}
+    res1 = {"role": "tool", "content": _R1, "tool_name": _N1, "call_id": "call00001"}
+    res2 = {"role": "tool", "content": _R2, "tool_name": _N2, "call_id": "call00002"}
+    y = r([u, two, res1, res2], True, _STOOLS, what="two tool calls and two results")
+    y2 = r([u, two, res1, res2, u2], True, _STOOLS, what="tool results and a next question")
+    _, pre, mid, between, mid2, after2, r_between, tail = _seq(
+        y, [_U, _N1, _dump(_ARGS1), _N2, _dump(_ARGS2), _R1, _R2], "two tool calls and two results")
+    if mid != mid2 or not pre.startswith(fmt.user_suf):
+        raise _NoLayout("the second tool call is not written like the first")
+    pre = pre[len(fmt.user_suf):]
+    n = len(_common_prefix([pre[::-1], between[::-1]]))
+    call_pre, opener = pre[len(pre) - n:], pre[: len(pre) - n]
+    call_suf = between[: len(between) - n]
+    if not call_pre.strip() or not after2.startswith(call_suf):
+        raise _NoLayout("tool calls are not written alike")
+    close_open = after2[len(call_suf):]  # turn close + group open + result prefix
+    m = len(_common_prefix([close_open[::-1], r_between[::-1]]))
+    res_pre = close_open[len(close_open) - m:]
+    if not tail.endswith(fmt.gen):
+        raise _NoLayout("the generation prompt after tool results differs")
+    last = tail[: len(tail) - len(fmt.gen)]
+    next_other = _seq(y2, [_R2, fmt.user_pre + _U2], "tool results and a next question")[1]
+    close_group = close_open[: len(close_open) - m]
+    if not close_group.startswith(fmt.asst_suf):
+        raise _NoLayout("a tool-call turn does not end as a reply does")
+    return {"opener": opener, "call_pre": call_pre, "mid": mid, "call_suf": call_suf,
+            "group_open": close_group[len(fmt.asst_suf):], "res_pre": res_pre,
+            "next_tool": r_between[: len(r_between) - m], "last": last, "next_other": next_other}
+
+
+def _go_type(types: dict[str, str], var: str, lit: Any) -> str:
+    out = "{{ $ty := json " + var + ".Type }}"
+    for i, t in enumerate(_JSON_TYPES):
+        out += ("{{ if " if i == 0 else "{{ else if ") + "eq $ty " + _go_str(json.dumps(t)) + " }}" + lit(types[t])
+    # any other type (a list of types, none): the chat template's macro writes something Ollama's data cannot
+    # reproduce; an execution error (the request fails) instead of a different prompt
+    return out + "{{ else }}{{ slice " + _go_str("a parameter type the chat template writes differently") \
+        + " 0 100000 }}{{ end }}"
+
+
+def go_tool_use(fmt: Any, tp: dict[str, Any], tt: dict[str, str], plain_go: str, lit: Any) -> str:
+    """``{{ if .Tools }}`` the tool_use template's layout ``{{ else }}`` the default template's TEMPLATE."""
+    props = ".Function.Parameters.Properties"
+    tool = ("{{ .Function.Name }}" + lit(tp["t1"]) + "{{ .Function.Name }}" + lit(tp["sig_open"])
+            + "{{ $first := true }}{{ range $k, $v := " + props + " }}{{ if not $first }}" + lit(tp["sig_sep"])
+            + "{{ end }}{{ $first = false }}{{ $k }}" + lit(tp["sig_mid"]) + _go_type(tp["types"], "$v", lit)
+            + "{{ end }}" + lit(tp["sig_close"]) + "{{ .Function.Description }}" + lit(tp["desc_suf"])
+            + "{{ $first = true }}{{ range $k, $v := " + props + " }}{{ if $first }}" + lit(tp["args_head"])
+            + "{{ end }}{{ $first = false }}" + lit(tp["line_pre"]) + "{{ $k }}" + lit(tp["arg_mid"])
+            + _go_type(tp["types"], "$v", lit) + lit(tp["arg_suf"]) + "{{ $v.Description }}{{ end }}"
+            + lit(tp["g"]) + "{{ if " + props + " }}{{ json .Function.Parameters }}{{ else }}"
+            + lit(tp["empty_tail"]) + "{{ end }}")
+    lines = ["{{- if .Tools }}" + lit(tp["pre"]) + "{{ range $i, $t := .Tools }}{{ if $i }}" + lit(tp["between"])
+             + "{{ end }}" + tool + "{{ end }}" + lit(tp["after"]),
+             "{{- $prev := \"\" }}{{- range $i, $m := $.Messages }}{{ $rest := slice $.Messages $i }}",
+             "{{- if eq .Role \"system\" }}" + lit(fmt.sys_pre) + "{{ .Content }}" + lit(fmt.sys_suf),
+             "{{- else if eq .Role \"user\" }}" + lit(fmt.user_pre) + "{{ .Content }}" + lit(fmt.user_suf),
+             # the turn's opening sits before the {{ if .ToolCalls }} (through a variable): Ollama's tool-call tag is
+             # the first text inside that if, which must be the call's marker
+             "{{- else if eq .Role \"assistant\" }}{{ $calls := .ToolCalls }}{{ if $calls }}" + lit(tt["opener"])
+             + "{{ else }}" + lit(fmt.asst_pre) + "{{ .Content }}" + lit(fmt.asst_suf) + "{{ end }}"
+             + "{{ if .ToolCalls }}{{ range .ToolCalls }}" + lit(tt["call_pre"]) + "{{ .Function.Name }}"
+             + lit(tt["mid"]) + "{{ .Function.Arguments }}" + lit(tt["call_suf"]) + "{{ end }}"
+             + lit(fmt.asst_suf) + "{{ end }}",
+             "{{- else if eq .Role \"tool\" }}{{ if and $i (ne $prev \"tool\") }}" + lit(tt["group_open"])
+             + "{{ end }}" + lit(tt["res_pre"]) + "{{ .Content }}{{ if eq (len $rest) 1 }}" + lit(tt["last"])
+             + "{{ else }}{{ $next := index $rest 1 }}{{ if eq $next.Role \"tool\" }}" + lit(tt["next_tool"])
+             + "{{ else }}" + lit(tt["next_other"]) + "{{ end }}{{ end }}",
+             "{{- end }}{{ $prev = .Role }}",
+             "{{- end }}" + lit(fmt.gen),
+             "{{- else }}" + plain_go + "{{ end }}"]
+    return "\n".join(line + ('{{ "" }}' if line[-1:].isspace() else "") for line in lines)
+
+
+def translate_tool_use(template: str, tool_template: str, fmt: Any, plain_go: str, *, bos: str, eos: str,
+                       strip_bos: bool, system: str | None, lit: Any) -> ToolResult:
+    """The TEMPLATE for a model that ships a separate ``tool_use`` template, proven on :func:`tool_suite` (cases with
+    tools against the tool_use template, the others against the default one), or why it cannot be written."""
+    r = _R(tool_template, bos, eos, strip_bos)
+    try:
+        tp = _tool_use_parts(r, fmt)
+        tt = _tool_use_turns(r, fmt)
+    except _NoLayout as e:
+        return ToolResult(None, "refused", f"its tool_use template fits no layout a Go template can reproduce ({e})")
+    go_tpl = go_tool_use(fmt, tp, tt, plain_go, lit)
+    ws, problem = verify(template, go_tpl, bos, eos, strip_bos, system, tool_template=tool_template)
+    if problem:
+        return ToolResult(None, "refused", f"the Go template would differ on {problem}", "tool_use")
+    return ToolResult(go_tpl, "exact but JSON whitespace" if ws else "exact", "", "tool_use")

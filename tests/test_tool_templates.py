@@ -46,10 +46,16 @@ STATUS[FIXED_DATE] = (*LLAMA, "exact but JSON whitespace", "")
 # gpt-oss likewise: with the date fixed its plain chats translate; Harmony's TypeScript-style tools block does not
 GPT_OSS_FIXED = "openai-gpt-oss-120b (date fixed)"
 STATUS[GPT_OSS_FIXED] = ("", "<|return|>", "refused", "each tool as JSON")
+# Hermes 2 Pro ships two templates: "default" (plain ChatML) and "tool_use" (used when a request has tools, by
+# transformers and llama.cpp; the TEMPLATE switches with {{ if .Tools }})
+HERMES = "NousResearch-Hermes-2-Pro-Llama-3-8B (default + tool_use)"
+STATUS[HERMES] = ("<|begin_of_text|>", "<|im_end|>", "exact but JSON whitespace", "")
+TOOL_USE = {HERMES: "NousResearch-Hermes-2-Pro-Llama-3-8B-tool_use"}
 EXACT = [n for n, v in STATUS.items() if v[2].startswith("exact")]
 TAGS = {"Qwen-Qwen2.5-7B-Instruct": "<tool_call>", "Qwen-Qwen3-0.6B": "<tool_call>",
         "Qwen3.5-4B": "<tool_call>\n<function=", "mistralai-Mistral-Nemo-Instruct-2407": "[TOOL_CALLS][",
-        "meta-llama-Llama-3.1-8B-Instruct": "{", "meta-llama-Llama-3.3-70B-Instruct": "{", FIXED_DATE: "{"}
+        "meta-llama-Llama-3.1-8B-Instruct": "{", "meta-llama-Llama-3.3-70B-Instruct": "{", FIXED_DATE: "{",
+        HERMES: "<tool_call>"}
 
 
 def source(name: str) -> str:
@@ -59,6 +65,8 @@ def source(name: str) -> str:
     if name == GPT_OSS_FIXED:
         text = (TEMPLATES / "openai-gpt-oss-120b.jinja").read_text(encoding="utf-8")
         return text.replace('strftime_now("%Y-%m-%d")', '"2026-12-02"')
+    if name == HERMES:
+        return (TEMPLATES / "NousResearch-Hermes-2-Pro-Llama-3-8B-default.jinja").read_text(encoding="utf-8")
     return (TEMPLATES / f"{name}.jinja").read_text(encoding="utf-8")
 
 
@@ -72,6 +80,15 @@ def go_bin(tmp_path_factory):
     r = subprocess.run([go, "build", "-o", str(out), "."], cwd=HERE / "go", capture_output=True, text=True, env=env)
     assert r.returncode == 0, r.stderr
     return out
+
+
+def tool_source(name: str) -> str | None:
+    return source(TOOL_USE[name]) if name in TOOL_USE else None
+
+
+def tr_for(name: str):
+    bos, eos, _, _ = STATUS[name]
+    return translate(source(name), bos=bos, eos=eos, tool_template=tool_source(name))
 
 
 def go_run(binary: Path, request: dict) -> object:
@@ -91,7 +108,7 @@ def test_every_real_template_has_its_stated_status(name):
         with pytest.raises(Exception, match=why):
             translate(source(name), bos=bos, eos=eos)
         return
-    tr = translate(source(name), bos=bos, eos=eos)
+    tr = tr_for(name)
     assert tr.tools == status, tr.tools_reason
     assert why in tr.tools_reason
     if status == "refused":
@@ -106,14 +123,14 @@ def test_every_real_template_has_its_stated_status(name):
 def test_tool_suite_renders_identically_in_real_go(go_bin, name):
     bos, eos, _, _ = STATUS[name]
     src = source(name)
-    tr = translate(src, bos=bos, eos=eos)
+    tr = tr_for(name)
     cases = tools.cases_for(tr.go_template)
     got = go_run(go_bin, {"template": tr.go_template, "system": tr.system or "", "conversations":
                           go_conversations(cases)})
     wants = []
     for case in cases:
         try:
-            w = tools.jinja_render(src, case, bos, eos, tr.system)
+            w = tools.jinja_render(src, case, bos, eos, tr.system, tool_source(name))
         except ForgeError:
             w = None  # the template refuses it (Llama 3.1-3.3: one call per turn): so must the Go template
         wants.append(w[len(bos):] if w and bos and w.startswith(bos) else w)
@@ -152,8 +169,8 @@ def test_json_whitespace_comparison_is_strict():
 @pytest.mark.parametrize("name", sorted(TAGS))
 def test_tool_call_reply_is_recognised_by_the_tag_ollama_derives(go_bin, name):
     bos, eos, _, _ = STATUS[name]
-    src = source(name)
-    tr = translate(src, bos=bos, eos=eos)
+    tr = tr_for(name)
+    src = tool_source(name) or source(name)
     tag = go_run(go_bin, {"template": tr.go_template, "tag": True})["tag"]
     assert tag == gotemplate.tool_call_tag(tr.go_template) == TAGS[name]
     # what a model trained on the template emits for a call: the Jinja rendering of an assistant tool-call turn
@@ -326,3 +343,34 @@ def test_a_tool_difference_is_refused_naming_the_conversation(tmp_path):
     assert json.loads(r.stdout)["tools"] == "refused" and "'thinking on with tools'" in r.stderr
     text = (tmp_path / "out" / "Modelfile").read_text()
     assert ".Tools" not in text and "tools and thinking are not in this TEMPLATE" in text
+
+
+def test_hermes_tool_use_writes_every_parameter_type_as_the_template_does(go_bin):
+    """The tool_use template turns each parameter's JSON type into a Python name with its own macro (str, float, int,
+    bool, dict, and list[Union[]] for any array); the TEMPLATE writes the names the macro gave on the probes, in the
+    real Go too; a tool without parameters; a type Ollama's data cannot carry the same way (a list of types) is an
+    execution error (the request fails), never a different prompt."""
+    bos, eos, _, _ = STATUS[HERMES]
+    tr = tr_for(HERMES)
+    props = {"a_num": {"type": "number", "description": "A number."},
+             "b_int": {"type": "integer", "description": "A count."},
+             "c_flag": {"type": "boolean", "description": "A flag."},
+             "d_obj": {"type": "object", "description": "An object."},
+             "e_list": {"type": "array", "items": {"type": "string"}, "description": "Some strings."},
+             "f_text": {"type": "string", "description": "A text."}}
+    typed = [{"type": "function", "function": {"name": "typed", "description": "Every type.", "parameters": {
+        "type": "object", "required": ["a_num"], "properties": props}}},
+             {"type": "function", "function": {"name": "ping", "description": "No parameters.", "parameters": {
+                 "type": "object", "properties": {}}}}]
+    union = [{"type": "function", "function": {"name": "u", "description": "Union.", "parameters": {
+        "type": "object", "required": ["x"], "properties": {"x": {"type": ["string", "null"], "description": "X."}}}}}]
+    ask = {"role": "user", "content": "Hi"}
+    cases = [tools.Case("typed", [ask], typed), tools.Case("union", [ask], union)]
+    got = go_run(go_bin, {"template": tr.go_template, "system": "", "conversations": go_conversations(cases)})
+    want = tools.jinja_render(source(HERMES), cases[0], bos, eos, None, tool_source(HERMES))[len(bos):]
+    assert "a_num(float)" in want and "e_list(list[Union[]])" in want and '"parameters": {}}' in want
+    assert tools.same_but_json_whitespace(want, got[0])[0], tools.first_difference(want, got[0])
+    assert tools.go_render(tr.go_template, cases[0], None) == got[0]
+    assert got[1].startswith("\x00template error")
+    with pytest.raises(gotemplate.GoTemplateError):
+        tools.go_render(tr.go_template, cases[1], None)
