@@ -156,7 +156,8 @@ def write_modelfile(model: Path, outdir: Path, *, gguf: Path | None = None, sour
     # Ollama adds BOS itself only when the GGUF says so; otherwise a BOS the template writes stays in TEMPLATE
     # (SmolLM2's bos_token is <|im_start|>, which its template writes first and its GGUF does not add)
     tr = translate(jinja_src, bos=info.bos, eos=info.eos, system=system, extra_stop_tokens=info.end_tokens,
-                   strip_bos=info.add_bos is not False, require_tools=require_tools)
+                   strip_bos=info.add_bos is not False, require_tools=require_tools,
+                   tool_template=None if template else info.tool_template)
     name = name or info.name or model.stem
     slug = _slug(name)
     num_ctx = ctx or min(info.context_length or 4096, DEFAULT_CTX_CAP)

@@ -374,3 +374,24 @@ def test_hermes_tool_use_writes_every_parameter_type_as_the_template_does(go_bin
     assert got[1].startswith("\x00template error")
     with pytest.raises(gotemplate.GoTemplateError):
         tools.go_render(tr.go_template, cases[1], None)
+
+
+def test_a_folder_with_default_and_tool_use_templates_gets_both_in_its_modelfile(tmp_path):
+    """tokenizer_config.json's named templates: the default one for plain chats, tool_use for requests with tools."""
+    from gguf_forge.modelfiles import write_modelfile
+
+    bos, eos, _, _ = STATUS[HERMES]
+    hf = tmp_path / "hf"
+    hf.mkdir()
+    (hf / "tokenizer_config.json").write_text(json.dumps({"chat_template": [
+        {"name": "default", "template": source(HERMES)}, {"name": "tool_use", "template": tool_source(HERMES)}],
+        "bos_token": bos, "eos_token": eos}))
+    (tmp_path / "m.gguf").write_bytes(b"GGUF")
+    res = write_modelfile(hf, tmp_path / "out", gguf=tmp_path / "m.gguf", ctx=4096, name="Hermes-Test")
+    assert res.tools == "exact but JSON whitespace"
+    text = res.modelfile.read_text()
+    assert "{{- if .Tools }}" in text and "You are a function calling AI model." in text
+    # a --template given by the user replaces both
+    res = write_modelfile(hf, tmp_path / "out2", gguf=tmp_path / "m.gguf", ctx=4096, name="Hermes-Test",
+                          template=str(TEMPLATES / "NousResearch-Hermes-2-Pro-Llama-3-8B-default.jinja"))
+    assert res.tools == "none" and ".Tools" not in res.modelfile.read_text()
