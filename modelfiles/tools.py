@@ -899,7 +899,7 @@ def translate_tools(template: str, fmt: Any, *, bos: str, eos: str, strip_bos: b
     return ToolResult(go_tpl, "exact but JSON whitespace" if ws else "exact", "", parts.layout, note)
 
 
-# -- a separate tool_use template (Hermes 2 Pro / Hermes 3) -------------------------------------------------------------
+# -- a separate tool_use template (Hermes 2 Pro) ---------------------------------------------------------------------
 # A model can ship two templates, ``default`` and ``tool_use``; transformers and llama.cpp render the ``tool_use`` one
 # when a request has tools. The TEMPLATE does the same: ``{{ if .Tools }}`` the tool_use layout ``{{ else }}`` the
 # default template's. The tool_use layout (Hermes): a fixed system turn listing each tool as a JSON-like object whose

@@ -546,9 +546,9 @@ def translate(template: str, *, bos: str = "", eos: str = "", system: str | None
 
     ``require_tools``: a tools/thinking part that cannot be reproduced is an error instead of a TEMPLATE without
     tools (and a warning). ``tool_template``: the model's separate ``tool_use`` template (Hermes 2 Pro), used for
-    requests with tools as transformers and llama.cpp do. ``system`` overrides the template's default system prompt (it becomes the Modelfile's
-    SYSTEM). A leading
-    BOS is left out of the Go template when ``strip_bos`` (Ollama adds BOS when the GGUF's
+    requests with tools as transformers and llama.cpp do. ``system`` overrides the template's default system prompt
+    (it becomes the Modelfile's SYSTEM). A leading BOS is left out of the Go template when ``strip_bos`` (Ollama
+    adds BOS when the GGUF's
     ``tokenizer.ggml.add_bos_token`` is true) and kept otherwise. Raises :class:`ForgeError` naming the
     construct when the Go template would render anything differently.
     """
