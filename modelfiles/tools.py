@@ -29,7 +29,7 @@ from typing import Any
 
 from .. import chat_template
 from ..errors import ForgeError
-from . import gotemplate
+from . import gotemplate, markers
 
 #: the Modelfile comment (and README statement) for the one difference a tool TEMPLATE may have
 JSON_NOTE = ("tool definitions, call arguments and JSON results are written by Ollama's json (Go json.Marshal: "
@@ -875,6 +875,19 @@ def verify(template: str, go_tpl: str, bos: str, eos: str, strip_bos: bool, syst
     return any_ws, ""
 
 
+def _marker_problem(template: str, go_tpl: str) -> str:
+    """"" when the tag Ollama derives from ``go_tpl`` (:func:`.gotemplate.tool_call_tag`) starts with the marker a
+    model trained on ``template`` starts its calls with (:mod:`.markers`); else why Ollama would miss the calls."""
+    if ".ToolCalls" not in go_tpl:
+        return ""
+    fmt = markers.detect_format(template)
+    tag = gotemplate.tool_call_tag(go_tpl)
+    if fmt is not None and not markers.starts_with_marker(tag, fmt):
+        return (f"Ollama would look for tool calls after {tag!r} while the model starts them with "
+                f"{' or '.join(markers.start_markers(fmt))!r}")
+    return ""
+
+
 def translate_tools(template: str, fmt: Any, *, bos: str, eos: str, strip_bos: bool, system: str | None,
                     lit: Any) -> ToolResult:
     """The tool/thinking TEMPLATE for ``template`` proven on :func:`tool_suite`, or why it cannot be written."""
@@ -891,6 +904,9 @@ def translate_tools(template: str, fmt: Any, *, bos: str, eos: str, strip_bos: b
     ws, problem = verify(template, go_tpl, bos, eos, strip_bos, system)
     if problem:
         return ToolResult(None, "refused", f"the Go template would differ on {problem}", parts.layout)
+    problem = _marker_problem(template, go_tpl)
+    if problem:
+        return ToolResult(None, "refused", problem, parts.layout)
     note = ""
     if "arg_pre" in parts.pieces:
         note = ("tool calls in replies write their arguments one by one (<function=...><parameter=...>), not as JSON: "
@@ -1087,4 +1103,7 @@ def translate_tool_use(template: str, tool_template: str, fmt: Any, plain_go: st
     ws, problem = verify(template, go_tpl, bos, eos, strip_bos, system, tool_template=tool_template)
     if problem:
         return ToolResult(None, "refused", f"the Go template would differ on {problem}", "tool_use")
+    problem = _marker_problem(tool_template, go_tpl)
+    if problem:
+        return ToolResult(None, "refused", problem, "tool_use")
     return ToolResult(go_tpl, "exact but JSON whitespace" if ws else "exact", "", "tool_use")

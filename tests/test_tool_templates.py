@@ -389,3 +389,23 @@ def test_a_folder_with_default_and_tool_use_templates_gets_both_in_its_modelfile
     res = write_modelfile(hf, tmp_path / "out2", gguf=tmp_path / "m.gguf", ctx=4096, name="Hermes-Test",
                           template=str(TEMPLATES / "NousResearch-Hermes-2-Pro-Llama-3-8B-default.jinja"))
     assert res.tools == "none" and ".Tools" not in res.modelfile.read_text()
+
+
+@pytest.mark.parametrize("name", sorted(TAGS))
+def test_the_tag_ollama_derives_starts_with_the_marker_the_tool_call_parser_uses(name):
+    """One table of tool-call markers (modelfiles.markers) serves the TEMPLATE and the reply parser (chat, smoke,
+    serve): the tag Ollama derives from the TEMPLATE starts with the marker of the format the parser reads."""
+    from gguf_forge.modelfiles import markers
+    from gguf_forge.tools.chat import toolcalls
+
+    src = tool_source(name) or source(name)
+    fmt = toolcalls.detect_format(src)
+    assert fmt is not None and fmt == markers.detect_format(src)
+    assert markers.starts_with_marker(gotemplate.tool_call_tag(tr_for(name).go_template), fmt)
+
+
+def test_a_template_whose_tag_is_not_the_models_marker_is_refused():
+    src = source("Qwen-Qwen2.5-7B-Instruct")
+    tr = translate(src, bos="", eos="<|im_end|>")
+    assert tools._marker_problem(src, tr.go_template) == ""
+    assert "<tool_call>" in tools._marker_problem(src, tr.go_template.replace("<tool_call>", "<call>"))
