@@ -422,6 +422,68 @@ def _last_user_layout(r: _R, fmt: Any) -> dict[str, str]:
     return out
 
 
+def _list_layout(r: _R, fmt: Any, template: str) -> dict[str, str]:
+    """Granite 3.x: the tool list as one JSON value in a turn of its own after the system turn; assistant tool
+    calls are not written (only the reply's text); a result is a turn of the ``tool`` role."""
+    u, s = {"role": "user", "content": _U}, {"role": "system", "content": _S}
+    with_t = r([s, u], True, _STOOLS, what="tools after a system message")
+    without = r([s, u], True, what="a system message")
+    k = without.find(_S)
+    if k < 0 or not without[k + len(_S):].startswith(fmt.sys_suf):
+        raise _NoLayout("the system turn is not where the plain layout puts it")
+    k += len(_S) + len(fmt.sys_suf)
+    head, rest = without[:k], without[k:]
+    if not with_t.startswith(head) or not with_t.endswith(rest) or len(with_t) <= len(without):
+        raise _NoLayout("the tools are not a block of their own after the system turn")
+    block = with_t[len(head): len(with_t) - len(rest)]
+    for indent in (None, 2, 4):
+        dump = json.dumps(_STOOLS, ensure_ascii=False, indent=indent)
+        if block.count(dump) == 1:
+            break
+    else:
+        raise _NoLayout("the tools block does not write the tool list as JSON")
+    pre, post = block.split(dump)
+    call = {"role": "assistant", "content": "", "calls": [_call(_N1, _ARGS1, "call00001")]}
+    res = {"role": "tool", "content": _R1, "tool_name": _N1, "call_id": "call00001"}
+    x = r([u, call, res], True, _STOOLS, what="a tool call and its result")
+    if _N1 in x:
+        raise _NoLayout("tool calls are written in the conversation")
+    _, mid, tail = _seq(x, [_U, _R1], "a tool call and its result")
+    turn = fmt.user_suf + fmt.asst_pre + fmt.asst_suf
+    if not mid.startswith(turn) or not tail.endswith(fmt.gen):
+        raise _NoLayout("a tool-call turn is not written as an empty reply")
+    marker = markers.start_markers(markers.detect_format(template))
+    if not marker:
+        raise _NoLayout("the template does not write tool calls and names no known tool-call marker")
+    return {"pre": pre, "post": post, "tool_pre": mid[len(turn):], "tool_suf": tail[: len(tail) - len(fmt.gen)],
+            "marker": marker[0]}
+
+
+def _go_list_layout(fmt: Any, parts: ToolParts, lit: Any) -> str:
+    """The plain layout plus the tool list after the system turn, tool results as turns, and the model's tool-call
+    marker inside ``{{ if .ToolCalls }}{{ if false }}``: it renders nothing (the template writes no calls), but it
+    is the tag Ollama's parser looks for in replies."""
+    p, f = parts.pieces, parts.flags
+    if f["keep"] != "never" or f["gen_on"] is not None or f["gen_off"] is not None:
+        raise _NoLayout("thinking together with the tool list layout is not supported")
+    if fmt.system_mode != "block" or fmt.bos_repeat or fmt.lead or fmt.no_sys_head is not None:
+        raise _NoLayout("the tool list layout is supported for templates whose system message is its own block")
+    head = None if fmt.default_system is None else fmt.sys_pre + fmt.default_system + fmt.sys_suf
+    lines = ["{{- $toolsDone := false }}{{- range $i, $m := .Messages }}"]
+    if head is not None:
+        lines.append("{{- if and (eq $i 0) (ne .Role \"system\") }}" + lit(head) + "{{ end }}")
+    lines += ["{{- if and $.Tools (not $toolsDone) (ne .Role \"system\") }}" + lit(p["pre"]) + "{{ json $.Tools }}"
+              + lit(p["post"]) + "{{ $toolsDone = true }}{{ end }}",
+              "{{- if eq .Role \"system\" }}" + lit(fmt.sys_pre) + "{{ .Content }}" + lit(fmt.sys_suf),
+              "{{- else if eq .Role \"user\" }}" + lit(fmt.user_pre) + "{{ .Content }}" + lit(fmt.user_suf),
+              "{{- else if eq .Role \"assistant\" }}" + lit(fmt.asst_pre) + "{{ .Content }}{{ if .ToolCalls }}"
+              "{{ if false }}" + lit(p["marker"]) + "{{ end }}{{ end }}" + lit(fmt.asst_suf),
+              "{{- else if eq .Role \"tool\" }}" + lit(p["tool_pre"]) + "{{ .Content }}" + lit(p["tool_suf"]),
+              "{{- end }}",
+              "{{- end }}" + lit(fmt.gen)]
+    return "\n".join(line + ('{{ "" }}' if line[-1:].isspace() else "") for line in lines)
+
+
 def _user_layout(r: _R, fmt: Any) -> dict[str, str]:
     """Calls and results of a template whose tools open the first user turn (Llama 3.1-3.3): a call is its JSON
     alone after the assistant header, a result its own turn (its text written as JSON when the template does)."""
@@ -637,10 +699,18 @@ def infer(template: str, fmt: Any, bos: str, eos: str, strip_bos: bool) -> ToolP
     elif has_tools:
         placement = "system" if fmt.system_mode == "block" and _tool_in_system(r, fmt) else "user"
         parts.layout = "chatml" if placement == "system" else "llama3-json"
-        parts.pieces.update(_tools_block(r, fmt, placement))
-        if placement == "system":
+        try:
+            parts.pieces.update(_tools_block(r, fmt, placement))
+        except _NoLayout as e:
+            if placement != "system":
+                raise
+            try:  # Granite 3.x: the whole list in a turn of its own
+                parts.layout, parts.pieces = "tools-list", _list_layout(r, fmt, template)
+            except _NoLayout:
+                raise e from None
+        if parts.layout == "chatml":
             parts.pieces.update(_split_calls(_call_pieces(r, fmt), fmt))
-        else:
+        elif parts.layout == "llama3-json":
             parts.pieces.update(_user_layout(r, fmt))
     thinking = _thinking(r, fmt)
     parts.flags.update(thinking)
@@ -666,6 +736,8 @@ def go_template(fmt: Any, parts: ToolParts, lit: Any) -> str:
         return _go_user_layout(fmt, parts, lit)
     if parts.layout == "last-user-turn" and parts.flags.get("tools"):
         return _go_last_user_layout(fmt, parts, lit)
+    if parts.layout == "tools-list":
+        return _go_list_layout(fmt, parts, lit)
     if fmt.system_mode != "block" or fmt.bos_repeat or fmt.lead or fmt.no_sys_head is not None:
         raise _NoLayout("tool calls are supported for templates whose system message is its own block")
     p, f = parts.pieces, parts.flags

@@ -34,7 +34,7 @@ STATUS = {
     "meta-llama-Llama-3.3-70B-Instruct": (*LLAMA, "exact but JSON whitespace", ""),
     "mistralai-Mistral-Nemo-Instruct-2407": ("<s>", "</s>", "exact but JSON whitespace", ""),
     "HuggingFaceTB-SmolLM3-3B": ("", "<|im_end|>", "error", "cannot be reproduced exactly"),
-    "ibm-granite-granite-3.3-2B-Instruct": ("", "<|end_of_text|>", "refused", "each tool as JSON"),
+    "ibm-granite-granite-3.3-2B-Instruct": ("", "<|end_of_text|>", "exact but JSON whitespace", ""),
     "deepseek-ai-DeepSeek-R1-Distill-Qwen-32B": (*R1, "exact", ""),
     "deepseek-ai-DeepSeek-R1-Distill-Llama-8B": (*R1, "none", ""),
     "openai-gpt-oss-120b": ("", "<|return|>", "error", "today's date"),
@@ -409,3 +409,19 @@ def test_a_template_whose_tag_is_not_the_models_marker_is_refused():
     tr = translate(src, bos="", eos="<|im_end|>")
     assert tools._marker_problem(src, tr.go_template) == ""
     assert "<tool_call>" in tools._marker_problem(src, tr.go_template.replace("<tool_call>", "<call>"))
+
+
+def test_granite_tool_calls_are_recognised_by_the_marker_its_template_does_not_render(go_bin):
+    """Granite 3.3 writes the tool list as one JSON value in an available_tools turn and does not write earlier
+    calls at all; its system prompt tells the model to answer "<|tool_call|> followed by a JSON list". The
+    TEMPLATE renders nothing for calls either, but carries that marker where Ollama looks for the tag."""
+    from gguf_forge.tools.chat import toolcalls
+
+    name = "ibm-granite-granite-3.3-2B-Instruct"
+    tr = tr_for(name)
+    assert go_run(go_bin, {"template": tr.go_template, "tag": True})["tag"] == "<|tool_call|>"
+    assert "respond only with <|tool_call|> followed by a JSON list" in source(name)
+    reply = '<|tool_call|>[{"name": "get_weather", "arguments": {"city": "Paris"}}]'
+    parsed = toolcalls.parse(reply, toolcalls.detect_format(source(name)))
+    assert parsed.names() == ["get_weather"] and json.loads(parsed.tool_calls[0]["function"]["arguments"]) == {
+        "city": "Paris"}
