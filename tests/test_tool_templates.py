@@ -425,3 +425,36 @@ def test_granite_tool_calls_are_recognised_by_the_marker_its_template_does_not_r
     parsed = toolcalls.parse(reply, toolcalls.detect_format(source(name)))
     assert parsed.names() == ["get_weather"] and json.loads(parsed.tool_calls[0]["function"]["arguments"]) == {
         "city": "Paris"}
+
+
+def test_a_gguf_with_only_the_default_template_gets_the_folders_tool_use_template(tmp_path):
+    """The pipeline writes the Modelfile from the GGUF (whose converter keeps only the default template) with the
+    HF folder as source: the folder's tool_use template is used when its default one is the GGUF's."""
+    import gguf
+
+    from gguf_forge.modelfiles import write_modelfile
+
+    bos, eos, _, _ = STATUS[HERMES]
+    hf = tmp_path / "hf"
+    hf.mkdir()
+    (hf / "tokenizer_config.json").write_text(json.dumps({"chat_template": [
+        {"name": "default", "template": source(HERMES)}, {"name": "tool_use", "template": tool_source(HERMES)}],
+        "bos_token": bos, "eos_token": eos}))
+    path = tmp_path / "m.gguf"
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_array("tokenizer.ggml.tokens", ["a", bos, eos])
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+    w.add_chat_template(source(HERMES))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    res = write_modelfile(path, tmp_path / "out", source_dir=hf, ctx=4096, name="Hermes-Test")
+    assert res.tools == "exact but JSON whitespace" and "{{- if .Tools }}" in res.modelfile.read_text()
+    # another default template in the folder: its tool_use template is not taken
+    (hf / "tokenizer_config.json").write_text(json.dumps({"chat_template": [
+        {"name": "default", "template": source(HERMES) + " "}, {"name": "tool_use", "template": tool_source(HERMES)}],
+        "bos_token": bos, "eos_token": eos}))
+    res = write_modelfile(path, tmp_path / "out2", source_dir=hf, ctx=4096, name="Hermes-Test")
+    assert res.tools == "none"
