@@ -180,7 +180,9 @@ def audit(target: Path, *, generate: bool = True, hf_dir: Path | None = None) ->
         for key, what in ((TOKENIZER.EOS_ID, "eos"), (TOKENIZER.EOT_ID, "eot"), (TOKENIZER.EOM_ID, "eom")):
             i = files.gguf_field(reader, key, int)
             a.signals.append(Signal(f"GGUF {gg.name}", f"{what} ({key})", [] if i is None else [f"{i} {tok(i)}"]))
-        template = template or files.gguf_field(reader, TOKENIZER.CHAT_TEMPLATE, str)
+        # the GGUF's template is the one llama.cpp, LM Studio and the Modelfile use (the pipeline's --template
+        # replaces the HF folder's there): it wins over the folder's
+        template = files.gguf_field(reader, TOKENIZER.CHAT_TEMPLATE, str) or template
         if not hf:
             eos = tok(files.gguf_field(reader, TOKENIZER.EOS_ID, int))
             bos = tok(files.gguf_field(reader, TOKENIZER.BOS_ID, int))

@@ -26,6 +26,7 @@ class ModelInfo:
     add_bos: bool | None = None
     context_length: int | None = None
     license_name: str | None = None
+    tool_template: str | None = None  # a separate "tool_use" template (Hermes 2 Pro), used for requests with tools
 
 
 def read_gguf(path: Path) -> ModelInfo:
@@ -52,6 +53,7 @@ def read_gguf(path: Path) -> ModelInfo:
     return ModelInfo(
         name=files.gguf_field(reader, GENERAL.NAME, str) or path.stem,
         template=files.gguf_field(reader, TOKENIZER.CHAT_TEMPLATE, str),
+        tool_template=files.gguf_field(reader, TOKENIZER.CHAT_TEMPLATE + ".tool_use", str),
         bos=token(TOKENIZER.BOS_ID),
         eos=token(TOKENIZER.EOS_ID),
         end_tokens=list(dict.fromkeys(ends)),
@@ -78,9 +80,11 @@ def read_hf_dir(path: Path) -> ModelInfo:
     if ctx is not None and (isinstance(ctx, bool) or not isinstance(ctx, int) or ctx < 1):
         raise ForgeError(f"{path / 'config.json'}: max_position_embeddings must be a positive integer, got {ctx!r}")
     eos = _token_text(tc.get("eos_token"))
+    named = tc.get("chat_template") if isinstance(tc.get("chat_template"), list) else []
+    tool_use = next((t.get("template") for t in named if isinstance(t, dict) and t.get("name") == "tool_use"), None)
     return ModelInfo(name=path.resolve().name, template=template, bos=_token_text(tc.get("bos_token")), eos=eos,
                      end_tokens=[eos] if eos else [], add_bos=tc.get("add_bos_token"),
-                     context_length=ctx)
+                     context_length=ctx, tool_template=tool_use if isinstance(tool_use, str) else None)
 
 
 def sampling_defaults(folder: Path | None) -> dict[str, float | int]:

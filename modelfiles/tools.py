@@ -29,7 +29,7 @@ from typing import Any
 
 from .. import chat_template
 from ..errors import ForgeError
-from . import gotemplate
+from . import gotemplate, markers
 
 #: the Modelfile comment (and README statement) for the one difference a tool TEMPLATE may have
 JSON_NOTE = ("tool definitions, call arguments and JSON results are written by Ollama's json (Go json.Marshal: "
@@ -137,9 +137,14 @@ def ollama_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def jinja_render(template: str, case: Case, bos: str, eos: str, system: str | None) -> str:
+def jinja_render(template: str, case: Case, bos: str, eos: str, system: str | None,
+                 tool_template: str | None = None) -> str:
     """The Jinja rendering (generation prompt on) of ``case``, with the Modelfile's SYSTEM first when the case has
-    no system message (what Ollama sends); ``enable_thinking`` only when the case sets thinking."""
+    no system message (what Ollama sends); ``enable_thinking`` only when the case sets thinking. With a separate
+    ``tool_template`` (a model's ``tool_use`` template) a case with tools is rendered by it, as transformers and
+    llama.cpp choose it when a request has tools."""
+    if tool_template and case.tools:
+        template = tool_template
     msgs = jinja_messages(case.messages)
     if system and msgs[0]["role"] != "system":
         msgs = [{"role": "system", "content": system}, *msgs]
@@ -417,6 +422,68 @@ def _last_user_layout(r: _R, fmt: Any) -> dict[str, str]:
     return out
 
 
+def _list_layout(r: _R, fmt: Any, template: str) -> dict[str, str]:
+    """Granite 3.x: the tool list as one JSON value in a turn of its own after the system turn; assistant tool
+    calls are not written (only the reply's text); a result is a turn of the ``tool`` role."""
+    u, s = {"role": "user", "content": _U}, {"role": "system", "content": _S}
+    with_t = r([s, u], True, _STOOLS, what="tools after a system message")
+    without = r([s, u], True, what="a system message")
+    k = without.find(_S)
+    if k < 0 or not without[k + len(_S):].startswith(fmt.sys_suf):
+        raise _NoLayout("the system turn is not where the plain layout puts it")
+    k += len(_S) + len(fmt.sys_suf)
+    head, rest = without[:k], without[k:]
+    if not with_t.startswith(head) or not with_t.endswith(rest) or len(with_t) <= len(without):
+        raise _NoLayout("the tools are not a block of their own after the system turn")
+    block = with_t[len(head): len(with_t) - len(rest)]
+    for indent in (None, 2, 4):
+        dump = json.dumps(_STOOLS, ensure_ascii=False, indent=indent)
+        if block.count(dump) == 1:
+            break
+    else:
+        raise _NoLayout("the tools block does not write the tool list as JSON")
+    pre, post = block.split(dump)
+    call = {"role": "assistant", "content": "", "calls": [_call(_N1, _ARGS1, "call00001")]}
+    res = {"role": "tool", "content": _R1, "tool_name": _N1, "call_id": "call00001"}
+    x = r([u, call, res], True, _STOOLS, what="a tool call and its result")
+    if _N1 in x:
+        raise _NoLayout("tool calls are written in the conversation")
+    _, mid, tail = _seq(x, [_U, _R1], "a tool call and its result")
+    turn = fmt.user_suf + fmt.asst_pre + fmt.asst_suf
+    if not mid.startswith(turn) or not tail.endswith(fmt.gen):
+        raise _NoLayout("a tool-call turn is not written as an empty reply")
+    marker = markers.start_markers(markers.detect_format(template))
+    if not marker:
+        raise _NoLayout("the template does not write tool calls and names no known tool-call marker")
+    return {"pre": pre, "post": post, "tool_pre": mid[len(turn):], "tool_suf": tail[: len(tail) - len(fmt.gen)],
+            "marker": marker[0]}
+
+
+def _go_list_layout(fmt: Any, parts: ToolParts, lit: Any) -> str:
+    """The plain layout plus the tool list after the system turn, tool results as turns, and the model's tool-call
+    marker inside ``{{ if .ToolCalls }}{{ if false }}``: it renders nothing (the template writes no calls), but it
+    is the tag Ollama's parser looks for in replies."""
+    p, f = parts.pieces, parts.flags
+    if f["keep"] != "never" or f["gen_on"] is not None or f["gen_off"] is not None:
+        raise _NoLayout("thinking together with the tool list layout is not supported")
+    if fmt.system_mode != "block" or fmt.bos_repeat or fmt.lead or fmt.no_sys_head is not None:
+        raise _NoLayout("the tool list layout is supported for templates whose system message is its own block")
+    head = None if fmt.default_system is None else fmt.sys_pre + fmt.default_system + fmt.sys_suf
+    lines = ["{{- $toolsDone := false }}{{- range $i, $m := .Messages }}"]
+    if head is not None:
+        lines.append("{{- if and (eq $i 0) (ne .Role \"system\") }}" + lit(head) + "{{ end }}")
+    lines += ["{{- if and $.Tools (not $toolsDone) (ne .Role \"system\") }}" + lit(p["pre"]) + "{{ json $.Tools }}"
+              + lit(p["post"]) + "{{ $toolsDone = true }}{{ end }}",
+              "{{- if eq .Role \"system\" }}" + lit(fmt.sys_pre) + "{{ .Content }}" + lit(fmt.sys_suf),
+              "{{- else if eq .Role \"user\" }}" + lit(fmt.user_pre) + "{{ .Content }}" + lit(fmt.user_suf),
+              "{{- else if eq .Role \"assistant\" }}" + lit(fmt.asst_pre) + "{{ .Content }}{{ if .ToolCalls }}"
+              "{{ if false }}" + lit(p["marker"]) + "{{ end }}{{ end }}" + lit(fmt.asst_suf),
+              "{{- else if eq .Role \"tool\" }}" + lit(p["tool_pre"]) + "{{ .Content }}" + lit(p["tool_suf"]),
+              "{{- end }}",
+              "{{- end }}" + lit(fmt.gen)]
+    return "\n".join(line + ('{{ "" }}' if line[-1:].isspace() else "") for line in lines)
+
+
 def _user_layout(r: _R, fmt: Any) -> dict[str, str]:
     """Calls and results of a template whose tools open the first user turn (Llama 3.1-3.3): a call is its JSON
     alone after the assistant header, a result its own turn (its text written as JSON when the template does)."""
@@ -632,10 +699,18 @@ def infer(template: str, fmt: Any, bos: str, eos: str, strip_bos: bool) -> ToolP
     elif has_tools:
         placement = "system" if fmt.system_mode == "block" and _tool_in_system(r, fmt) else "user"
         parts.layout = "chatml" if placement == "system" else "llama3-json"
-        parts.pieces.update(_tools_block(r, fmt, placement))
-        if placement == "system":
+        try:
+            parts.pieces.update(_tools_block(r, fmt, placement))
+        except _NoLayout as e:
+            if placement != "system":
+                raise
+            try:  # Granite 3.x: the whole list in a turn of its own
+                parts.layout, parts.pieces = "tools-list", _list_layout(r, fmt, template)
+            except _NoLayout:
+                raise e from None
+        if parts.layout == "chatml":
             parts.pieces.update(_split_calls(_call_pieces(r, fmt), fmt))
-        else:
+        elif parts.layout == "llama3-json":
             parts.pieces.update(_user_layout(r, fmt))
     thinking = _thinking(r, fmt)
     parts.flags.update(thinking)
@@ -661,6 +736,8 @@ def go_template(fmt: Any, parts: ToolParts, lit: Any) -> str:
         return _go_user_layout(fmt, parts, lit)
     if parts.layout == "last-user-turn" and parts.flags.get("tools"):
         return _go_last_user_layout(fmt, parts, lit)
+    if parts.layout == "tools-list":
+        return _go_list_layout(fmt, parts, lit)
     if fmt.system_mode != "block" or fmt.bos_repeat or fmt.lead or fmt.no_sys_head is not None:
         raise _NoLayout("tool calls are supported for templates whose system message is its own block")
     p, f = parts.pieces, parts.flags
@@ -844,12 +921,12 @@ def cases_for(go_tpl: str) -> list[Case]:
 
 
 def verify(template: str, go_tpl: str, bos: str, eos: str, strip_bos: bool, system: str | None,
-           cases: list[Case] | None = None) -> tuple[bool, str]:
+           cases: list[Case] | None = None, tool_template: str | None = None) -> tuple[bool, str]:
     """Render the tool suite with Jinja and with ``go_tpl``; (whether any JSON whitespace differs, problem or "")."""
     any_ws = False
     for case in cases or cases_for(go_tpl):
         try:
-            want = jinja_render(template, case, bos, eos, system)
+            want = jinja_render(template, case, bos, eos, system, tool_template)
         except ForgeError as e:
             want_err = str(e)
             want = None
@@ -870,6 +947,19 @@ def verify(template: str, go_tpl: str, bos: str, eos: str, strip_bos: bool, syst
     return any_ws, ""
 
 
+def _marker_problem(template: str, go_tpl: str) -> str:
+    """"" when the tag Ollama derives from ``go_tpl`` (:func:`.gotemplate.tool_call_tag`) starts with the marker a
+    model trained on ``template`` starts its calls with (:mod:`.markers`); else why Ollama would miss the calls."""
+    if ".ToolCalls" not in go_tpl:
+        return ""
+    fmt = markers.detect_format(template)
+    tag = gotemplate.tool_call_tag(go_tpl)
+    if fmt is not None and not markers.starts_with_marker(tag, fmt):
+        return (f"Ollama would look for tool calls after {tag!r} while the model starts them with "
+                f"{' or '.join(markers.start_markers(fmt))!r}")
+    return ""
+
+
 def translate_tools(template: str, fmt: Any, *, bos: str, eos: str, strip_bos: bool, system: str | None,
                     lit: Any) -> ToolResult:
     """The tool/thinking TEMPLATE for ``template`` proven on :func:`tool_suite`, or why it cannot be written."""
@@ -886,9 +976,206 @@ def translate_tools(template: str, fmt: Any, *, bos: str, eos: str, strip_bos: b
     ws, problem = verify(template, go_tpl, bos, eos, strip_bos, system)
     if problem:
         return ToolResult(None, "refused", f"the Go template would differ on {problem}", parts.layout)
+    problem = _marker_problem(template, go_tpl)
+    if problem:
+        return ToolResult(None, "refused", problem, parts.layout)
     note = ""
     if "arg_pre" in parts.pieces:
         note = ("tool calls in replies write their arguments one by one (<function=...><parameter=...>), not as JSON: "
                 "Ollama's tool parser derived from this TEMPLATE finds the call's tag and name but reads JSON "
                 "arguments only; Ollama's built-in parser for this format is chosen with PARSER (e.g. qwen3.5)")
     return ToolResult(go_tpl, "exact but JSON whitespace" if ws else "exact", "", parts.layout, note)
+
+
+# -- a separate tool_use template (Hermes 2 Pro) ---------------------------------------------------------------------
+# A model can ship two templates, ``default`` and ``tool_use``; transformers and llama.cpp render the ``tool_use`` one
+# when a request has tools. The TEMPLATE does the same: ``{{ if .Tools }}`` the tool_use layout ``{{ else }}`` the
+# default template's. The tool_use layout (Hermes): a fixed system turn listing each tool as a JSON-like object whose
+# description is a Python-style signature and an ``Args:`` list (types mapped by the template's own macro), then the
+# messages as turns, calls as marker + JSON, results grouped in one turn whose closing depends on what follows.
+_JSON_TYPES = ("string", "number", "integer", "boolean", "object", "array")
+
+
+def _seq(text: str, marks: list[str], what: str) -> list[str]:
+    """``text`` cut at each mark in turn (each searched after the previous one)."""
+    parts, pos = [], 0
+    for m in marks:
+        i = text.find(m, pos)
+        if i < 0:
+            raise _NoLayout(f"{what}: {m!r} not found where expected")
+        parts.append(text[pos:i])
+        pos = i + len(m)
+    parts.append(text[pos:])
+    return parts
+
+
+def _ptool(name: str, desc: str, props: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    return {"type": "function", "function": {"name": name, "description": desc, "parameters": {
+        "type": "object", "required": list(props)[:1], "properties": props}}}
+
+
+def _common_prefix(items: list[str]) -> str:
+    n = 0
+    while all(len(s) > n for s in items) and len({s[n] for s in items}) == 1:
+        n += 1
+    return items[0][:n]
+
+
+def _tool_use_parts(r: _R, fmt: Any) -> dict[str, Any]:
+    u = {"role": "user", "content": _U}
+    turn = fmt.user_pre + _U + fmt.user_suf + fmt.gen
+
+    def block(tools_: list[dict[str, Any]], what: str) -> str:
+        out = r([u], True, tools_, what=what)
+        if not out.endswith(turn):
+            raise _NoLayout(f"{what}: the tools block is not followed by the user turn")
+        return out[: len(out) - len(turn)]
+
+    # one property of each JSON type: the template's name for each type
+    sig, arg = {}, {}
+    for t in _JSON_TYPES:
+        b = block([_ptool("Zq8toolA", "Zq8descA", {"Zq8p": {"type": t, "description": "Zq8pd"}})], f"a {t} parameter")
+        _, _, _, s, _, a, _, _ = _seq(b, ["Zq8toolA", "Zq8toolA", "Zq8p", "Zq8descA", "Zq8p", "Zq8pd",
+                                          _dump({"type": "object", "required": ["Zq8p"], "properties": {
+                                              "Zq8p": {"type": t, "description": "Zq8pd"}}})], f"a {t} parameter")
+        sig[t], arg[t] = s, a
+    sig_mid, arg_mid = _common_prefix(list(sig.values())), _common_prefix(list(arg.values()))
+    sig_close = _common_prefix([s[::-1] for s in sig.values()])[::-1]
+    arg_suf = _common_prefix([a[::-1] for a in arg.values()])[::-1]
+    types = {t: s[len(sig_mid): len(s) - len(sig_close)] for t, s in sig.items()}
+    if any(arg[t] != arg_mid + types[t] + arg_suf or not types[t] for t in _JSON_TYPES):
+        raise _NoLayout("the parameter types are not written alike in the signature and the argument list")
+    # two tools with two parameters each
+    two = {"Zq8p": {"type": "string", "description": "Zq8pd"}, "Zq8q": {"type": "string", "description": "Zq8qd"}}
+    tools2 = [_ptool("Zq8toolA", "Zq8descA", two), _ptool("Zq8toolB", "Zq8descB", two)]
+    b = block(tools2, "two tools")
+    params = _dump(tools2[0]["function"]["parameters"])
+    marks = ["Zq8toolA", "Zq8toolA", "Zq8p", "Zq8q", "Zq8descA", "Zq8p", "Zq8pd", "Zq8q", "Zq8qd", params]
+    a = _seq(b, marks + [m.replace("Zq8toolA", "Zq8toolB").replace("Zq8descA", "Zq8descB") for m in marks],
+             "two tools")
+    pre, t1, sig_open, sig_sep_full, sig_close_full, desc_args, a_mid1, line_sep, a_mid2, g, between = a[:11]
+    if a[11:20] != [t1, sig_open, sig_sep_full, sig_close_full, desc_args, a_mid1, line_sep, a_mid2, g]:
+        raise _NoLayout("the second tool is not written like the first")
+    after = a[20]
+    st = types["string"]
+    if not (sig_sep_full.startswith(sig_mid + st) and sig_close_full == sig_mid + st + sig_close
+            and a_mid1 == a_mid2 == arg_mid + st + arg_suf):
+        raise _NoLayout("the signature is not written parameter by parameter")
+    sig_sep = sig_sep_full[len(sig_mid + st):]
+    # no parameters: what follows the description, and what stands for the parameters
+    b0 = block([_ptool("Zq8toolA", "Zq8descA", {})], "a tool without parameters")
+    z = _seq(b0, ["Zq8toolA", "Zq8toolA", "Zq8descA"], "a tool without parameters")
+    if z[0] != pre or z[1] != t1 or z[2] != sig_open + sig_close or not z[3].endswith(after):
+        raise _NoLayout("a tool without parameters is not written like the others")
+    zero = z[3][: len(z[3]) - len(after)]
+    # zero == desc_suf + g + empty_params + tool_end, desc_args == desc_suf + args_head + line_pre
+    if not line_sep or not desc_args.endswith(line_sep):
+        raise _NoLayout("the argument list is not one line per parameter")
+    line_pre = line_sep
+    k = len(_common_prefix([zero, desc_args]))
+    desc_suf, args_head = desc_args[:k], desc_args[k: len(desc_args) - len(line_pre)]
+    rest0 = zero[k:]
+    if not rest0.startswith(g):
+        raise _NoLayout("a tool without parameters is not written like the others")
+    return {"pre": pre, "t1": t1, "sig_open": sig_open, "sig_mid": sig_mid, "sig_sep": sig_sep,
+            "sig_close": sig_close, "desc_suf": desc_suf, "args_head": args_head, "line_pre": line_pre,
+            "arg_mid": arg_mid, "arg_suf": arg_suf, "g": g, "empty_tail": rest0[len(g):], "between": between,
+            "after": after, "types": types}
+
+
+def _tool_use_turns(r: _R, fmt: Any) -> dict[str, str]:
+    """Calls and results in the tool_use template (rendered with tools, after its tools block)."""
+    u, u2 = {"role": "user", "content": _U}, {"role": "user", "content": _U2}
+    two = {"role": "assistant", "content": "", "calls": [_call(_N1, _ARGS1, "call00001"),
+                                                         _call(_N2, _ARGS2, "call00002")]}
+    res1 = {"role": "tool", "content": _R1, "tool_name": _N1, "call_id": "call00001"}
+    res2 = {"role": "tool", "content": _R2, "tool_name": _N2, "call_id": "call00002"}
+    y = r([u, two, res1, res2], True, _STOOLS, what="two tool calls and two results")
+    y2 = r([u, two, res1, res2, u2], True, _STOOLS, what="tool results and a next question")
+    _, pre, mid, between, mid2, after2, r_between, tail = _seq(
+        y, [_U, _N1, _dump(_ARGS1), _N2, _dump(_ARGS2), _R1, _R2], "two tool calls and two results")
+    if mid != mid2 or not pre.startswith(fmt.user_suf):
+        raise _NoLayout("the second tool call is not written like the first")
+    pre = pre[len(fmt.user_suf):]
+    n = len(_common_prefix([pre[::-1], between[::-1]]))
+    call_pre, opener = pre[len(pre) - n:], pre[: len(pre) - n]
+    call_suf = between[: len(between) - n]
+    if not call_pre.strip() or not after2.startswith(call_suf):
+        raise _NoLayout("tool calls are not written alike")
+    close_open = after2[len(call_suf):]  # turn close + group open + result prefix
+    m = len(_common_prefix([close_open[::-1], r_between[::-1]]))
+    res_pre = close_open[len(close_open) - m:]
+    if not tail.endswith(fmt.gen):
+        raise _NoLayout("the generation prompt after tool results differs")
+    last = tail[: len(tail) - len(fmt.gen)]
+    next_other = _seq(y2, [_R2, fmt.user_pre + _U2], "tool results and a next question")[1]
+    close_group = close_open[: len(close_open) - m]
+    if not close_group.startswith(fmt.asst_suf):
+        raise _NoLayout("a tool-call turn does not end as a reply does")
+    return {"opener": opener, "call_pre": call_pre, "mid": mid, "call_suf": call_suf,
+            "group_open": close_group[len(fmt.asst_suf):], "res_pre": res_pre,
+            "next_tool": r_between[: len(r_between) - m], "last": last, "next_other": next_other}
+
+
+def _go_type(types: dict[str, str], var: str, lit: Any) -> str:
+    out = "{{ $ty := json " + var + ".Type }}"
+    for i, t in enumerate(_JSON_TYPES):
+        out += ("{{ if " if i == 0 else "{{ else if ") + "eq $ty " + _go_str(json.dumps(t)) + " }}" + lit(types[t])
+    # any other type (a list of types, none): the chat template's macro writes something Ollama's data cannot
+    # reproduce; an execution error (the request fails) instead of a different prompt
+    return out + "{{ else }}{{ slice " + _go_str("a parameter type the chat template writes differently") \
+        + " 0 100000 }}{{ end }}"
+
+
+def go_tool_use(fmt: Any, tp: dict[str, Any], tt: dict[str, str], plain_go: str, lit: Any) -> str:
+    """``{{ if .Tools }}`` the tool_use template's layout ``{{ else }}`` the default template's TEMPLATE."""
+    props = ".Function.Parameters.Properties"
+    tool = ("{{ .Function.Name }}" + lit(tp["t1"]) + "{{ .Function.Name }}" + lit(tp["sig_open"])
+            + "{{ $first := true }}{{ range $k, $v := " + props + " }}{{ if not $first }}" + lit(tp["sig_sep"])
+            + "{{ end }}{{ $first = false }}{{ $k }}" + lit(tp["sig_mid"]) + _go_type(tp["types"], "$v", lit)
+            + "{{ end }}" + lit(tp["sig_close"]) + "{{ .Function.Description }}" + lit(tp["desc_suf"])
+            + "{{ $first = true }}{{ range $k, $v := " + props + " }}{{ if $first }}" + lit(tp["args_head"])
+            + "{{ end }}{{ $first = false }}" + lit(tp["line_pre"]) + "{{ $k }}" + lit(tp["arg_mid"])
+            + _go_type(tp["types"], "$v", lit) + lit(tp["arg_suf"]) + "{{ $v.Description }}{{ end }}"
+            + lit(tp["g"]) + "{{ if " + props + " }}{{ json .Function.Parameters }}{{ else }}"
+            + lit(tp["empty_tail"]) + "{{ end }}")
+    lines = ["{{- if .Tools }}" + lit(tp["pre"]) + "{{ range $i, $t := .Tools }}{{ if $i }}" + lit(tp["between"])
+             + "{{ end }}" + tool + "{{ end }}" + lit(tp["after"]),
+             "{{- $prev := \"\" }}{{- range $i, $m := $.Messages }}{{ $rest := slice $.Messages $i }}",
+             "{{- if eq .Role \"system\" }}" + lit(fmt.sys_pre) + "{{ .Content }}" + lit(fmt.sys_suf),
+             "{{- else if eq .Role \"user\" }}" + lit(fmt.user_pre) + "{{ .Content }}" + lit(fmt.user_suf),
+             # the turn's opening sits before the {{ if .ToolCalls }} (through a variable): Ollama's tool-call tag is
+             # the first text inside that if, which must be the call's marker
+             "{{- else if eq .Role \"assistant\" }}{{ $calls := .ToolCalls }}{{ if $calls }}" + lit(tt["opener"])
+             + "{{ else }}" + lit(fmt.asst_pre) + "{{ .Content }}" + lit(fmt.asst_suf) + "{{ end }}"
+             + "{{ if .ToolCalls }}{{ range .ToolCalls }}" + lit(tt["call_pre"]) + "{{ .Function.Name }}"
+             + lit(tt["mid"]) + "{{ .Function.Arguments }}" + lit(tt["call_suf"]) + "{{ end }}"
+             + lit(fmt.asst_suf) + "{{ end }}",
+             "{{- else if eq .Role \"tool\" }}{{ if and $i (ne $prev \"tool\") }}" + lit(tt["group_open"])
+             + "{{ end }}" + lit(tt["res_pre"]) + "{{ .Content }}{{ if eq (len $rest) 1 }}" + lit(tt["last"])
+             + "{{ else }}{{ $next := index $rest 1 }}{{ if eq $next.Role \"tool\" }}" + lit(tt["next_tool"])
+             + "{{ else }}" + lit(tt["next_other"]) + "{{ end }}{{ end }}",
+             "{{- end }}{{ $prev = .Role }}",
+             "{{- end }}" + lit(fmt.gen),
+             "{{- else }}" + plain_go + "{{ end }}"]
+    return "\n".join(line + ('{{ "" }}' if line[-1:].isspace() else "") for line in lines)
+
+
+def translate_tool_use(template: str, tool_template: str, fmt: Any, plain_go: str, *, bos: str, eos: str,
+                       strip_bos: bool, system: str | None, lit: Any) -> ToolResult:
+    """The TEMPLATE for a model that ships a separate ``tool_use`` template, proven on :func:`tool_suite` (cases with
+    tools against the tool_use template, the others against the default one), or why it cannot be written."""
+    r = _R(tool_template, bos, eos, strip_bos)
+    try:
+        tp = _tool_use_parts(r, fmt)
+        tt = _tool_use_turns(r, fmt)
+    except _NoLayout as e:
+        return ToolResult(None, "refused", f"its tool_use template fits no layout a Go template can reproduce ({e})")
+    go_tpl = go_tool_use(fmt, tp, tt, plain_go, lit)
+    ws, problem = verify(template, go_tpl, bos, eos, strip_bos, system, tool_template=tool_template)
+    if problem:
+        return ToolResult(None, "refused", f"the Go template would differ on {problem}", "tool_use")
+    problem = _marker_problem(tool_template, go_tpl)
+    if problem:
+        return ToolResult(None, "refused", problem, "tool_use")
+    return ToolResult(go_tpl, "exact but JSON whitespace" if ws else "exact", "", "tool_use")

@@ -540,13 +540,15 @@ def _diff(a: str, b: str) -> str:
 
 
 def translate(template: str, *, bos: str = "", eos: str = "", system: str | None = None,
-              extra_stop_tokens: list[str] = (), strip_bos: bool = True, require_tools: bool = False) -> Translation:
+              extra_stop_tokens: list[str] = (), strip_bos: bool = True, require_tools: bool = False,
+              tool_template: str | None = None) -> Translation:
     """Translate a Jinja chat template to an Ollama Go template and prove it on the conversation suite.
 
     ``require_tools``: a tools/thinking part that cannot be reproduced is an error instead of a TEMPLATE without
-    tools (and a warning). ``system`` overrides the template's default system prompt (it becomes the Modelfile's
-    SYSTEM). A leading
-    BOS is left out of the Go template when ``strip_bos`` (Ollama adds BOS when the GGUF's
+    tools (and a warning). ``tool_template``: the model's separate ``tool_use`` template (Hermes 2 Pro), used for
+    requests with tools as transformers and llama.cpp do. ``system`` overrides the template's default system prompt
+    (it becomes the Modelfile's SYSTEM). A leading BOS is left out of the Go template when ``strip_bos`` (Ollama
+    adds BOS when the GGUF's
     ``tokenizer.ggml.add_bos_token`` is true) and kept otherwise. Raises :class:`ForgeError` naming the
     construct when the Go template would render anything differently.
     """
@@ -610,6 +612,9 @@ def translate(template: str, *, bos: str = "", eos: str = "", system: str | None
     stops = [s for s in stops if s not in bad]
     go = go_template(fmt)
     tr = tools.translate_tools(template, fmt, bos=bos, eos=eos, strip_bos=strip_bos, system=sys_line, lit=lit)
+    if tool_template and tr.status in ("none", "exact", "exact but JSON whitespace"):
+        tr = tools.translate_tool_use(template, tool_template, fmt, tr.go_template or go, bos=bos, eos=eos,
+                                      strip_bos=strip_bos, system=sys_line, lit=lit)
     if tr.go_template is not None:
         go = tr.go_template
         if tr.status == "exact but JSON whitespace":

@@ -73,6 +73,15 @@ def _targets(model: Path, gguf: Path | None, source_dir: Path | None) -> tuple[P
     return gguf, Path(source_dir) if source_dir else None
 
 
+def _tool_template(info: ModelInfo, source_dir: Path | None) -> str | None:
+    """The model's separate tool_use template: the GGUF's / folder's own, else (a GGUF whose converter kept only the
+    default one) the HF folder's when that folder's default template is the GGUF's."""
+    if info.tool_template or source_dir is None or not (source_dir / "tokenizer_config.json").is_file():
+        return info.tool_template
+    folder = read_hf_dir(source_dir)
+    return folder.tool_template if folder.template == info.template else None
+
+
 def _jinja_source(model: Path, template: str | None, info: ModelInfo) -> str:
     """The Jinja template to translate: ``template`` (see :func:`gguf_forge.chat_template.load`), else the model's."""
     source = chat_template.resolve(template, info.template)
@@ -156,7 +165,8 @@ def write_modelfile(model: Path, outdir: Path, *, gguf: Path | None = None, sour
     # Ollama adds BOS itself only when the GGUF says so; otherwise a BOS the template writes stays in TEMPLATE
     # (SmolLM2's bos_token is <|im_start|>, which its template writes first and its GGUF does not add)
     tr = translate(jinja_src, bos=info.bos, eos=info.eos, system=system, extra_stop_tokens=info.end_tokens,
-                   strip_bos=info.add_bos is not False, require_tools=require_tools)
+                   strip_bos=info.add_bos is not False, require_tools=require_tools,
+                   tool_template=None if template else _tool_template(info, source))
     name = name or info.name or model.stem
     slug = _slug(name)
     num_ctx = ctx or min(info.context_length or 4096, DEFAULT_CTX_CAP)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+import gorender
 from gguf_forge.chat_template import load as load_template
 from gguf_forge.chat_template import named_templates
 from gguf_forge.modelfiles import write_modelfile
@@ -98,19 +99,10 @@ def parse_modelfile(text: str) -> dict:
 # -- the real Go text/template --------------------------------------------------------------------------------------
 @pytest.fixture(scope="session")
 def go_render(tmp_path_factory):
-    go = shutil.which("go")
-    if go is None:
-        pytest.skip("go is not installed (make test installs Debian's golang-go)")
-    out = tmp_path_factory.mktemp("gorender") / "render"
-    env = {**__import__("os").environ, "GOFLAGS": "-mod=mod", "CGO_ENABLED": "0"}
-    r = subprocess.run([go, "build", "-o", str(out), "."], cwd=HERE / "go", capture_output=True, text=True, env=env)
-    assert r.returncode == 0, r.stderr
+    binary = gorender.build(tmp_path_factory)
 
     def render(template: str, system: str | None, convs: list[list[dict[str, str]]]) -> list[str]:
-        req = {"template": template, "system": system or "", "conversations": convs}
-        p = subprocess.run([str(out)], input=json.dumps(req), capture_output=True, text=True)
-        assert p.returncode == 0, p.stdout + p.stderr
-        return json.loads(p.stdout)
+        return gorender.request(binary, {"template": template, "system": system or "", "conversations": convs})
 
     return render
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -222,3 +223,38 @@ def test_publish_accepts_the_pipeline_folder(demo_run):
     assert planned == {o["file"] for o in manifest["outputs"]} | {"manifest.json"}
     assert snapshot(result.outdir) == before  # nothing was written
     assert not (result.outdir / ".publish-split").exists()
+
+
+@pytest.mark.slow
+def test_unfixable_audit_mismatch_stops_the_run_before_publishing(tmp_path):
+    """A fine-tune whose replies end with <|im_end|> shipped with a template that closes turns with <|endoftext|>:
+    the audit finds it, metadata cannot fix it; the run writes its card and manifest (with the audit), names the
+    mismatch, exits non-zero, and a `merge-convert ... && publish` chain sends nothing to the (local) hub."""
+    from hubserver import HubServer
+
+    token = "hf_TestSecretToken0123456789abcdefXYZ"
+    template = tmp_path / "wrong-end.jinja"
+    template.write_text("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] }}"
+                        "{% if message['role'] == 'assistant' %}{{ '<|endoftext|>\\n' }}{% else %}"
+                        "{{ '<|im_end|>\\n' }}{% endif %}{% endfor %}"
+                        "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
+    out = tmp_path / "out"
+    pipeline = [*QUANTIZE, "merge-convert", "--base", str(adapters.fixtures.smollm2()), "-o", str(out), "--quant",
+                "Q8_0", "--template", str(template), "--smoke", "--name", "wrong-end", "--no-progress",
+                "--threads", "2"]
+    publish = [*QUANTIZE, "publish", str(out), "--repo", "forge-user/Wrong-End-GGUF", "--no-progress"]
+    with HubServer(token) as hub:
+        env = {**os.environ, "HF_HOME": str(tmp_path / "hf-home"), "HF_HUB_DISABLE_XET": "1",
+               "HF_HUB_DISABLE_TELEMETRY": "1", "HF_TOKEN": token, "HF_ENDPOINT": hub.url}
+        r = subprocess.run(["bash", "-c", " ".join(map(shlex.quote, pipeline)) + " && "
+                            + " ".join(map(shlex.quote, publish))], capture_output=True, text=True, env=env)
+        assert r.returncode == 2, r.stderr[-2000:]
+        error = [line for line in r.stderr.splitlines() if line.startswith("error: ")]
+        assert len(error) == 1 and "end-of-turn audit" in error[0] and "<|im_end|>" in error[0], r.stderr[-2000:]
+        assert "not ready to publish" in error[0] and "Traceback" not in r.stderr
+        assert hub.log == [] and not hub.repos  # nothing reached the hub
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["audit"]["unfixable"] and "<|im_end|>" in manifest["audit"]["unfixable"][0]
+    assert not manifest["audit"]["ok"]
+    card = (out / "README.md").read_text()
+    assert "<|im_end|>" in card and "<|endoftext|>" in card

@@ -8,12 +8,11 @@ from __future__ import annotations
 import importlib
 import json
 import re
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 
+import gorender
 from gguf_forge import chat_template
 from gguf_forge.errors import ForgeError
 from gguf_forge.modelfiles import gotemplate, tools
@@ -35,10 +34,15 @@ STATUS = {
     "meta-llama-Llama-3.3-70B-Instruct": (*LLAMA, "exact but JSON whitespace", ""),
     "mistralai-Mistral-Nemo-Instruct-2407": ("<s>", "</s>", "exact but JSON whitespace", ""),
     "HuggingFaceTB-SmolLM3-3B": ("", "<|im_end|>", "error", "cannot be reproduced exactly"),
-    "ibm-granite-granite-3.3-2B-Instruct": ("", "<|end_of_text|>", "refused", "each tool as JSON"),
+    "ibm-granite-granite-3.3-2B-Instruct": ("", "<|end_of_text|>", "exact but JSON whitespace", ""),
     "deepseek-ai-DeepSeek-R1-Distill-Qwen-32B": (*R1, "exact", ""),
     "deepseek-ai-DeepSeek-R1-Distill-Llama-8B": (*R1, "none", ""),
     "openai-gpt-oss-120b": ("", "<|return|>", "error", "today's date"),
+    # Mistral v0.3's tokenizer (v3, SentencePiece): the template Mistral's mistral-common 1.13.1 generates for it
+    # (tests/data/templates/README.md); the system prompt goes into the last user turn even when replies or tool
+    # results follow it, which the Mistral layout (system text only when the last user turn is the last message) does
+    # not follow
+    "mistral-common-1.13.1-v3-spm": ("<s>", "</s>", "refused", "'one tool call and its result'"),
 }
 # Llama 3.2 writes today's date (refused as such, as for plain chats); its copy with the date fixed translates
 FIXED_DATE = "meta-llama-Llama-3.2-3B-Instruct (date fixed)"
@@ -46,10 +50,16 @@ STATUS[FIXED_DATE] = (*LLAMA, "exact but JSON whitespace", "")
 # gpt-oss likewise: with the date fixed its plain chats translate; Harmony's TypeScript-style tools block does not
 GPT_OSS_FIXED = "openai-gpt-oss-120b (date fixed)"
 STATUS[GPT_OSS_FIXED] = ("", "<|return|>", "refused", "each tool as JSON")
+# Hermes 2 Pro ships two templates: "default" (plain ChatML) and "tool_use" (used when a request has tools, by
+# transformers and llama.cpp; the TEMPLATE switches with {{ if .Tools }})
+HERMES = "NousResearch-Hermes-2-Pro-Llama-3-8B (default + tool_use)"
+STATUS[HERMES] = ("<|begin_of_text|>", "<|im_end|>", "exact but JSON whitespace", "")
+TOOL_USE = {HERMES: "NousResearch-Hermes-2-Pro-Llama-3-8B-tool_use"}
 EXACT = [n for n, v in STATUS.items() if v[2].startswith("exact")]
 TAGS = {"Qwen-Qwen2.5-7B-Instruct": "<tool_call>", "Qwen-Qwen3-0.6B": "<tool_call>",
         "Qwen3.5-4B": "<tool_call>\n<function=", "mistralai-Mistral-Nemo-Instruct-2407": "[TOOL_CALLS][",
-        "meta-llama-Llama-3.1-8B-Instruct": "{", "meta-llama-Llama-3.3-70B-Instruct": "{", FIXED_DATE: "{"}
+        "meta-llama-Llama-3.1-8B-Instruct": "{", "meta-llama-Llama-3.3-70B-Instruct": "{", FIXED_DATE: "{",
+        HERMES: "<tool_call>"}
 
 
 def source(name: str) -> str:
@@ -59,25 +69,26 @@ def source(name: str) -> str:
     if name == GPT_OSS_FIXED:
         text = (TEMPLATES / "openai-gpt-oss-120b.jinja").read_text(encoding="utf-8")
         return text.replace('strftime_now("%Y-%m-%d")', '"2026-12-02"')
+    if name == HERMES:
+        return (TEMPLATES / "NousResearch-Hermes-2-Pro-Llama-3-8B-default.jinja").read_text(encoding="utf-8")
     return (TEMPLATES / f"{name}.jinja").read_text(encoding="utf-8")
 
 
 @pytest.fixture(scope="module")
 def go_bin(tmp_path_factory):
-    go = shutil.which("go")
-    if go is None:
-        pytest.skip("go is not installed (make test installs Debian's golang-go)")
-    out = tmp_path_factory.mktemp("gorender13") / "render"
-    env = {**__import__("os").environ, "GOFLAGS": "-mod=mod", "CGO_ENABLED": "0"}
-    r = subprocess.run([go, "build", "-o", str(out), "."], cwd=HERE / "go", capture_output=True, text=True, env=env)
-    assert r.returncode == 0, r.stderr
-    return out
+    return gorender.build(tmp_path_factory)
 
 
-def go_run(binary: Path, request: dict) -> object:
-    p = subprocess.run([str(binary)], input=json.dumps(request), capture_output=True, text=True)
-    assert p.returncode == 0, p.stdout + p.stderr
-    return json.loads(p.stdout)
+go_run = gorender.request
+
+
+def tool_source(name: str) -> str | None:
+    return source(TOOL_USE[name]) if name in TOOL_USE else None
+
+
+def tr_for(name: str):
+    bos, eos, _, _ = STATUS[name]
+    return translate(source(name), bos=bos, eos=eos, tool_template=tool_source(name))
 
 
 def go_conversations(cases: list[tools.Case]) -> list[dict]:
@@ -91,7 +102,7 @@ def test_every_real_template_has_its_stated_status(name):
         with pytest.raises(Exception, match=why):
             translate(source(name), bos=bos, eos=eos)
         return
-    tr = translate(source(name), bos=bos, eos=eos)
+    tr = tr_for(name)
     assert tr.tools == status, tr.tools_reason
     assert why in tr.tools_reason
     if status == "refused":
@@ -106,14 +117,14 @@ def test_every_real_template_has_its_stated_status(name):
 def test_tool_suite_renders_identically_in_real_go(go_bin, name):
     bos, eos, _, _ = STATUS[name]
     src = source(name)
-    tr = translate(src, bos=bos, eos=eos)
+    tr = tr_for(name)
     cases = tools.cases_for(tr.go_template)
     got = go_run(go_bin, {"template": tr.go_template, "system": tr.system or "", "conversations":
                           go_conversations(cases)})
     wants = []
     for case in cases:
         try:
-            w = tools.jinja_render(src, case, bos, eos, tr.system)
+            w = tools.jinja_render(src, case, bos, eos, tr.system, tool_source(name))
         except ForgeError:
             w = None  # the template refuses it (Llama 3.1-3.3: one call per turn): so must the Go template
         wants.append(w[len(bos):] if w and bos and w.startswith(bos) else w)
@@ -152,8 +163,8 @@ def test_json_whitespace_comparison_is_strict():
 @pytest.mark.parametrize("name", sorted(TAGS))
 def test_tool_call_reply_is_recognised_by_the_tag_ollama_derives(go_bin, name):
     bos, eos, _, _ = STATUS[name]
-    src = source(name)
-    tr = translate(src, bos=bos, eos=eos)
+    tr = tr_for(name)
+    src = tool_source(name) or source(name)
     tag = go_run(go_bin, {"template": tr.go_template, "tag": True})["tag"]
     assert tag == gotemplate.tool_call_tag(tr.go_template) == TAGS[name]
     # what a model trained on the template emits for a call: the Jinja rendering of an assistant tool-call turn
@@ -326,3 +337,124 @@ def test_a_tool_difference_is_refused_naming_the_conversation(tmp_path):
     assert json.loads(r.stdout)["tools"] == "refused" and "'thinking on with tools'" in r.stderr
     text = (tmp_path / "out" / "Modelfile").read_text()
     assert ".Tools" not in text and "tools and thinking are not in this TEMPLATE" in text
+
+
+def test_hermes_tool_use_writes_every_parameter_type_as_the_template_does(go_bin):
+    """The tool_use template turns each parameter's JSON type into a Python name with its own macro (str, float, int,
+    bool, dict, and list[Union[]] for any array); the TEMPLATE writes the names the macro gave on the probes, in the
+    real Go too; a tool without parameters; a type Ollama's data cannot carry the same way (a list of types) is an
+    execution error (the request fails), never a different prompt."""
+    bos, eos, _, _ = STATUS[HERMES]
+    tr = tr_for(HERMES)
+    props = {"a_num": {"type": "number", "description": "A number."},
+             "b_int": {"type": "integer", "description": "A count."},
+             "c_flag": {"type": "boolean", "description": "A flag."},
+             "d_obj": {"type": "object", "description": "An object."},
+             "e_list": {"type": "array", "items": {"type": "string"}, "description": "Some strings."},
+             "f_text": {"type": "string", "description": "A text."}}
+    typed = [{"type": "function", "function": {"name": "typed", "description": "Every type.", "parameters": {
+        "type": "object", "required": ["a_num"], "properties": props}}},
+             {"type": "function", "function": {"name": "ping", "description": "No parameters.", "parameters": {
+                 "type": "object", "properties": {}}}}]
+    union = [{"type": "function", "function": {"name": "u", "description": "Union.", "parameters": {
+        "type": "object", "required": ["x"], "properties": {"x": {"type": ["string", "null"], "description": "X."}}}}}]
+    ask = {"role": "user", "content": "Hi"}
+    cases = [tools.Case("typed", [ask], typed), tools.Case("union", [ask], union)]
+    got = go_run(go_bin, {"template": tr.go_template, "system": "", "conversations": go_conversations(cases)})
+    want = tools.jinja_render(source(HERMES), cases[0], bos, eos, None, tool_source(HERMES))[len(bos):]
+    assert "a_num(float)" in want and "e_list(list[Union[]])" in want and '"parameters": {}}' in want
+    assert tools.same_but_json_whitespace(want, got[0])[0], tools.first_difference(want, got[0])
+    assert tools.go_render(tr.go_template, cases[0], None) == got[0]
+    assert got[1].startswith("\x00template error")
+    with pytest.raises(gotemplate.GoTemplateError):
+        tools.go_render(tr.go_template, cases[1], None)
+
+
+def test_a_folder_with_default_and_tool_use_templates_gets_both_in_its_modelfile(tmp_path):
+    """tokenizer_config.json's named templates: the default one for plain chats, tool_use for requests with tools."""
+    from gguf_forge.modelfiles import write_modelfile
+
+    bos, eos, _, _ = STATUS[HERMES]
+    hf = tmp_path / "hf"
+    hf.mkdir()
+    (hf / "tokenizer_config.json").write_text(json.dumps({"chat_template": [
+        {"name": "default", "template": source(HERMES)}, {"name": "tool_use", "template": tool_source(HERMES)}],
+        "bos_token": bos, "eos_token": eos}))
+    (tmp_path / "m.gguf").write_bytes(b"GGUF")
+    res = write_modelfile(hf, tmp_path / "out", gguf=tmp_path / "m.gguf", ctx=4096, name="Hermes-Test")
+    assert res.tools == "exact but JSON whitespace"
+    text = res.modelfile.read_text()
+    assert "{{- if .Tools }}" in text and "You are a function calling AI model." in text
+    # a --template given by the user replaces both
+    res = write_modelfile(hf, tmp_path / "out2", gguf=tmp_path / "m.gguf", ctx=4096, name="Hermes-Test",
+                          template=str(TEMPLATES / "NousResearch-Hermes-2-Pro-Llama-3-8B-default.jinja"))
+    assert res.tools == "none" and ".Tools" not in res.modelfile.read_text()
+
+
+@pytest.mark.parametrize("name", sorted(TAGS))
+def test_the_tag_ollama_derives_starts_with_the_marker_the_tool_call_parser_uses(name):
+    """One table of tool-call markers (modelfiles.markers) serves the TEMPLATE and the reply parser (chat, smoke,
+    serve): the tag Ollama derives from the TEMPLATE starts with the marker of the format the parser reads."""
+    from gguf_forge.modelfiles import markers
+    from gguf_forge.tools.chat import toolcalls
+
+    src = tool_source(name) or source(name)
+    fmt = toolcalls.detect_format(src)
+    assert fmt is not None and fmt == markers.detect_format(src)
+    assert markers.starts_with_marker(gotemplate.tool_call_tag(tr_for(name).go_template), fmt)
+
+
+def test_a_template_whose_tag_is_not_the_models_marker_is_refused():
+    src = source("Qwen-Qwen2.5-7B-Instruct")
+    tr = translate(src, bos="", eos="<|im_end|>")
+    assert tools._marker_problem(src, tr.go_template) == ""
+    assert "<tool_call>" in tools._marker_problem(src, tr.go_template.replace("<tool_call>", "<call>"))
+
+
+def test_granite_tool_calls_are_recognised_by_the_marker_its_template_does_not_render(go_bin):
+    """Granite 3.3 writes the tool list as one JSON value in an available_tools turn and does not write earlier
+    calls at all; its system prompt tells the model to answer "<|tool_call|> followed by a JSON list". The
+    TEMPLATE renders nothing for calls either, but carries that marker where Ollama looks for the tag."""
+    from gguf_forge.tools.chat import toolcalls
+
+    name = "ibm-granite-granite-3.3-2B-Instruct"
+    tr = tr_for(name)
+    assert go_run(go_bin, {"template": tr.go_template, "tag": True})["tag"] == "<|tool_call|>"
+    assert "respond only with <|tool_call|> followed by a JSON list" in source(name)
+    reply = '<|tool_call|>[{"name": "get_weather", "arguments": {"city": "Paris"}}]'
+    parsed = toolcalls.parse(reply, toolcalls.detect_format(source(name)))
+    assert parsed.names() == ["get_weather"] and json.loads(parsed.tool_calls[0]["function"]["arguments"]) == {
+        "city": "Paris"}
+
+
+def test_a_gguf_with_only_the_default_template_gets_the_folders_tool_use_template(tmp_path):
+    """The pipeline writes the Modelfile from the GGUF (whose converter keeps only the default template) with the
+    HF folder as source: the folder's tool_use template is used when its default one is the GGUF's."""
+    import gguf
+
+    from gguf_forge.modelfiles import write_modelfile
+
+    bos, eos, _, _ = STATUS[HERMES]
+    hf = tmp_path / "hf"
+    hf.mkdir()
+    (hf / "tokenizer_config.json").write_text(json.dumps({"chat_template": [
+        {"name": "default", "template": source(HERMES)}, {"name": "tool_use", "template": tool_source(HERMES)}],
+        "bos_token": bos, "eos_token": eos}))
+    path = tmp_path / "m.gguf"
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_array("tokenizer.ggml.tokens", ["a", bos, eos])
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+    w.add_chat_template(source(HERMES))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    res = write_modelfile(path, tmp_path / "out", source_dir=hf, ctx=4096, name="Hermes-Test")
+    assert res.tools == "exact but JSON whitespace" and "{{- if .Tools }}" in res.modelfile.read_text()
+    # another default template in the folder: its tool_use template is not taken
+    (hf / "tokenizer_config.json").write_text(json.dumps({"chat_template": [
+        {"name": "default", "template": source(HERMES) + " "}, {"name": "tool_use", "template": tool_source(HERMES)}],
+        "bos_token": bos, "eos_token": eos}))
+    res = write_modelfile(path, tmp_path / "out2", source_dir=hf, ctx=4096, name="Hermes-Test")
+    assert res.tools == "none"

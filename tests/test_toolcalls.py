@@ -17,7 +17,7 @@ from gguf_forge.tools.chat import toolcalls
 import adapters
 from helpers import QUANTIZE, assert_user_error, run
 
-TEMPLATES = Path(__file__).parent / "data" / "tool_templates"
+TEMPLATES = Path(__file__).parent / "data" / "templates"
 WEATHER = adapters.WEATHER_TOOL
 # template -> the format it must be detected as
 EXPECTED = {

@@ -43,23 +43,15 @@ from typing import Any
 from ... import chat_template
 from ...errors import ForgeError
 from ...files import read_text_file
+from ...modelfiles import markers
+from ...modelfiles.markers import FORMATS, detect_format
+from ...modelfiles.markers import start_markers as start_markers  # re-exported: chat, serve
 
-FORMATS = ("hermes", "mistral", "llama3", "granite", "harmony", "deepseek", "gemma", "kimi")
 _NAME = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
-_DS_BEGIN, _DS_SEP, _DS_END = "<｜tool▁call▁begin｜>", "<｜tool▁sep｜>", "<｜tool▁call▁end｜>"
-_DS_ALL_BEGIN, _DS_ALL_END = "<｜tool▁calls▁begin｜>", "<｜tool▁calls▁end｜>"
-
-#: format -> texts a call starts with in a reply (llama3 also: a reply that starts with ``{``)
-_MARKERS = {
-    "hermes": ["<tool_call>"],
-    "mistral": ["[TOOL_CALLS]"],
-    "llama3": ["<|python_tag|>"],
-    "granite": ["<|tool_call|>"],
-    "harmony": ["<|start|>", "<|channel|>", " to=functions.", "to=functions."],
-    "deepseek": [_DS_ALL_BEGIN, _DS_BEGIN],
-    "gemma": ["<|tool_call>"],
-    "kimi": ["<|tool_calls_section_begin|>", "<|tool_call_begin|>"],
-}
+# the formats and their markers are owned by modelfiles.markers (the Ollama TEMPLATE checks its tool-call text
+# against the same table)
+_DS_BEGIN, _DS_SEP, _DS_END = markers.DS_BEGIN, markers.DS_SEP, markers.DS_END
+_DS_ALL_BEGIN, _DS_ALL_END = markers.DS_ALL_BEGIN, markers.DS_ALL_END
 
 
 # ---------------------------------------------------------------------------------------------- tools
@@ -129,28 +121,6 @@ def tool_names(tools: list[dict[str, Any]] | None) -> list[str]:
 # ---------------------------------------------------------------------------------------------- templates
 
 
-def detect_format(template: str) -> str | None:
-    """The tool-call format ``template`` renders assistant tool calls in (see the module's table), from the markers
-    in its source; None when it has none of them (a template that takes tools in a format not listed)."""
-    if "to=functions" in template or ("<|channel|>" in template and "functions." in template):
-        return "harmony"
-    if _DS_BEGIN in template or _DS_ALL_BEGIN in template:
-        return "deepseek"
-    if "<|tool_call_begin|>" in template:
-        return "kimi"
-    if "[TOOL_CALLS]" in template:
-        return "mistral"
-    if "<|tool_call|>" in template:
-        return "granite"
-    if "<|tool_call>" in template:
-        return "gemma"
-    if "<tool_call>" in template:
-        return "hermes"
-    if "<|python_tag|>" in template or ('"parameters"' in template and "ipython" in template):
-        return "llama3"
-    return None
-
-
 def check_template_sees_tools(template: str, tools: list[dict[str, Any]], *, bos_token: str = "",
                               eos_token: str = "") -> str:
     """The tool-call format of ``template``, after checking that the template shows ``tools`` to the model (its
@@ -215,11 +185,6 @@ class Parsed:
 
     def names(self) -> list[str]:
         return [c["function"]["name"] for c in self.tool_calls]
-
-
-def start_markers(fmt: str | None) -> list[str]:
-    """The texts a tool call may start with in format ``fmt``."""
-    return list(_MARKERS.get(fmt or "", []))
 
 
 def _call(name: str, arguments: Any) -> dict[str, Any]:
