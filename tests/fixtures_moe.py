@@ -84,7 +84,7 @@ def qwen35_moe_k() -> Path:
         kw.pop("intermediate_size")
         kw.update(fixtures_qwen35.MOE, moe_intermediate_size=256, shared_expert_intermediate_size=256)
         cfg = Qwen3_5MoeTextConfig(vocab_size=n, eos_token_id=n - 1, tie_word_embeddings=False, **kw)
-        model = _random_model(Qwen3_5MoeForCausalLM, cfg, 0.06)
+        model = _random_model(Qwen3_5MoeForCausalLM, cfg, 0.04)
         outlier_norms(model, one_centered=False)  # Qwen3.5's RMSNorm scales by (1 + weight)
         _save_model(model, out, torch.bfloat16)
         _write_card(out, "apache-2.0", ["zh", "en"], "Qwen/Qwen3.5-35B-A3B", "Tiny-Qwen3.5-MoE-K")
@@ -246,6 +246,25 @@ def _perturb_lora(model, seed: int) -> None:
                 p.copy_(0.1 * torch.randn(p.shape, generator=g))
 
 
+def base(name: str) -> Path:
+    """The base checkpoint of an expert-LoRA case: a fixture of :data:`ALL`, or Gemma 4's MoE (fixtures_dense)."""
+    if name == "gemma4_moe":
+        import fixtures_dense
+
+        return fixtures_dense.gemma4_moe()
+    return ALL[name]()
+
+
+#: peft targets of the "params" layouts: (target_modules, target_parameters)
+_PARAM_TARGETS = {
+    "params": (["q_proj", "v_proj", "o_proj"], ["mlp.experts.gate_up_proj", "mlp.experts.down_proj"]),
+    # Gemma 4 keeps its experts beside the dense MLP (``layers.N.experts``, no ``mlp.``): both 3-D parameters
+    # (nested ParamWrappers), or one of them plus the router's Linear
+    "gemma4_moe/params": (["q_proj", "v_proj", "o_proj"], ["experts.gate_up_proj", "experts.down_proj"]),
+    "gemma4_moe/params-router": (["q_proj", "router.proj"], ["experts.down_proj"]),
+}
+
+
 def moe_lora(name: str, layout: str) -> Path:
     """A LoRA adapter on fixture ``name``'s attention and experts, in one of the two layouts peft produces with
     transformers 5:
@@ -262,22 +281,22 @@ def moe_lora(name: str, layout: str) -> Path:
 
         import torch
 
-        base = ALL[name]()
-        if layout == "params":
+        base_dir = base(name)
+        if layout.startswith("params"):
             from peft import LoraConfig, get_peft_model
             from transformers import AutoModelForCausalLM
 
-            model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
-            cfg = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "o_proj"],
-                             target_parameters=["mlp.experts.gate_up_proj", "mlp.experts.down_proj"],
-                             init_lora_weights=False, base_model_name_or_path=base.name)
+            model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+            modules, params = _PARAM_TARGETS.get(f"{name}/{layout}") or _PARAM_TARGETS[layout]
+            cfg = LoraConfig(r=4, lora_alpha=8, target_modules=modules, target_parameters=params,
+                             init_lora_weights=False, base_model_name_or_path=base_dir.name)
             pm = get_peft_model(model, cfg)
             _perturb_lora(pm, seed=7)
             pm.save_pretrained(out)
             return
         from safetensors.torch import save_file
 
-        c = json.loads((base / "config.json").read_text())
+        c = json.loads((base_dir / "config.json").read_text())
         h, f, r = c["hidden_size"], c["moe_intermediate_size"], 4
         q = c["num_attention_heads"] * c["head_dim"]
         g = torch.Generator().manual_seed(11)
@@ -298,7 +317,7 @@ def moe_lora(name: str, layout: str) -> Path:
         (out / "adapter_config.json").write_text(json.dumps({
             "peft_type": "LORA", "task_type": "CAUSAL_LM", "r": r, "lora_alpha": 8, "lora_dropout": 0.0,
             "target_modules": ["q_proj", "gate_proj", "up_proj", "down_proj"], "bias": "none",
-            "base_model_name_or_path": base.name, "fan_in_fan_out": False, "use_rslora": False, "use_dora": False,
+            "base_model_name_or_path": base_dir.name, "fan_in_fan_out": False, "use_rslora": False, "use_dora": False,
         }, indent=2))
 
-    return _cached(f"lora-{name}-{layout}", build, ALL[name]().name, _SOURCE)
+    return _cached(f"lora-{name}-{layout}", build, base(name).name, _SOURCE)

@@ -7,16 +7,16 @@ import json
 
 import pytest
 
+import fixtures_dense
+import fixtures_moe
+import fixtures_qwen35
 from gguf_forge.errors import ForgeError
 from gguf_forge.quant import compute_imatrix, read_imatrix
 
 import adapters
 import fixtures
-import fixtures_dense
-import fixtures_moe
-import fixtures_qwen35
 from helpers import assert_user_error, run
-from imatrix_check import as_llama_records, check_moe, differences, engines_agree, moe_gguf, moe_twins
+from imatrix_check import check_moe, differences, engines_agree, moe_gguf, moe_twins
 
 CTX, CHUNKS = 64, 4
 

@@ -14,10 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import fixtures_moe
 from gguf_forge.convert import convert
 from gguf_forge.quant import IMatrix, compute_imatrix, default_calibration_text, evaluate, quantize, write_gguf
-
-import fixtures_moe
 
 CTX, CALIB_CHUNKS, EVAL_CHUNKS = 128, 16, 8
 #: the imatrix must lower the mean KLD by at least this fraction (measured: see the closing note of issue 11)
