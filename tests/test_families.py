@@ -8,6 +8,8 @@ argmax, and a Q4_K_M loads and generates.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 
@@ -62,10 +64,16 @@ def family_gguf(tmp_path_factory):
     return get
 
 
-def _tokens(name: str) -> list[int]:
+@functools.cache
+def _probe(name: str) -> tuple[int, ...]:
     from transformers import AutoTokenizer
 
-    return probe_tokens(AutoTokenizer.from_pretrained(fixtures_dense.family_dir(name)))
+    return tuple(probe_tokens(AutoTokenizer.from_pretrained(fixtures_dense.family_dir(name))))
+
+
+def _tokens(name: str) -> list[int]:
+    """The probe's token ids (the tokenizer loaded once per family)."""
+    return list(_probe(name))
 
 
 def _hf_logits(model, tokens: list[int]) -> np.ndarray:
