@@ -190,7 +190,7 @@ def test_q4_k_m_loads_and_generates(name, work):
     assert corr > 0.4
 
 
-def _hf(model_dir: Path):
+def _fp32_model(model_dir: Path):
     """The float32 transformers model of a fixture (what peft adapters are made on and merged into)."""
     import torch
     from transformers import AutoModelForCausalLM
@@ -208,7 +208,7 @@ def qwen35_adapter() -> Path:
     base = fixtures_qwen35.qwen35()
 
     def build(out: Path) -> None:
-        adapters.random_peft_adapter(_hf(base), out, seed=35, r=4, lora_alpha=8, target_modules=LORA_TARGETS,
+        adapters.random_peft_adapter(_fp32_model(base), out, seed=35, r=4, lora_alpha=8, target_modules=LORA_TARGETS,
                                      base_model_name_or_path="Tiny-Qwen3.5")
 
     return fixtures_qwen35._cached("lora-qwen35", build, base.name, fixtures_qwen35._SOURCE)
@@ -220,7 +220,7 @@ def test_lora_merge_equals_peft_and_the_gguf_agrees(work, tmp_path):
     from safetensors.numpy import load_file
 
     base, adapter = fixtures_qwen35.qwen35(), qwen35_adapter()
-    reference = adapters.peft_merged(_hf(base), adapter)
+    reference = adapters.peft_merged(_fp32_model(base), adapter)
     ref_sd = adapters.state_float32(reference)
 
     merged = tmp_path / "merged"
@@ -256,7 +256,7 @@ def qwen35_moe_adapter() -> Path:
     base = fixtures_qwen35.qwen35_moe()
 
     def build(out: Path) -> None:
-        adapters.random_peft_adapter(_hf(base), out, seed=7, r=4, lora_alpha=8,
+        adapters.random_peft_adapter(_fp32_model(base), out, seed=7, r=4, lora_alpha=8,
                                      target_modules=["q_proj", "in_proj_qkv", "out_proj"],
                                      target_parameters=["mlp.experts.gate_up_proj", "mlp.experts.down_proj"],
                                      base_model_name_or_path="Tiny-Qwen3.5-MoE")
@@ -273,7 +273,7 @@ def test_lora_on_experts_and_linear_attention_merges_like_peft(work, tmp_path):
     from gguf_forge.convert.lora import LoraSpec, merged_source
 
     base, adapter = fixtures_qwen35.qwen35_moe(), qwen35_moe_adapter()
-    reference = adapters.peft_merged(_hf(base), adapter)
+    reference = adapters.peft_merged(_fp32_model(base), adapter)
     ours = merged_source(Checkpoint(base), [LoraSpec(str(adapter))])
     worst = 0.0
     for k, v in reference.state_dict().items():
@@ -308,7 +308,7 @@ def text_only_adapter() -> Path:
     base = fixtures_qwen35.qwen35_vl()
 
     def build(out: Path) -> None:
-        model = _hf(base)
+        model = _fp32_model(base)
         assert type(model).__name__ == "Qwen3_5ForCausalLM"
         adapters.random_peft_adapter(model, out, seed=3, r=4, lora_alpha=8,
                                      target_modules=["q_proj", "in_proj_qkv", "out_proj"])
