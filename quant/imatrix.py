@@ -154,13 +154,34 @@ def load_model(model_dir: Path, loras: list[LoraSpec], device: str, dtype: Any,
             model.config.tie_word_embeddings = False
             model.lm_head.weight = torch.nn.Parameter(model.get_input_embeddings().weight.detach().clone())
         params = dict(model.named_parameters())
-        touched = set(source._loras) | set(source._sources)
+        # adapters on modules, replaced tensors, and LoRA on 3-D expert parameters (peft target_parameters)
+        touched = set(source._loras) | set(source._sources) | set(getattr(source, "_param_loras", {}))
         with torch.no_grad():
             for name in touched:
-                if name not in params:
+                target = params.get(name)
+                if target is None:
+                    target = _fused_expert_slice(params, name)
+                if target is None:
                     raise ForgeError(f"{model_dir}: merged tensor {name} has no parameter in {type(model).__name__}")
-                params[name].copy_(torch.from_numpy(source.read_float32(name)).to(dtype))
+                target.copy_(torch.from_numpy(source.read_float32(name)).to(dtype))
     return model.to(device).eval(), source
+
+
+def _fused_expert_slice(params: dict, name: str) -> Any:
+    """The part of transformers 5's fused expert parameter that a per-expert checkpoint tensor
+    (``...experts.{e}.{gate,up,down}_proj.weight``, how Qwen-MoE checkpoints store them) holds: gate rows first in
+    ``gate_up_proj`` (n_expert, 2 x ff, hidden), ``down_proj`` (n_expert, hidden, ff); None when there is none."""
+    m = re.fullmatch(r"(.+\.experts)\.(\d+)\.(gate|up|down)_proj\.weight", name)
+    if m is None:
+        return None
+    prefix, e, kind = m.group(1), int(m.group(2)), m.group(3)
+    fused = params.get(f"{prefix}.{'down_proj' if kind == 'down' else 'gate_up_proj'}")
+    if fused is None or fused.dim() != 3 or e >= fused.shape[0]:
+        return None
+    if kind == "down":
+        return fused[e]
+    ff = fused.shape[1] // 2
+    return fused[e, :ff] if kind == "gate" else fused[e, ff:]
 
 
 @contextlib.contextmanager
@@ -302,7 +323,8 @@ def collect_torch(model: Any, arch: Any, work: list[list[int]], dataset: str, de
     sums, counts = _collect(model, arch, work, device, progress)
     im = IMatrix(datasets=[dataset], chunk_count=len(work), chunk_size=len(work[0]) if work else 0)
     for name, s in sums.items():
-        im.sums[name] = s.double().cpu().numpy().reshape(-1, s.shape[-1])  # (n_expert, cols) for MoE experts
+        values = s.double().cpu().numpy().reshape(-1, s.shape[-1])  # (n_expert, cols) for MoE experts
+        im.sums[name] = arch.imatrix_columns(name, values)  # the GGUF's column order (Qwen3.5's V heads)
         im.counts[name] = np.asarray(counts[name], dtype=np.float64).reshape(-1)
     return im
 

@@ -84,6 +84,51 @@ def adapter(name: str) -> Path:
     return fixtures._cached(f"lora-{name}", build, fixtures.smollm2().parent.name, _SOURCE)
 
 
+# -- one peft adapter, peft's own merge, and the comparison (shared by the family tests) ---------------------------
+def random_peft_adapter(model, out: Path, seed: int, scale: float = 0.1, factor_dtype=None, **lora_kwargs) -> Path:
+    """A LoRA made by peft itself on ``model`` (``get_peft_model`` with ``LoraConfig(init_lora_weights=False,
+    **lora_kwargs)``), every ``lora_`` factor set to ``scale`` x N(0, 1) from a torch generator seeded with ``seed``
+    (so the adapter really changes the model), saved to ``out``; ``factor_dtype`` (e.g. torch.bfloat16): the saved
+    factors cast to it."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    pm = get_peft_model(model, LoraConfig(init_lora_weights=False, **lora_kwargs))
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for n, p in pm.named_parameters():
+            if "lora_" in n:
+                p.copy_(scale * torch.randn(p.shape, generator=g))
+    pm.save_pretrained(out)
+    if factor_dtype is not None:
+        from safetensors.torch import load_file, save_file
+
+        f = out / "adapter_model.safetensors"
+        save_file({k: v.to(factor_dtype).contiguous() for k, v in load_file(f).items()}, f)
+    return out
+
+
+def peft_merged(model, adapter: Path):
+    """peft's own merge of ``adapter`` into ``model`` (``merge_and_unload``), in eval mode: the reference."""
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(model, adapter).merge_and_unload().eval()
+
+
+def state_float32(model) -> dict:
+    """A model's state dict as float32 numpy arrays."""
+    return {k: v.detach().float().numpy() for k, v in model.state_dict().items()}
+
+
+def max_merge_diff(ref: dict, read: Callable, names) -> float:
+    """max |ours - peft| over ``names``: ``read(name)`` is our merged tensor, ``ref[name]`` peft's."""
+    import numpy as np
+
+    names = list(names)
+    assert names, "nothing to compare"
+    return max(float(np.abs(np.asarray(read(n)).reshape(ref[n].shape) - ref[n]).max()) for n in names)
+
+
 def identity_lora() -> Path:
     """The demo's identity LoRA (gguf_forge.tools.pipeline.demo): trained ~30 s on 2 cores so SmolLM2 answers 你是谁."""
     from gguf_forge.tools.pipeline import identity_lora as demo_identity_lora

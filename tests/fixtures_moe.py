@@ -36,7 +36,74 @@ def qwen3_moe() -> Path:
     return _cached("qwen3_moe", build, _SOURCE)
 
 
+def qwen3_moe_k() -> Path:
+    """:func:`qwen3_moe` 256 wide (hidden, 4 heads x 64, expert width 256): every expert and attention row is a
+    whole number of K-quant blocks, so a Q4_K_M really holds Q4_K/Q6_K there instead of llama.cpp's fallback types
+    for narrow rows (what the imatrix tests need). Its norm weights are log-normal (some channels several times
+    larger than others, as in trained models), so the activations' per-column magnitudes differ and an importance
+    matrix has something to tell the quantizer."""
 
+    def build(out: Path) -> None:
+        import torch
+        from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM
+
+        n = _qwen_tokenizer(out)
+        cfg = Qwen3MoeConfig(
+            vocab_size=n, hidden_size=256, intermediate_size=512, moe_intermediate_size=256, num_hidden_layers=4,
+            num_attention_heads=4, num_key_value_heads=2, head_dim=64, num_experts=8, num_experts_per_tok=2,
+            norm_topk_prob=True, decoder_sparse_step=1, mlp_only_layers=[], rope_theta=1000000.0,
+            rms_norm_eps=1e-6, max_position_embeddings=40960, tie_word_embeddings=False, eos_token_id=n - 1,
+        )
+        model = _random_model(Qwen3MoeForCausalLM, cfg, 0.06)
+        outlier_norms(model)
+        _save_model(model, out, torch.bfloat16)
+        _write_card(out, "apache-2.0", ["en"], "Qwen/Qwen3-30B-A3B", "Tiny-Qwen3-MoE-K")
+
+    return _cached("qwen3_moe_k", build, _SOURCE)
+
+
+def qwen35_moe_k() -> Path:
+    """Qwen3.5-MoE 256 wide (fixtures_qwen35's wide MoE shape: Gated DeltaNet and gated attention layers, experts
+    and shared expert 256 wide) with :func:`qwen3_moe_k`'s log-normal norm weights, for the imatrix tests."""
+    import fixtures_qwen35
+
+    tok_src = fixtures_qwen35.qwen35()
+
+    def build(out: Path) -> None:
+        import json
+
+        import torch
+        from transformers import Qwen3_5MoeForCausalLM, Qwen3_5MoeTextConfig
+
+        for f in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+            if (tok_src / f).is_file():
+                (out / f).write_bytes((tok_src / f).read_bytes())
+        n = json.loads((tok_src / "config.json").read_text())["vocab_size"]
+        kw = dict(fixtures_qwen35.TEXT, hidden_size=256, num_hidden_layers=4, head_dim=64, linear_key_head_dim=64,
+                  linear_value_head_dim=64)
+        kw.pop("intermediate_size")
+        kw.update(fixtures_qwen35.MOE, moe_intermediate_size=256, shared_expert_intermediate_size=256)
+        cfg = Qwen3_5MoeTextConfig(vocab_size=n, eos_token_id=n - 1, tie_word_embeddings=False, **kw)
+        model = _random_model(Qwen3_5MoeForCausalLM, cfg, 0.04)
+        outlier_norms(model, one_centered=False)  # Qwen3.5's RMSNorm scales by (1 + weight)
+        _save_model(model, out, torch.bfloat16)
+        _write_card(out, "apache-2.0", ["zh", "en"], "Qwen/Qwen3.5-35B-A3B", "Tiny-Qwen3.5-MoE-K")
+
+    return _cached("qwen35_moe_k", build, _SOURCE, tok_src.name)
+
+
+def outlier_norms(model, sigma: float = 1.6, seed: int = 4321, one_centered: bool = True) -> None:
+    """Every decoder-layer RMSNorm (``*layernorm``) scaling its channels log-normally (exp(sigma x N(0, 1))):
+    uneven channel magnitudes like a trained model's, which the importance matrix measures. ``one_centered``:
+    the norm multiplies by its weight (else by 1 + weight, as Qwen3.5's)."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.ndim == 1 and "layernorm" in name:
+                scale = torch.exp(sigma * torch.randn(p.shape, generator=g))
+                p.copy_(scale if one_centered else scale - 1)
 
 
 # -- gpt-oss -----------------------------------------------------------------------------------------------------
@@ -179,6 +246,25 @@ def _perturb_lora(model, seed: int) -> None:
                 p.copy_(0.1 * torch.randn(p.shape, generator=g))
 
 
+def base(name: str) -> Path:
+    """The base checkpoint of an expert-LoRA case: a fixture of :data:`ALL`, or Gemma 4's MoE (fixtures_dense)."""
+    if name == "gemma4_moe":
+        import fixtures_dense
+
+        return fixtures_dense.gemma4_moe()
+    return ALL[name]()
+
+
+#: peft targets of the "params" layouts: (target_modules, target_parameters)
+_PARAM_TARGETS = {
+    "params": (["q_proj", "v_proj", "o_proj"], ["mlp.experts.gate_up_proj", "mlp.experts.down_proj"]),
+    # Gemma 4 keeps its experts beside the dense MLP (``layers.N.experts``, no ``mlp.``): both 3-D parameters
+    # (nested ParamWrappers), or one of them plus the router's Linear
+    "gemma4_moe/params": (["q_proj", "v_proj", "o_proj"], ["experts.gate_up_proj", "experts.down_proj"]),
+    "gemma4_moe/params-router": (["q_proj", "router.proj"], ["experts.down_proj"]),
+}
+
+
 def moe_lora(name: str, layout: str) -> Path:
     """A LoRA adapter on fixture ``name``'s attention and experts, in one of the two layouts peft produces with
     transformers 5:
@@ -195,22 +281,22 @@ def moe_lora(name: str, layout: str) -> Path:
 
         import torch
 
-        base = ALL[name]()
-        if layout == "params":
+        base_dir = base(name)
+        if layout.startswith("params"):
             from peft import LoraConfig, get_peft_model
             from transformers import AutoModelForCausalLM
 
-            model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
-            cfg = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "o_proj"],
-                             target_parameters=["mlp.experts.gate_up_proj", "mlp.experts.down_proj"],
-                             init_lora_weights=False, base_model_name_or_path=base.name)
+            model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+            modules, params = _PARAM_TARGETS.get(f"{name}/{layout}") or _PARAM_TARGETS[layout]
+            cfg = LoraConfig(r=4, lora_alpha=8, target_modules=modules, target_parameters=params,
+                             init_lora_weights=False, base_model_name_or_path=base_dir.name)
             pm = get_peft_model(model, cfg)
             _perturb_lora(pm, seed=7)
             pm.save_pretrained(out)
             return
         from safetensors.torch import save_file
 
-        c = json.loads((base / "config.json").read_text())
+        c = json.loads((base_dir / "config.json").read_text())
         h, f, r = c["hidden_size"], c["moe_intermediate_size"], 4
         q = c["num_attention_heads"] * c["head_dim"]
         g = torch.Generator().manual_seed(11)
@@ -231,7 +317,7 @@ def moe_lora(name: str, layout: str) -> Path:
         (out / "adapter_config.json").write_text(json.dumps({
             "peft_type": "LORA", "task_type": "CAUSAL_LM", "r": r, "lora_alpha": 8, "lora_dropout": 0.0,
             "target_modules": ["q_proj", "gate_proj", "up_proj", "down_proj"], "bias": "none",
-            "base_model_name_or_path": base.name, "fan_in_fan_out": False, "use_rslora": False, "use_dora": False,
+            "base_model_name_or_path": base_dir.name, "fan_in_fan_out": False, "use_rslora": False, "use_dora": False,
         }, indent=2))
 
-    return _cached(f"lora-{name}-{layout}", build, ALL[name]().name, _SOURCE)
+    return _cached(f"lora-{name}-{layout}", build, base(name).name, _SOURCE)

@@ -37,16 +37,41 @@ def differences(new: IMatrix, ref: IMatrix, max_flips: int = 0) -> dict[str, flo
     return out
 
 
+def as_llama_records(torch_im: IMatrix, llama_names) -> IMatrix:
+    """The torch engine's statistic under the names llama.cpp records for the same matmuls.
+
+    The torch engine keeps gate and up experts apart (``ffn_gate_exps`` / ``ffn_up_exps``, the same inputs); a
+    GGUF whose experts are fused (Gemma 4: ``ffn_gate_up_exps``, one MUL_MAT_ID) has llama.cpp record one entry
+    for both. Where ``llama_names`` holds the fused name, the two become that one entry (they must be equal:
+    the same tokens' hidden states)."""
+    llama_names = set(llama_names)
+    out = IMatrix(sums=dict(torch_im.sums), counts=dict(torch_im.counts), datasets=torch_im.datasets,
+                  chunk_count=torch_im.chunk_count, chunk_size=torch_im.chunk_size)
+    for name in sorted(torch_im.sums):
+        if not name.endswith(".ffn_gate_exps.weight"):
+            continue
+        fused = name.replace(".ffn_gate_exps.", ".ffn_gate_up_exps.")
+        up = name.replace(".ffn_gate_exps.", ".ffn_up_exps.")
+        if fused not in llama_names or name in llama_names or up not in out.sums:
+            continue
+        assert np.array_equal(out.counts[name], out.counts[up]), (name, out.counts[name], out.counts[up])
+        np.testing.assert_allclose(out.sums[name], out.sums[up], rtol=1e-6)
+        out.sums[fused], out.counts[fused] = out.sums.pop(name), out.counts.pop(name)
+        del out.sums[up], out.counts[up]
+    return out
+
+
 def engines_agree(model_dir: Path, loras=None, ctx: int = 64, chunks: int = 4, gguf_type: str = "f32",
                   tolerance: float = 2e-3, work_dir: Path | None = None, max_flips: int = 4) -> dict[str, float]:
     """Compute the imatrix of ``model_dir`` with both engines (the llama one on a temporary ``gguf_type`` GGUF) and
     assert they agree: the same tensors, equal counts, sums within ``tolerance`` (relative to each tensor's
-    largest sum). Returns the per-tensor differences."""
+    largest sum). Names are compared as llama.cpp records them (:func:`as_llama_records`: fused gate/up experts).
+    Returns the per-tensor differences."""
     ref, _ = compute_imatrix(model_dir, ctx=ctx, chunks=chunks, engine="torch", loras=loras, progress=False)
     new, stats = compute_imatrix(model_dir, ctx=ctx, chunks=chunks, engine="llama", loras=loras, progress=False,
                                  gguf_type=gguf_type, work_dir=work_dir)
     assert stats["engine"] == "llama"
-    diffs = differences(new, ref, max_flips=max_flips)
+    diffs = differences(new, as_llama_records(ref, new.sums), max_flips=max_flips)
     worst = max(diffs, key=diffs.get)
     assert diffs[worst] <= tolerance, (worst, diffs[worst])
     return diffs

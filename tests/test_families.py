@@ -8,11 +8,14 @@ argmax, and a Q4_K_M loads and generates.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 
 import fixtures_dense
 
+import adapters
 from fixtures import PROBE
 from parity import N_TOKENS, gguf_logits, probe_tokens
 
@@ -61,10 +64,16 @@ def family_gguf(tmp_path_factory):
     return get
 
 
-def _tokens(name: str) -> list[int]:
+@functools.cache
+def _probe(name: str) -> tuple[int, ...]:
     from transformers import AutoTokenizer
 
-    return probe_tokens(AutoTokenizer.from_pretrained(fixtures_dense.family_dir(name)))
+    return tuple(probe_tokens(AutoTokenizer.from_pretrained(fixtures_dense.family_dir(name))))
+
+
+def _tokens(name: str) -> list[int]:
+    """The probe's token ids (the tokenizer loaded once per family)."""
+    return list(_probe(name))
 
 
 def _hf_logits(model, tokens: list[int]) -> np.ndarray:
@@ -72,6 +81,17 @@ def _hf_logits(model, tokens: list[int]) -> np.ndarray:
 
     with torch.no_grad():
         return model(torch.tensor([tokens])).logits[0].float().numpy()
+
+
+_BASE_LOGITS: dict[str, np.ndarray] = {}
+
+
+def _base_logits(name: str) -> np.ndarray:
+    """The fixture's own Hugging Face logits on the probe tokens, computed once per module (the parity test and
+    the LoRA test both need them; loading a 262k-vocabulary model and running it is most of their cost)."""
+    if name not in _BASE_LOGITS:
+        _BASE_LOGITS[name] = _hf_logits(fixtures_dense.load_hf(fixtures_dense.family_dir(name)), _tokens(name))
+    return _BASE_LOGITS[name]
 
 
 @pytest.mark.slow
@@ -83,7 +103,7 @@ def test_f32_gguf_matches_hugging_face(name, family_gguf):
 
     result = family_gguf(name)
     tokens = _tokens(name)
-    want = _hf_logits(fixtures_dense.load_hf(fixtures_dense.family_dir(name)), tokens)
+    want = _base_logits(name)
     got = gguf_logits(result.path, tokens)
     diff = float(np.abs(got - want).max())
     same = float((got.argmax(-1) == want.argmax(-1)).mean())
@@ -121,22 +141,19 @@ def test_multimodal_checkpoint_converts_its_text_model_with_a_notice(family_gguf
 @pytest.mark.parametrize("name", [f for f in FAMILIES if f != "gemma4_moe"])  # same LoRA modules as gemma4
 def test_lora_merge_equals_peft(name, tmp_path):
     """``convert --lora`` on attention and MLP (fused qkv/gate_up where the family fuses them)."""
-    from peft import PeftModel
-
     from gguf_forge.convert import Checkpoint, LoraSpec, convert, merged_source
 
     base = fixtures_dense.family_dir(name)
     adapter = fixtures_dense.lora_adapter(name)
-    merged = PeftModel.from_pretrained(fixtures_dense.load_hf(base), adapter).merge_and_unload()
-    merged.eval()
-    ref = {k: v.detach().float().numpy() for k, v in merged.state_dict().items()}
+    merged = adapters.peft_merged(fixtures_dense.load_hf(base), adapter)
+    ref = adapters.state_float32(merged)
     # the multimodal fixture stores the text model as language_model.model.* (peft: model.language_model.*)
     ref.update({k.replace("model.language_model.", "language_model.model."): v for k, v in ref.items()})
 
     ours = merged_source(Checkpoint(base), [LoraSpec(str(adapter))])
     touched = [n for n in ours.tensors if ours.tensors[n].dtype == "F32" and n in ref and ref[n].ndim == 2]
     assert any("qkv_proj" in n or "q_proj" in n for n in touched) and any("down_proj" in n for n in touched)
-    worst = max(float(np.abs(ours.read_float32(n) - ref[n]).max()) for n in touched)
+    worst = adapters.max_merge_diff(ref, ours.read_float32, touched)
     print(f"{name}: {len(touched)} merged tensors, max |ours - peft| {worst:.2e}")
     assert worst <= 1e-5
 
@@ -147,7 +164,7 @@ def test_lora_merge_equals_peft(name, tmp_path):
     got = gguf_logits(out, tokens)
     assert float((got.argmax(-1) == want.argmax(-1)).mean()) == 1.0
     # the adapter really changed the model
-    assert float(np.abs(want - _hf_logits(fixtures_dense.load_hf(base), tokens)).max()) > 0.1
+    assert float(np.abs(want - _base_logits(name)).max()) > 0.1
 
 
 @pytest.mark.slow

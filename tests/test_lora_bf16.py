@@ -11,29 +11,18 @@ import numpy as np
 from gguf_forge.convert import convert, merged_source, parse_lora_spec
 from gguf_forge.convert.checkpoint import Checkpoint
 
+import adapters
 import fixtures
 
 
 def _bf16_adapter(base: Path, out: Path, dtype: str = "bf16") -> Path:
     import torch
-    from peft import LoraConfig, get_peft_model
-    from safetensors.torch import load_file, save_file
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
-    cfg = LoraConfig(r=8, lora_alpha=16, init_lora_weights=False,
-                     target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
-    pm = get_peft_model(model, cfg)
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for n, p in pm.named_parameters():
-            if "lora_" in n:
-                p.copy_(0.3 * torch.randn(p.shape, generator=g))
-    pm.save_pretrained(out)
-    f = out / "adapter_model.safetensors"
-    if dtype == "bf16":
-        save_file({k: v.to(torch.bfloat16).contiguous() for k, v in load_file(f).items()}, f)
-    return out
+    return adapters.random_peft_adapter(
+        model, out, seed=0, scale=0.3, factor_dtype=torch.bfloat16 if dtype == "bf16" else None, r=8, lora_alpha=16,
+        target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
 
 
 def _tensors(path: Path) -> dict[str, np.ndarray]:

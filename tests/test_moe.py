@@ -230,7 +230,10 @@ def test_gpt_oss_truncate_false_is_noted(tmp_path):
 
 
 # -- LoRA on experts -------------------------------------------------------------------------------------------------
-LORA_CASES = [("qwen3_moe", "params"), ("qwen3_moe", "experts"), ("gpt_oss", "params")]
+# Gemma 4 MoE: target_parameters only (its experts were never Linear modules), nested (both 3-D parameters) and
+# single (down_proj, with the router's Linear)
+LORA_CASES = [("qwen3_moe", "params"), ("qwen3_moe", "experts"), ("gpt_oss", "params"), ("gemma4_moe", "params"),
+              ("gemma4_moe", "params-router")]
 
 
 def _peft_merged(name: str, layout: str):
@@ -238,7 +241,7 @@ def _peft_merged(name: str, layout: str):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(fixtures_moe.ALL[name](), dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(fixtures_moe.base(name), dtype=torch.float32)
     return PeftModel.from_pretrained(model, fixtures_moe.moe_lora(name, layout)).merge_and_unload()
 
 
@@ -250,6 +253,8 @@ def _max_merge_diff(merged_model, read) -> float:
         v = v.float().numpy()
         p = k.rsplit(".", 1)[0]
         got = read(k)
+        if got is None and k == "lm_head.weight" and merged_model.config.get_text_config().tie_word_embeddings:
+            continue  # tied: the embedding, compared under its own name
         if got is None and k.endswith("experts.gate_up_proj"):
             got = np.stack([np.concatenate([read(f"{p}.{e}.gate_proj.weight"), read(f"{p}.{e}.up_proj.weight")])
                             for e in range(v.shape[0])])
@@ -269,7 +274,7 @@ def test_lora_on_experts_merges_like_peft(name, layout, tmp_path):
     from gguf_forge.convert.checkpoint import Checkpoint
     from gguf_forge.convert.lora import LoraSpec, merged_source
 
-    base, adapter = fixtures_moe.ALL[name](), fixtures_moe.moe_lora(name, layout)
+    base, adapter = fixtures_moe.base(name), fixtures_moe.moe_lora(name, layout)
     peft_model = _peft_merged(name, layout)
     ours = merged_source(Checkpoint(base), [LoraSpec(str(adapter))])
     diff = _max_merge_diff(peft_model, lambda n: ours.read_float32(n) if n in ours.tensors else None)
@@ -283,7 +288,12 @@ def test_lora_on_experts_merges_like_peft(name, layout, tmp_path):
         want = peft_model(torch.tensor([tokens])).logits[0].float().numpy()
     got = gguf_logits(out, tokens)
     plain = hf_logits(base, tokens)
-    assert (want.argmax(-1) != plain.argmax(-1)).mean() > 0.5  # the adapter really changes the model
+    # the adapter really changes the model: the next token at most positions; Gemma 4 (its norms and final
+    # soft-capping damp a small random adapter) the logits by more than 0.1, as in test_families
+    if name == "gemma4_moe":
+        assert float(np.abs(want - plain).max()) > 0.1
+    else:
+        assert (want.argmax(-1) != plain.argmax(-1)).mean() > 0.5
     same = got.argmax(-1) == want.argmax(-1)
     print(f"{name}/{layout}: GGUF vs peft max |logit diff| {float(np.abs(got - want).max()):.2e}")
     assert same.all(), f"argmax differs at {int((~same).sum())} of {N_TOKENS} positions"

@@ -13,6 +13,7 @@ import pytest
 
 import fixtures_qwen35
 
+import adapters
 from helpers import assert_user_error, run
 from parity import N_TOKENS, gguf_logits, hf_logits, probe_tokens
 
@@ -189,6 +190,14 @@ def test_q4_k_m_loads_and_generates(name, work):
     assert corr > 0.4
 
 
+def _fp32_model(model_dir: Path):
+    """The float32 transformers model of a fixture (what peft adapters are made on and merged into)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+
+
 # -- LoRA on attention and linear-attention projections ------------------------------------------
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "in_proj_qkv", "in_proj_z", "in_proj_a", "in_proj_b",
                 "out_proj"]
@@ -199,20 +208,8 @@ def qwen35_adapter() -> Path:
     base = fixtures_qwen35.qwen35()
 
     def build(out: Path) -> None:
-        import torch
-        from peft import LoraConfig, get_peft_model
-        from transformers import AutoModelForCausalLM
-
-        model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
-        cfg = LoraConfig(r=4, lora_alpha=8, target_modules=LORA_TARGETS, init_lora_weights=False,
-                         base_model_name_or_path="Tiny-Qwen3.5")
-        pm = get_peft_model(model, cfg)
-        g = torch.Generator().manual_seed(35)
-        with torch.no_grad():
-            for n, p in pm.named_parameters():
-                if "lora_" in n:
-                    p.copy_(0.1 * torch.randn(p.shape, generator=g))
-        pm.save_pretrained(out)
+        adapters.random_peft_adapter(_fp32_model(base), out, seed=35, r=4, lora_alpha=8, target_modules=LORA_TARGETS,
+                                     base_model_name_or_path="Tiny-Qwen3.5")
 
     return fixtures_qwen35._cached("lora-qwen35", build, base.name, fixtures_qwen35._SOURCE)
 
@@ -220,14 +217,11 @@ def qwen35_adapter() -> Path:
 @pytest.mark.slow
 def test_lora_merge_equals_peft_and_the_gguf_agrees(work, tmp_path):
     import torch
-    from peft import PeftModel
     from safetensors.numpy import load_file
-    from transformers import AutoModelForCausalLM
 
     base, adapter = fixtures_qwen35.qwen35(), qwen35_adapter()
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
-    reference = PeftModel.from_pretrained(model, adapter).merge_and_unload().eval()
-    ref_sd = {k: v.detach().float().numpy() for k, v in reference.state_dict().items()}
+    reference = adapters.peft_merged(_fp32_model(base), adapter)
+    ref_sd = adapters.state_float32(reference)
 
     merged = tmp_path / "merged"
     r = run("merge", "--base", str(base), "--lora", str(adapter), "-o", str(merged), "--dtype", "f32", "--no-progress")
@@ -237,7 +231,7 @@ def test_lora_merge_equals_peft_and_the_gguf_agrees(work, tmp_path):
         ours.update(load_file(f))
     touched = [k for k in ours if any(f".{t}." in k for t in LORA_TARGETS)]
     assert len(touched) == 6 * 5 + 2 * 4  # 6 linear-attention layers x 5 projections, 2 attention layers x 4
-    worst = max(float(np.abs(v - ref_sd[k]).max()) for k, v in ours.items())
+    worst = adapters.max_merge_diff(ref_sd, ours.__getitem__, ours)
     print(f"qwen35 LoRA: max |ours - peft| {worst:.2e} over {len(ours)} tensors")
     assert worst <= 1e-5
 
@@ -262,21 +256,10 @@ def qwen35_moe_adapter() -> Path:
     base = fixtures_qwen35.qwen35_moe()
 
     def build(out: Path) -> None:
-        import torch
-        from peft import LoraConfig, get_peft_model
-        from transformers import AutoModelForCausalLM
-
-        model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
-        cfg = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "in_proj_qkv", "out_proj"],
-                         target_parameters=["mlp.experts.gate_up_proj", "mlp.experts.down_proj"],
-                         init_lora_weights=False, base_model_name_or_path="Tiny-Qwen3.5-MoE")
-        pm = get_peft_model(model, cfg)
-        g = torch.Generator().manual_seed(7)
-        with torch.no_grad():
-            for n, p in pm.named_parameters():
-                if "lora_" in n:
-                    p.copy_(0.1 * torch.randn(p.shape, generator=g))
-        pm.save_pretrained(out)
+        adapters.random_peft_adapter(_fp32_model(base), out, seed=7, r=4, lora_alpha=8,
+                                     target_modules=["q_proj", "in_proj_qkv", "out_proj"],
+                                     target_parameters=["mlp.experts.gate_up_proj", "mlp.experts.down_proj"],
+                                     base_model_name_or_path="Tiny-Qwen3.5-MoE")
 
     return fixtures_qwen35._cached("lora-qwen35-moe", build, base.name, fixtures_qwen35._SOURCE)
 
@@ -284,16 +267,13 @@ def qwen35_moe_adapter() -> Path:
 @pytest.mark.slow
 def test_lora_on_experts_and_linear_attention_merges_like_peft(work, tmp_path):
     import torch
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM
 
     from gguf_forge.convert import convert
     from gguf_forge.convert.checkpoint import Checkpoint
     from gguf_forge.convert.lora import LoraSpec, merged_source
 
     base, adapter = fixtures_qwen35.qwen35_moe(), qwen35_moe_adapter()
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
-    reference = PeftModel.from_pretrained(model, adapter).merge_and_unload().eval()
+    reference = adapters.peft_merged(_fp32_model(base), adapter)
     ours = merged_source(Checkpoint(base), [LoraSpec(str(adapter))])
     worst = 0.0
     for k, v in reference.state_dict().items():
@@ -328,20 +308,10 @@ def text_only_adapter() -> Path:
     base = fixtures_qwen35.qwen35_vl()
 
     def build(out: Path) -> None:
-        import torch
-        from peft import LoraConfig, get_peft_model
-        from transformers import AutoModelForCausalLM
-
-        model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+        model = _fp32_model(base)
         assert type(model).__name__ == "Qwen3_5ForCausalLM"
-        pm = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "in_proj_qkv", "out_proj"],
-                                              init_lora_weights=False))
-        g = torch.Generator().manual_seed(3)
-        with torch.no_grad():
-            for n, p in pm.named_parameters():
-                if "lora_" in n:
-                    p.copy_(0.1 * torch.randn(p.shape, generator=g))
-        pm.save_pretrained(out)
+        adapters.random_peft_adapter(model, out, seed=3, r=4, lora_alpha=8,
+                                     target_modules=["q_proj", "in_proj_qkv", "out_proj"])
 
     return fixtures_qwen35._cached("lora-qwen35-text-only", build, base.name, fixtures_qwen35._SOURCE)
 
