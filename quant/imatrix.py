@@ -295,7 +295,9 @@ def _compute_torch(model_dir: Path, calibration: str, ctx: int, chunks: int | No
             merged = Path(tempfile.mkdtemp(prefix=".merged-", dir=folder))
             temps.append(merged)
             log(f"imatrix: merging the adapters into a temporary checkpoint in {folder} for accelerate's placement")
-            write_hf_checkpoint(merged_source(Checkpoint(model_dir), loras), merged / "model")
+            # float32 when torch computes in float32 (the merge exactly as the in-place one), else the base's type
+            write_hf_checkpoint(merged_source(Checkpoint(model_dir), loras), merged / "model",
+                                dtype="f32" if dtype == torch.float32 else "auto")
             load_dir, load_loras = merged / "model", []
         model, source = load_model(load_dir, load_loras, device, dtype, progress=progress, placement=placement,
                                    offload_dir=offload_dir)

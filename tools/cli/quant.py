@@ -77,7 +77,7 @@ def quant(infile: Path, types: str, imatrix: Path | None, outdir: Path | None, o
 @click.option("--max-memory", metavar="0=20GiB,1=20GiB,cpu=30GiB",
               help="torch engine: memory budget per device for the placement (GPU index or cuda:N, cpu); what does "
                    "not fit is offloaded to the disk. Implies --device-map auto.")
-@click.option("--offload-folder", type=click.Path(file_okay=False, path_type=Path),
+@click.option("--offload-folder", type=click.Path(path_type=Path),
               help="torch engine: where weights offloaded to the disk are re-saved when needed (a temporary folder "
                    "inside it, removed after; default: beside the output).")
 @opt.loras("Merge these adapters first; repeatable.")
