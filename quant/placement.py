@@ -131,7 +131,7 @@ def check_devices(placement: Placement, device: str) -> bool:
     for key in placement.max_memory:
         if isinstance(key, int) and key >= n:
             raise ForgeError(f"--max-memory: GPU {key}: {have}; give cpu=SIZE only")
-    if cuda or device.startswith("cuda"):
+    if cuda:
         return True
     if placement.strategy and n:
         return not placement.max_memory or any(isinstance(k, int) for k in placement.max_memory)

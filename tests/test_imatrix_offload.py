@@ -150,6 +150,8 @@ def test_cli_offload_lowers_peak_memory(tmp_path):
         < 1e-6
     model_bytes = 4 * sum(int(np.prod(t.shape)) for t in Checkpoint(model).tensors.values())  # float32
     assert model_bytes > 500e6
+    print(f"peak RSS: whole model {whole_peak / 2**20:.0f} MiB, disk-offloaded {disk_peak / 2**20:.0f} MiB "
+          f"(float32 weights {model_bytes / 2**20:.0f} MiB)")
     assert disk_peak < whole_peak - model_bytes // 2, (disk_peak / 2**20, whole_peak / 2**20)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["disk.gguf", "offload", "whole.gguf"]
 
