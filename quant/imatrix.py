@@ -152,7 +152,14 @@ def load_model(model_dir: Path, loras: list[LoraSpec], device: str, dtype: Any,
     source = Checkpoint(model_dir)
     kw = from_pretrained_kwargs(placement, offload_dir) if placement and placement.device_map else {}
     with _transformers_progress(progress):
-        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, **kw)
+        try:
+            model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, **kw)
+        except ValueError as e:  # e.g. a model class accelerate cannot split, a map transformers refuses
+            if not kw:
+                raise
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ForgeError(f"--device-map {placement.device_map}: transformers could not place {model_dir}: "
+                             f"{first}") from None
     if loras:
         source = merged_source(source, loras)
         embed = source.tensors.get("model.embed_tokens.weight")

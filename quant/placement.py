@@ -107,6 +107,9 @@ def resolve(device: str, device_map: str | None, max_memory: str | dict | None,
         raise ForgeError(f"--max-memory: the budget is for accelerate's placement; it needs --device-map "
                          f"{' or '.join(STRATEGIES[:2])} (not {dm})")
     folder = Path(offload_folder).expanduser() if offload_folder is not None else None
+    if folder is not None and dm not in STRATEGIES:
+        raise ForgeError(f"--offload-folder: only accelerate's placement offloads to the disk; it needs --device-map "
+                         f"{' or '.join(STRATEGIES[:2])} (not {dm})")
     if folder is not None and folder.exists() and not folder.is_dir():
         raise ForgeError(f"--offload-folder {folder}: exists and is not a folder")
     return Placement(dm, budget, folder)

@@ -167,6 +167,7 @@ def test_cli_placement_errors(tmp_path, converted):
         (["--device-map", "everywhere"], "--device-map", "everywhere"),
         (["--device-map", "cpu", "--max-memory", "cpu=1GiB"], "--max-memory", "--device-map"),
         (["--engine", "llama", "--device-map", "auto"], "--device-map", "llama"),
+        (["--device-map", "cpu", "--offload-folder", str(tmp_path / "off")], "--offload-folder", "--device-map"),
         (["--offload-folder", str(converted("qwen2", "f32"))], "--offload-folder", "not a folder"),
     ]
     if not torch.cuda.is_available():
@@ -182,3 +183,17 @@ def test_cli_placement_errors(tmp_path, converted):
     assert list(tmp_path.iterdir()) == []
     r = run("imatrix", "--help")
     assert "--device-map" in r.stdout and "--max-memory" in r.stdout and "--offload-folder" in r.stdout
+
+
+def test_option_values():
+    """--max-memory and --device-map read as accelerate and transformers read them; the defaults they imply."""
+    from gguf_forge.quant.placement import parse_max_memory, resolve
+
+    assert parse_max_memory("0=20GiB, cuda:1=1.5GB ,cpu=512MiB") == {0: 20 * 2**30, 1: 1_500_000_000,
+                                                                      "cpu": 512 * 2**20}
+    assert parse_max_memory("cpu=100000") == {"cpu": 100_000}
+    assert resolve("cpu", None, None, None).device_map is None  # the whole model in memory, no accelerate
+    assert resolve("cuda", None, None, None).device_map == "auto"
+    assert resolve("cpu", None, "cpu=1GiB", None).device_map == "auto"
+    assert resolve("cpu", "CUDA:1", None, None).device_map == "cuda:1"
+    assert resolve("cpu", "balanced", {0: 5}, None).max_memory == {0: 5}
