@@ -4,8 +4,10 @@
   the page cache, not in the process's memory: a Hugging Face folder (adapters merged) is first converted,
   streaming, to a temporary F16 GGUF (bf16 when a weight overflows float16), removed afterwards; a GGUF is used
   as it is. ``merge-convert --imatrix`` hands it the intermediate GGUF it already wrote.
-- ``torch``: the whole Hugging Face model loaded with transformers (float32 on the CPU, bfloat16 on CUDA),
-  hooks on every block linear layer; the one for ``--device cuda``.
+- ``torch``: the Hugging Face model loaded with transformers (float32 on the CPU, bfloat16 on CUDA), hooks on
+  every block linear layer; the one for ``--device cuda``. Whole on one device, or placed by accelerate
+  (:mod:`.placement`: ``--device-map``, ``--max-memory``, ``--offload-folder``; ``auto`` on CUDA): several GPUs, and
+  CPU/disk offload when the model does not fit, each hook collecting where its module runs.
 
 The statistic is llama.cpp's ``llama-imatrix`` one: for every matmul weight inside the blocks, the sum
 over tokens of x_j^2 for each input column j, and the number of tokens. Calibration text is tokenized
