@@ -314,9 +314,9 @@ def _compute_torch(model_dir: Path, calibration: str, ctx: int, chunks: int | No
         if where.get("modules_per_device"):
             log("imatrix: placement " + ", ".join(f"{d}: {n} module{'s' if n > 1 else ''}"
                                                    for d, n in where["modules_per_device"].items()))
+        run_on = str(execution_device(model, device))
         t0 = time.perf_counter()
-        im = collect_torch(model, arch_for_config(source.config), work, dataset,
-                           execution_device(model, device), progress)
+        im = collect_torch(model, arch_for_config(source.config), work, dataset, run_on, progress)
         seconds = time.perf_counter() - t0
         offload_files = sorted(p.name for p in offload_dir.rglob("*") if p.is_file()) if offload_dir else []
         del model
@@ -325,7 +325,7 @@ def _compute_torch(model_dir: Path, calibration: str, ctx: int, chunks: int | No
             shutil.rmtree(t, ignore_errors=True)
     n_tok = len(work) * ctx
     stats = {"tokens": n_tok, "chunks": len(work), "seconds": seconds, "tokens_per_s": n_tok / seconds,
-             "entries": len(im.sums), "device": device, "engine": "torch", "dtype": str(dtype).removeprefix("torch.")}
+             "entries": len(im.sums), "device": run_on, "engine": "torch", "dtype": str(dtype).removeprefix("torch.")}
     if placement.device_map:
         stats.update(placement=placement.device_map, **where, offload_files=offload_files)
         if placement.max_memory:

@@ -156,17 +156,19 @@ def execution_device(model: Any, fallback: str) -> Any:
     """Where the inputs go: accelerate's main device (the first GPU in the map; the CPU when the map holds only
     the CPU and the disk)."""
     dm = getattr(model, "hf_device_map", None)
-    if not dm:
-        return fallback
-    for dev in dm.values():
+    if not dm:  # one device (transformers keeps no map then): where the parameters are
+        return next((str(p.device) for p in model.parameters()), fallback)
+    for dev in map(str, dm.values()):  # ints (GPU indices), strings or torch.device objects
         if dev not in ("cpu", "disk"):
-            return f"cuda:{dev}" if isinstance(dev, int) else str(dev)
+            return f"cuda:{dev}" if dev.isdigit() else dev
     return "cpu"
 
 
 def summary(model: Any) -> dict[str, Any]:
     """The map transformers/accelerate made (module -> device, as strings) and the number of modules per device."""
     dm = {k: str(v) for k, v in (getattr(model, "hf_device_map", None) or {}).items()}
+    if not dm:  # one device: transformers keeps no map
+        dm = {"": next((str(p.device) for p in model.parameters()), "cpu")}
     per: dict[str, int] = {}
     for v in dm.values():
         per[v] = per.get(v, 0) + 1

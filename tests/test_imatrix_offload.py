@@ -197,3 +197,11 @@ def test_option_values():
     assert resolve("cpu", None, "cpu=1GiB", None).device_map == "auto"
     assert resolve("cpu", "CUDA:1", None, None).device_map == "cuda:1"
     assert resolve("cpu", "balanced", {0: 5}, None).max_memory == {0: 5}
+
+
+def test_one_device_map_is_the_whole_model_there():
+    """`--device-map cpu`: transformers puts the whole model on the CPU (nothing offloaded), same statistic."""
+    plain, _ = compute_imatrix(fixtures.qwen2(), ctx=CTX, chunks=2, engine="torch", progress=False)
+    placed, stats = compute_imatrix(fixtures.qwen2(), ctx=CTX, chunks=2, device_map="cpu", progress=False)
+    assert stats["engine"] == "torch" and stats["offloaded"] is False and stats["device_map"] == {"": "cpu"}, stats
+    assert max(differences(placed, plain).values()) == 0.0

@@ -119,7 +119,7 @@ def imatrix(model: str, calibration: str, outfile: Path, ctx: int, chunks: int |
         opt.echo_json(stats)
     else:
         click.echo(f"wrote {outfile}: {stats['entries']} entries, {stats['chunks']} chunks x {ctx} tokens, "
-                   f"{stats['tokens_per_s']:.0f} tokens/s on {device} ({stats['engine']} engine)")
+                   f"{stats['tokens_per_s']:.0f} tokens/s on {stats.get('device', device)} ({stats['engine']} engine)")
 
 
 @click.command(name="eval")
