@@ -7,8 +7,8 @@ Architecture.imatrix_columns (Qwen3.5's ssm_out value-head reorder), so both eng
 from __future__ import annotations
 
 import json
-import os
 import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -21,7 +21,7 @@ from gguf_forge.quant import compute_imatrix, read_imatrix
 
 import adapters
 import fixtures
-from helpers import QUANTIZE, assert_user_error, run
+from helpers import assert_user_error, run
 from imatrix_check import differences
 
 CTX, CHUNKS = 64, 4
@@ -114,18 +114,29 @@ def test_lora_with_offload_equals_the_in_memory_merge(tmp_path):
     assert max(differences(base, plain).values()) > 1e-4  # the adapter changes the statistic: it was merged
 
 
+#: runs `quantize ARGS...` (python -m gguf_forge.tools.cli) and, at exit, writes the process's own peak resident
+#: memory (VmHWM: the kernel's high-water mark of this process's memory since exec, not a sample) to a file. Not
+#: wait4's ru_maxrss: Linux counts in it the parent's memory at fork/exec time, so it reads the test runner's size.
+_WITH_PEAK = """
+import atexit, runpy, sys
+def peak():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            open(sys.argv[1], "w").write(line.split()[1])
+atexit.register(peak)
+sys.argv = ["quantize", *sys.argv[2:]]
+runpy.run_module("gguf_forge.tools.cli", run_name="__main__")
+"""
+
+
 def _peak_rss(args: list[str], folder) -> tuple[int, subprocess.CompletedProcess]:
-    """(peak resident memory in bytes, the finished process) of one `quantize` run: the kernel's own high-water
-    mark of the child (wait4's ru_maxrss), not a sample."""
-    out, err = folder / "stdout.txt", folder / "stderr.txt"
-    with open(out, "w") as fo, open(err, "w") as fe:
-        p = subprocess.Popen([*QUANTIZE, *args], stdout=fo, stderr=fe)
-        _, status, usage = os.wait4(p.pid, 0)
-    p.returncode = os.waitstatus_to_exitcode(status)
-    done = subprocess.CompletedProcess(p.args, p.returncode, out.read_text(), err.read_text())
-    out.unlink()
-    err.unlink()
-    return usage.ru_maxrss * 1024, done
+    """(peak resident memory in bytes, the finished process) of one `quantize` run in a fresh interpreter."""
+    report = folder / "peak.txt"
+    r = subprocess.run([sys.executable, "-c", _WITH_PEAK, str(report), *args], capture_output=True, text=True,
+                       timeout=900)
+    peak = int(report.read_text()) * 1024
+    report.unlink()
+    return peak, r
 
 
 @pytest.mark.slow
