@@ -119,10 +119,10 @@ def test_lora_with_offload_equals_the_in_memory_merge(tmp_path):
 #: wait4's ru_maxrss: Linux counts in it the parent's memory at fork/exec time, so it reads the test runner's size.
 _WITH_PEAK = """
 import atexit, runpy, sys
-def peak():
+def peak(path=sys.argv[1]):
     for line in open("/proc/self/status"):
         if line.startswith("VmHWM:"):
-            open(sys.argv[1], "w").write(line.split()[1])
+            open(path, "w").write(line.split()[1])
 atexit.register(peak)
 sys.argv = ["quantize", *sys.argv[2:]]
 runpy.run_module("gguf_forge.tools.cli", run_name="__main__")
