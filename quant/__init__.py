@@ -6,7 +6,8 @@ Public surface:
   imatrix, per-tensor type overrides, ``<basename>-<TYPE>[-im].gguf`` names, skip-if-identical.
 - :func:`compute_imatrix` (``quantize imatrix``): llama.cpp's importance statistic, by llama.cpp itself on a
   memory-mapped GGUF (``engine="llama"``, :mod:`.imatrix_llama`: the evaluation callback, MUL_MAT and MUL_MAT_ID)
-  or in torch on the whole Hugging Face model (``engine="torch"``); LoRA merged on the fly; plain text or JSONL
+  or in torch on the Hugging Face model (``engine="torch"``, placed by accelerate's device map with
+  :mod:`.placement`: several GPUs, CPU and disk offload); LoRA merged on the fly; plain text or JSONL
   chats rendered with the chat template.
 - :class:`IMatrix`, :func:`read_imatrix`, :func:`write_gguf`, :func:`write_legacy`: llama.cpp's two imatrix
   formats.

@@ -4,8 +4,10 @@
   the page cache, not in the process's memory: a Hugging Face folder (adapters merged) is first converted,
   streaming, to a temporary F16 GGUF (bf16 when a weight overflows float16), removed afterwards; a GGUF is used
   as it is. ``merge-convert --imatrix`` hands it the intermediate GGUF it already wrote.
-- ``torch``: the whole Hugging Face model loaded with transformers (float32 on the CPU, bfloat16 on CUDA),
-  hooks on every block linear layer; the one for ``--device cuda``.
+- ``torch``: the Hugging Face model loaded with transformers (float32 on the CPU, bfloat16 on CUDA), hooks on
+  every block linear layer; the one for ``--device cuda``. Whole on one device, or placed by accelerate
+  (:mod:`.placement`: ``--device-map``, ``--max-memory``, ``--offload-folder``; ``auto`` on CUDA): several GPUs, and
+  CPU/disk offload when the model does not fit, each hook collecting where its module runs.
 
 The statistic is llama.cpp's ``llama-imatrix`` one: for every matmul weight inside the blocks, the sum
 over tokens of x_j^2 for each input column j, and the number of tokens. Calibration text is tokenized
@@ -31,11 +33,13 @@ import numpy as np
 
 from .. import chat_template
 from ..convert import Checkpoint, LoraSpec, NonFiniteError, arch_for_config, convert, merged_source, resolve_model
+from ..convert.hf_writer import write_hf_checkpoint
 from ..errors import ForgeError
 from ..files import cache_dir, is_gguf, parse_json_line, read_text_file
 from ..files import progress as progress_bar
 from .imatrix_file import IMatrix
 from .imatrix_llama import run_llama
+from .placement import Placement, check_devices, execution_device, from_pretrained_kwargs, resolve, summary
 
 DEFAULT_CALIBRATION = "default"
 #: ``--engine`` choices: llama.cpp on a memory-mapped GGUF (memory-bounded), or the whole model in torch
@@ -135,15 +139,29 @@ def chunk_tokens(tokens: list[int], ctx: int, bos: int | None, max_chunks: int |
 
 
 def load_model(model_dir: Path, loras: list[LoraSpec], device: str, dtype: Any,
-               progress: bool = True) -> tuple[Any, Any]:
+               progress: bool = True, placement: Placement | None = None,
+               offload_dir: Path | None = None) -> tuple[Any, Any]:
     """The HF model with its weights (adapters merged on the fly), ready for inference; without ``progress``,
-    transformers' own "Loading weights" bar stays hidden too."""
+    transformers' own "Loading weights" bar stays hidden too.
+
+    ``placement`` with a ``device_map``: loaded by transformers with accelerate's placement (``offload_dir`` for the
+    weights it offloads to the disk and has to re-save); adapters are then merged into the parameters in place,
+    which needs every parameter on a device: with a strategy that may offload, :func:`_compute_torch` loads a
+    merged checkpoint written beforehand instead (``loras`` empty here)."""
     import torch
     from transformers import AutoModelForCausalLM
 
     source = Checkpoint(model_dir)
+    kw = from_pretrained_kwargs(placement, offload_dir) if placement and placement.device_map else {}
     with _transformers_progress(progress):
-        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
+        try:
+            model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, **kw)
+        except ValueError as e:  # e.g. a model class accelerate cannot split, a map transformers refuses
+            if not kw:
+                raise
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ForgeError(f"--device-map {placement.device_map}: transformers could not place {model_dir}: "
+                             f"{first}") from None
     if loras:
         source = merged_source(source, loras)
         embed = source.tensors.get("model.embed_tokens.weight")
@@ -163,8 +181,10 @@ def load_model(model_dir: Path, loras: list[LoraSpec], device: str, dtype: Any,
                     target = _fused_expert_slice(params, name)
                 if target is None:
                     raise ForgeError(f"{model_dir}: merged tensor {name} has no parameter in {type(model).__name__}")
-                target.copy_(torch.from_numpy(source.read_float32(name)).to(dtype))
-    return model.to(device).eval(), source
+                target.copy_(torch.from_numpy(source.read_float32(name)).to(dtype=dtype, device=target.device))
+    if not kw:
+        model = model.to(device)
+    return model.eval(), source
 
 
 def _fused_expert_slice(params: dict, name: str) -> Any:
@@ -203,25 +223,36 @@ def compute_imatrix(
     model_dir: Path, calibration: str = DEFAULT_CALIBRATION, ctx: int = 512, chunks: int | None = None,
     device: str = "cpu", loras: list[LoraSpec] | None = None, progress: bool = True, threads: int | None = None,
     log: Callable[[str], None] = print, engine: str | None = None, gguf: Path | None = None,
-    work_dir: Path | None = None, gguf_type: str = "f16",
+    work_dir: Path | None = None, gguf_type: str = "f16", device_map: str | None = None,
+    max_memory: str | dict | None = None, offload_folder: str | Path | None = None,
 ) -> tuple[IMatrix, dict]:
     """The importance matrix of ``model_dir`` (a Hugging Face folder, or a GGUF file for the llama engine).
 
     ``engine``: ``llama`` (default on the CPU) or ``torch`` (default with ``device="cuda"``). For the llama engine
     and a folder, ``gguf`` is an already converted (and merged) GGUF of it to use; otherwise a temporary one of
     type ``gguf_type`` is written in ``work_dir`` (default: the cache folder) and removed afterwards.
+    For the torch engine, ``device_map`` / ``max_memory`` / ``offload_folder`` are transformers' and accelerate's
+    big-model placement (:mod:`.placement`: several GPUs, CPU and disk offload; ``auto`` by default on CUDA); any of
+    them selects the torch engine by default.
     Returns the imatrix (keyed by GGUF tensor names) and run statistics (tokens, seconds, tokens/s, engine).
     """
-    engine = engine or ("torch" if device.startswith("cuda") else "llama")
+    placing = {"--device-map": device_map, "--max-memory": max_memory, "--offload-folder": offload_folder}
+    asked = [k for k, v in placing.items() if v is not None]
+    engine = engine or ("torch" if device.startswith("cuda") or asked else "llama")
     if engine not in ENGINES:
         raise ForgeError(f"--engine {engine}: choose one of {', '.join(ENGINES)}")
+    if engine == "llama" and asked:
+        raise ForgeError(f"{asked[0]}: places the torch engine's model; the llama engine memory-maps a GGUF "
+                         "(use --engine torch, or leave the option out)")
     model_dir = Path(model_dir)
     gguf_input = is_gguf(model_dir)
     if engine == "torch":
         if gguf_input:
             raise ForgeError(f"--engine torch: {model_dir} is a GGUF; the torch engine reads a Hugging Face folder "
                              "(use --engine llama for a GGUF)")
-        return _compute_torch(model_dir, calibration, ctx, chunks, device, loras, progress, threads)
+        placement = resolve(device, device_map, max_memory, offload_folder)
+        return _compute_torch(model_dir, calibration, ctx, chunks, device, loras, progress, threads, placement,
+                              work_dir, log)
     if device != "cpu":
         raise ForgeError(f"--engine llama runs on the CPU; for --device {device} use --engine torch")
     if gguf_input:
@@ -264,24 +295,62 @@ def _temporary_gguf(model_dir: Path, folder: Path, loras: list[LoraSpec], gguf_t
 
 
 def _compute_torch(model_dir: Path, calibration: str, ctx: int, chunks: int | None, device: str,
-                   loras: list[LoraSpec] | None, progress: bool, threads: int | None) -> tuple[IMatrix, dict]:
-    """Run the whole HF model in torch over the calibration chunks with hooks on every block linear layer."""
+                   loras: list[LoraSpec] | None, progress: bool, threads: int | None, placement: Placement,
+                   work_dir: Path | None, log: Callable[[str], None]) -> tuple[IMatrix, dict]:
+    """Run the HF model in torch over the calibration chunks with hooks on every block linear layer (and the MoE
+    routers and experts), placed whole on ``device`` or by accelerate (``placement``)."""
     import torch
 
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ForgeError("--device cuda: no CUDA device is available to torch here; use --device cpu")
+    on_gpu = check_devices(placement, device)
     if threads:
         torch.set_num_threads(threads)
     lora_dirs = [resolve_model(spec.path, what="--lora") for spec in loras or []]
     work, dataset = _calibration_chunks(model_dir, lora_dirs, calibration, ctx, chunks)
-    dtype = torch.float32 if device == "cpu" else torch.bfloat16
-    model, source = load_model(model_dir, loras or [], device, dtype, progress=progress)
-    t0 = time.perf_counter()
-    im = collect_torch(model, arch_for_config(source.config), work, dataset, device, progress)
-    seconds = time.perf_counter() - t0
+    dtype = torch.bfloat16 if on_gpu else torch.float32
+    folder = Path(work_dir) if work_dir is not None else cache_dir()
+    temps: list[Path] = []
+    try:
+        offload_dir = None
+        if placement.strategy:
+            base = placement.offload_folder or folder
+            base.mkdir(parents=True, exist_ok=True)
+            offload_dir = Path(tempfile.mkdtemp(prefix=".offload-", dir=base))
+            temps.append(offload_dir)
+        load_dir, load_loras = model_dir, list(loras or [])
+        if loras and placement.strategy:
+            # offloaded parameters are not in memory to merge into: merge into a checkpoint first (streaming, as
+            # `quantize merge` writes it), which accelerate then places and reads its offloaded weights from
+            folder.mkdir(parents=True, exist_ok=True)
+            merged = Path(tempfile.mkdtemp(prefix=".merged-", dir=folder))
+            temps.append(merged)
+            log(f"imatrix: merging the adapters into a temporary checkpoint in {folder} for accelerate's placement")
+            # float32 when torch computes in float32 (the merge exactly as the in-place one), else the base's type
+            write_hf_checkpoint(merged_source(Checkpoint(model_dir), loras), merged / "model",
+                                dtype="f32" if dtype == torch.float32 else "auto")
+            load_dir, load_loras = merged / "model", []
+        model, source = load_model(load_dir, load_loras, device, dtype, progress=progress, placement=placement,
+                                   offload_dir=offload_dir)
+        where = summary(model) if placement.device_map else {}
+        if where.get("modules_per_device"):
+            log("imatrix: placement " + ", ".join(f"{d}: {n} module{'s' if n > 1 else ''}"
+                                                   for d, n in where["modules_per_device"].items()))
+        run_on = str(execution_device(model, device))
+        t0 = time.perf_counter()
+        im = collect_torch(model, arch_for_config(source.config), work, dataset, run_on, progress)
+        seconds = time.perf_counter() - t0
+        offload_files = sorted(p.name for p in offload_dir.rglob("*") if p.is_file()) if offload_dir else []
+        del model
+    finally:
+        for t in temps:
+            shutil.rmtree(t, ignore_errors=True)
     n_tok = len(work) * ctx
-    return im, {"tokens": n_tok, "chunks": len(work), "seconds": seconds, "tokens_per_s": n_tok / seconds,
-                "entries": len(im.sums), "device": device, "engine": "torch"}
+    stats = {"tokens": n_tok, "chunks": len(work), "seconds": seconds, "tokens_per_s": n_tok / seconds,
+             "entries": len(im.sums), "device": run_on, "engine": "torch", "dtype": str(dtype).removeprefix("torch.")}
+    if placement.device_map:
+        stats.update(placement=placement.device_map, **where, offload_files=offload_files)
+        if placement.max_memory:
+            stats["max_memory"] = {str(k): v for k, v in placement.max_memory.items()}
+    return im, stats
 
 
 def _chat_template(model_dir: Path, lora_dirs: list[Path]) -> str | None:
@@ -316,31 +385,37 @@ def _calibration_chunks(model_dir: Path, lora_dirs: list[Path], calibration: str
     return chunk_tokens(ids, ctx, bos, chunks), dataset
 
 
-def collect_torch(model: Any, arch: Any, work: list[list[int]], dataset: str, device: str = "cpu",
+def collect_torch(model: Any, arch: Any, work: list[list[int]], dataset: str, device: Any = "cpu",
                   progress: bool = False) -> IMatrix:
-    """The torch engine's statistic of a loaded transformers ``model`` over the token chunks ``work`` (GGUF names
-    from ``arch``; MoE experts per expert)."""
+    """The torch engine's statistic of a loaded transformers ``model`` over the token chunks ``work`` (inputs on
+    ``device``, the first device of an accelerate placement); GGUF names and column order from ``arch``
+    (:meth:`~..convert.arch.Architecture.imatrix_columns`); MoE experts per expert."""
     sums, counts = _collect(model, arch, work, device, progress)
     im = IMatrix(datasets=[dataset], chunk_count=len(work), chunk_size=len(work[0]) if work else 0)
     for name, s in sums.items():
         values = s.double().cpu().numpy().reshape(-1, s.shape[-1])  # (n_expert, cols) for MoE experts
-        im.sums[name] = arch.imatrix_columns(name, values)  # the GGUF's column order (Qwen3.5's V heads)
+        # the GGUF's column order (Qwen3.5's V heads)
+        im.sums[name] = np.ascontiguousarray(arch.imatrix_columns(name, values), dtype=np.float64)
         im.counts[name] = np.asarray(counts[name], dtype=np.float64).reshape(-1)
     return im
 
 
-def _collect(model: Any, arch: Any, work: list[list[int]], device: str, progress: bool) -> tuple[dict, dict]:
-    """Run ``model`` over the chunks; per GGUF weight name, the sum of x_j^2 over tokens and the token count."""
+def _collect(model: Any, arch: Any, work: list[list[int]], device: Any, progress: bool) -> tuple[dict, dict]:
+    """Run ``model`` over the chunks; per GGUF weight name, the sum of x_j^2 over tokens (float64, on the CPU) and
+    the token count. Each hook squares and sums its input where its module runs (GPU, CPU, or the execution device
+    of a module accelerate brought in from the CPU or the disk), in float32, into a per-chunk partial sum on that
+    device; the partial sums are added to the float64 totals on the CPU after every chunk."""
     import torch
 
     sums: dict[str, torch.Tensor] = {}
+    part: dict[str, torch.Tensor] = {}
     counts: dict[str, Any] = {}
     hooks = []
     for mname, module in model.named_modules():
         if ".layers." not in f".{mname}.":
             continue
         if _is_experts(module):
-            hooks.append(module.register_forward_pre_hook(partial(_experts_hook, _block(mname), sums, counts),
+            hooks.append(module.register_forward_pre_hook(partial(_experts_hook, _block(mname), part, counts),
                                                           with_kwargs=True))
             continue
         if isinstance(module, torch.nn.Linear):
@@ -356,10 +431,10 @@ def _collect(model: Any, arch: Any, work: list[list[int]], device: str, progress
         def hook(mod, args, gname=gname):
             x = args[0].detach().reshape(-1, args[0].shape[-1]).float()
             s = (x * x).sum(0)
-            if gname in sums:
-                sums[gname] += s
+            if gname in part:
+                part[gname] += s
             else:
-                sums[gname] = s
+                part[gname] = s
             counts[gname] = counts.get(gname, 0) + x.shape[0]
 
         hooks.append(module.register_forward_pre_hook(hook))
@@ -368,6 +443,10 @@ def _collect(model: Any, arch: Any, work: list[list[int]], device: str, progress
               torch.inference_mode()):
             for c in work:
                 model(torch.tensor([c], device=device), use_cache=False)
+                for name, s in part.items():
+                    total = s.to(device="cpu", dtype=torch.float64)
+                    sums[name] = sums[name] + total if name in sums else total
+                part.clear()
                 bar.update(len(c))
     finally:
         for h in hooks:
@@ -400,7 +479,7 @@ def _experts_hook(blk: str, sums: dict, counts: dict, mod: Any, args: tuple, kwa
 
     hidden = args[0] if args else kwargs["hidden_states"]
     top_k = args[1] if len(args) > 1 else kwargs["top_k_index"]
-    gu, down = mod.gate_up_proj, mod.down_proj
+    gu, down = _weight(mod, "gate_up_proj", blk), _weight(mod, "down_proj", blk)
     n_expert, two_ff, n_embd = gu.shape
     ff = two_ff // 2
     if two_ff % 2 or down.shape != (n_expert, n_embd, ff) or getattr(mod, "has_bias", False):
@@ -413,6 +492,7 @@ def _experts_hook(blk: str, sums: dict, counts: dict, mod: Any, args: tuple, kwa
     for name, cols in zip(names, (n_embd, n_embd, ff)):
         if name not in sums:
             sums[name] = torch.zeros(n_expert, cols, dtype=torch.float32, device=x.device)
+        if name not in counts:
             counts[name] = np.zeros(n_expert)
     for e in range(n_expert):
         rows = (top_k == e).any(dim=1).nonzero().reshape(-1)
@@ -420,11 +500,25 @@ def _experts_hook(blk: str, sums: dict, counts: dict, mod: Any, args: tuple, kwa
             continue
         xe = x[rows]
         sq = (xe * xe).sum(0)
-        gate, up = torch.nn.functional.linear(xe, gu[e].float()).chunk(2, dim=-1)
+        gate, up = torch.nn.functional.linear(xe, gu[e].to(device=x.device, dtype=torch.float32)).chunk(2, dim=-1)
         h = mod.act_fn(gate) * up
         for name, s in zip(names, (sq, sq, (h * h).sum(0))):
             sums[name][e] += s
             counts[name][e] += rows.numel()
+
+
+def _weight(mod: Any, name: str, blk: str) -> Any:
+    """A parameter of ``mod`` as its forward will see it: when accelerate offloaded the module (to the CPU or the
+    disk), the parameter is on the meta device until the module's own hook brings it in, which happens after the
+    forward pre-hooks: read it from the hook's offloaded weights instead."""
+    p = getattr(mod, name)
+    if p.device.type != "meta":
+        return p
+    weights = getattr(getattr(mod, "_hf_hook", None), "weights_map", None)
+    if weights is None:
+        raise ForgeError(f"--engine torch: the experts of {blk} ({type(mod).__name__}.{name}) are on the meta device "
+                         "with no offloaded copy to read")
+    return weights[name]
 
 
 def gguf_calibration_chunks(llm: Any, calibration: str, ctx: int,

@@ -69,13 +69,24 @@ def quant(infile: Path, types: str, imatrix: Path | None, outdir: Path | None, o
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 @click.option("--engine", type=click.Choice(list(ENGINES)),
               help="llama: llama.cpp on a memory-mapped GGUF (a few GB of memory for an 8B; default on the CPU); "
-                   "torch: the whole model in transformers (default with --device cuda).")
+                   "torch: the model in transformers, whole on --device or placed by accelerate with --device-map "
+                   "(default with --device cuda or a placement option).")
+@click.option("--device-map", metavar="auto|balanced|sequential|cpu|cuda:N",
+              help="torch engine: accelerate's placement, as transformers' device_map (default auto with --device "
+                   "cuda): fills the GPUs, then the CPU, then the disk; or one device for the whole model.")
+@click.option("--max-memory", metavar="0=20GiB,1=20GiB,cpu=30GiB",
+              help="torch engine: memory budget per device for the placement (GPU index or cuda:N, cpu); what does "
+                   "not fit is offloaded to the disk. Implies --device-map auto.")
+@click.option("--offload-folder", type=click.Path(path_type=Path),
+              help="torch engine: where weights offloaded to the disk are re-saved when needed (a temporary folder "
+                   "inside it, removed after; default: beside the output).")
 @opt.loras("Merge these adapters first; repeatable.")
 @opt.threads("CPU threads (default: physical cores for llama, torch's default for torch).")
 @opt.as_json("Print run statistics as JSON.")
 @opt.no_progress()
 def imatrix(model: str, calibration: str, outfile: Path, ctx: int, chunks: int | None, device: str,
-            engine: str | None, loras: tuple[str, ...], threads: int | None, as_json: bool, no_progress: bool) -> None:
+            engine: str | None, device_map: str | None, max_memory: str | None, offload_folder: Path | None,
+            loras: tuple[str, ...], threads: int | None, as_json: bool, no_progress: bool) -> None:
     """Compute an importance matrix on the (fine-tuned) model, the statistic llama-imatrix collects.
 
     MODEL is a Hugging Face folder (or hub id; --lora adapters are merged) or a GGUF. With the default llama
@@ -87,6 +98,8 @@ def imatrix(model: str, calibration: str, outfile: Path, ctx: int, chunks: int |
       quantize imatrix ./Meta-Llama-3-8B-Instruct --lora ./my-lora -o imatrix.gguf
       quantize imatrix out/My-Model-F16.gguf --chunks 100 -o imatrix.gguf
       quantize imatrix ./Meta-Llama-3-8B-Instruct --device cuda -o imatrix.gguf   (torch engine)
+      quantize imatrix ./Llama-3-70B --device cuda --max-memory 0=70GiB,1=70GiB,cpu=100GiB --offload-folder /scratch
+      quantize imatrix ./Meta-Llama-3-8B-Instruct --engine torch --max-memory cpu=4GiB   (CPU, rest from disk)
     """
     folder = outfile.parent if str(outfile.parent) else Path(".")
     if not folder.is_dir() or not os.access(folder, os.W_OK):
@@ -98,14 +111,15 @@ def imatrix(model: str, calibration: str, outfile: Path, ctx: int, chunks: int |
     check_not_an_input(outfile, [model_dir, Path(calibration)])
     im, stats = compute_imatrix(model_dir, calibration=calibration, ctx=ctx, chunks=chunks, device=device,
                                 loras=specs, progress=not no_progress, threads=threads, engine=engine,
-                                work_dir=folder)
+                                work_dir=folder, log=lambda m: click.echo(m, err=True), device_map=device_map,
+                                max_memory=max_memory, offload_folder=offload_folder)
     (write_legacy if outfile.suffix == ".dat" else write_gguf)(im, outfile)
     stats["output"] = str(outfile)
     if as_json:
         opt.echo_json(stats)
     else:
         click.echo(f"wrote {outfile}: {stats['entries']} entries, {stats['chunks']} chunks x {ctx} tokens, "
-                   f"{stats['tokens_per_s']:.0f} tokens/s on {device} ({stats['engine']} engine)")
+                   f"{stats['tokens_per_s']:.0f} tokens/s on {stats.get('device', device)} ({stats['engine']} engine)")
 
 
 @click.command(name="eval")
