@@ -11,8 +11,10 @@
     python bench/imatrix.py --no-smollm2 --8b --gguf-8b F16.gguf --engines-8b ours   # one 8B run, GGUF made before
 
 The speed target compares tokens per second of the WHOLE command (calibration tokens / wall seconds from start to
-exit: interpreter start-up, loading, tokenizing, decoding, writing the file; what a user waits for), the two
-commands alternating, ``--repeat`` times each, best run of each. The decoding-only rate is printed beside it:
+exit: interpreter start-up, loading, tokenizing, decoding, writing the file; what a user waits for; gguf-forge's
+bytecode compiled first, as ``pip install`` leaves it), the two commands alternating, ``--repeat`` times each: the
+best run of each and the medians are compared (``--speed-only`` skips the torch row and the KLD rows, for more
+repeats in one sitting). The decoding-only rate is printed beside it:
 ours is the `--json` ``seconds`` (the decode loop), llama-imatrix's is its wall time less the time at which it logs
 "computing over N chunks" (this build prints no llama_perf line).
 
@@ -47,6 +49,8 @@ os.environ.setdefault("GGUF_FORGE_CACHE", str(ROOT / ".cache"))
 from convert import SHAPE_8B, drop_caches, synthetic_8b  # noqa: E402  (bench/convert.py)
 
 BUILD_CACHE = Path.home() / ".cache" / "gguf-forge" / "bench"
+#: the repository folders pyproject.toml maps into the gguf_forge package
+PACKAGE_FOLDERS = ("gguf_forge", "convert", "quant", "modelfiles", "tools")
 
 
 def measure(cmd: list[str], limit: float | None = None) -> dict:
@@ -176,7 +180,7 @@ def llama_imatrix_row(label: str, r: dict, tokens: int) -> dict:
 
 
 def smollm2(out: Path, exe: Path, threads: int, chunks: int, eval_chunks: int, ppl_row: bool,
-            repeat: int) -> list[dict]:
+            repeat: int, speed_only: bool = False) -> list[dict]:
     import fixtures
 
     model = fixtures.smollm2()
@@ -186,6 +190,10 @@ def smollm2(out: Path, exe: Path, threads: int, chunks: int, eval_chunks: int, p
                        stdout=subprocess.DEVNULL)
     cal, held = texts(out)
     tokens = chunks * 512
+    # gguf-forge's bytecode compiled once, as `pip install` does for an installed package: where
+    # PYTHONDONTWRITEBYTECODE is set (containers often do) every run would otherwise compile ~50 modules from source
+    subprocess.run([sys.executable, "-m", "compileall", "-q", *(str(ROOT / f) for f in PACKAGE_FOLDERS)], check=True,
+                   stdout=subprocess.DEVNULL)
     common = ["--calibration", cal, "--chunks", chunks, "--threads", threads, "--json", "--no-progress"]
     ours_label, ref_label, torch_label = ("quantize imatrix GGUF (llama engine)", "llama-imatrix",
                                           "quantize imatrix --engine torch")
@@ -207,8 +215,9 @@ def smollm2(out: Path, exe: Path, threads: int, chunks: int, eval_chunks: int, p
     if ppl_row:
         r = measure(llama_imatrix(out / "im-llama-cpp-noppl.gguf", "--no-ppl"))
         rows.append(llama_imatrix_row("llama-imatrix --no-ppl", r, tokens))
-    r = measure(quantize("imatrix", model, "-o", files[torch_label], *common, "--engine", "torch"))
-    rows.append(ours_row(torch_label, r))
+    if not speed_only:
+        r = measure(quantize("imatrix", model, "-o", files[torch_label], *common, "--engine", "torch"))
+        rows.append(ours_row(torch_label, r))
     print(f"\nSmolLM2-135M F16, {chunks} chunks x 512 = {tokens} tokens, {threads} threads; load "
           f"{os.getloadavg()[0]:.2f} at the end")
     print_rows(rows)
@@ -221,6 +230,16 @@ def smollm2(out: Path, exe: Path, threads: int, chunks: int, eval_chunks: int, p
         if ours["decode_tps"] and ref["decode_tps"]:
             print(f"decoding only: llama engine {ours['decode_tps']:.0f} tokens/s = "
                   f"{ours['decode_tps'] / ref['decode_tps']:.2f}x llama-imatrix's {ref['decode_tps']:.0f}")
+    med = {k: _median([r["seconds"] for r in v if r["tps"]]) for k, v in runs.items()}
+    if med[ours_label] and med[ref_label]:
+        print(f"target by medians of {repeat}: llama engine {med[ours_label]:.2f} s, llama-imatrix "
+              f"{med[ref_label]:.2f} s: {med[ref_label] / med[ours_label]:.2f}x (tokens/s ratio)")
+        dec = {k: _median([tokens / r["decode_tps"] for r in v if r["decode_tps"]]) for k, v in runs.items()}
+        if dec[ours_label] and dec[ref_label]:
+            print(f"decoding only, medians: llama engine {dec[ours_label]:.2f} s, llama-imatrix "
+                  f"{dec[ref_label]:.2f} s: {dec[ref_label] / dec[ours_label]:.2f}x")
+    if speed_only:
+        return rows
     # quality: Q4_K_M with each imatrix, KLD against F16 on held-out text (disjoint from the calibration)
     quants = []
     for label in (ours_label, torch_label, ref_label):
@@ -251,6 +270,13 @@ def smollm2(out: Path, exe: Path, threads: int, chunks: int, eval_chunks: int, p
         if new is not None and label in klds:
             print(f"  llama engine vs {label}: {new / klds[label] - 1:+.2%} (target within 2%)")
     return rows
+
+
+def _median(values: list[float]) -> float | None:
+    if not values:
+        return None
+    v = sorted(values)
+    return (v[len(v) // 2] + v[(len(v) - 1) // 2]) / 2
 
 
 def _same_statistic(ours: Path, theirs: Path) -> None:
@@ -348,6 +374,7 @@ def main() -> None:
     ap.add_argument("--eval-chunks", type=int, default=16)
     ap.add_argument("--repeat", type=int, default=2, help="SmolLM2: runs of each timed command (alternating)")
     ap.add_argument("--no-ppl-row", action="store_true", help="skip the llama-imatrix --no-ppl run")
+    ap.add_argument("--speed-only", action="store_true", help="SmolLM2: only the timed runs (no torch row, no KLD)")
     ap.add_argument("--gguf-8b", type=Path, help="with --8b: an F16 GGUF of the 8B shape made beforehand (kept)")
     ap.add_argument("--engines-8b", default="ours,llama-imatrix,torch",
                     help="with --8b: which runs (comma-separated: ours, llama-imatrix, torch); one per call keeps "
@@ -359,7 +386,8 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     exe = llama_imatrix_binary()
     if not args.no_smollm2:
-        smollm2(args.out, exe, args.threads, args.chunks, args.eval_chunks, not args.no_ppl_row, args.repeat)
+        smollm2(args.out, exe, args.threads, args.chunks, args.eval_chunks, not args.no_ppl_row, args.repeat,
+                args.speed_only)
     if args.eight_b:
         eight_b(args.out, exe, args.threads, args.folder, args.time_limit, args.gguf_8b,
                 [e.strip() for e in args.engines_8b.split(",")])

@@ -69,6 +69,21 @@ def use_extra_buffer_types() -> bool:
     return True
 
 
+# ---------------------------------------------------------------------------------------------- abandoned C calls
+
+#: one event per llama.cpp quantization running in a worker thread (quant/quantize.py), set when its C call has
+#: returned; here, in the core, so that the CLI's error boundary asks without importing the quantizer
+QUANTIZER_CALLS: list[threading.Event] = []
+
+
+def quantizer_running() -> bool:
+    """Whether a llama.cpp quantization an interrupt abandoned is still inside its C call (in a worker thread).
+
+    The process should then leave with ``os._exit``: a normal interpreter exit would finalize Python (and run
+    C++ static destructors) under a thread that still uses them."""
+    return any(not done.is_set() for done in QUANTIZER_CALLS)
+
+
 # ---------------------------------------------------------------------------------------------- llama.cpp's log
 
 

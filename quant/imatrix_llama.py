@@ -57,6 +57,8 @@ _GGML_F32, _GGML_I32 = 0, 26
 _GGML_OBJECT_SIZE = 32  # struct ggml_object: offs, size, next, type + padding
 _HEADER_SIZE = _Tensor.extra.offset  # every field up to the name, the name included
 _POINTER_SIZE = ctypes.sizeof(ctypes.c_void_p)
+#: the name llama.cpp's graphs give the final norm, the output head's input (``cb(cur, "result_norm", -1)``)
+_FINAL_NORM = b"result_norm\0"
 
 
 class _Ggml:
@@ -125,6 +127,14 @@ class Collector:
         # strides, data addresses, names), what _collect_dense needs: the input as an array, its weight's entry
         self._plans: dict[bytes, tuple] = {}
         self._last_input: tuple[bytes, np.ndarray] | None = None
+        # the output head: nothing after the final norm (``result_norm``) feeds a block weight, so once a graph
+        # has shown that (the first chunk runs whole), later graphs stop there and the head's matmul over the
+        # vocabulary (a fifth of SmolLM2's work per token) is never computed; see the module docstring
+        self.stop_at_norm = False
+        self.stopped = 0  # graphs stopped at the final norm
+        self._norm_passed = False  # this graph's final norm was asked about
+        self._after_norm = False  # ... and a block weight's matmul came after it: never stop there
+        self._norm_graphs = 0  # graphs that had a final norm
         from llama_cpp import llama_cpp as C
 
         # kept alive as long as the context may call it
@@ -136,6 +146,15 @@ class Collector:
         self._last_input = None
         self._seen.clear()
 
+    def end_graph(self) -> None:
+        """After a decode: from its graph, decide whether the next graphs may stop at the final norm (a final norm
+        was seen and no block weight's matmul came after it; never with ``process_output``)."""
+        if self._norm_passed:
+            self._norm_graphs += 1
+        self.stop_at_norm = (not self.process_output and self._norm_graphs > 0 and not self._after_norm
+                             and (self.stop_at_norm or self._norm_passed))
+        self._norm_passed = False
+
     def _wanted_name(self, name: str) -> bool:
         return name.startswith("blk.") or (self.process_output and name == "output.weight")
 
@@ -145,8 +164,20 @@ class Collector:
         try:
             op = ctypes.c_int.from_address(t + _OP_OFFSET).value
             if op != self.ggml.mul_mat and op != self.ggml.mul_mat_id:
-                return False
+                if ctypes.string_at(t + _NAME_OFFSET, len(_FINAL_NORM)) != _FINAL_NORM:
+                    return False
+                if ask:  # the final norm: computed alone (a split) when this graph stops there
+                    self._norm_passed = True
+                    return self.stop_at_norm
+                self.stopped += 1
+                return False  # stop the graph: what follows is the output head only
             if ask:
+                if self._norm_passed:
+                    name = _weight_name(ctypes.string_at(ctypes.c_void_p.from_address(t + _SRC_OFFSET).value
+                                                         + _NAME_OFFSET, 64))
+                    if name.startswith("blk."):  # a block weight after the final norm: never stop there
+                        self._after_norm = True
+                        self.stop_at_norm = False
                 if op == self.ggml.mul_mat_id:
                     return True
                 src0, src1 = (ctypes.c_void_p * 2).from_address(t + _SRC_OFFSET)
@@ -384,6 +415,7 @@ def _run(collector: Collector, gguf_path: Path, tokenize: Callable[[Any], tuple[
                         batch.seq_id[i][0] = 0
                         batch.logits[i] = 1
                     rc = C.llama_decode(llm.ctx, batch)
+                    collector.end_graph()
                     if collector.interrupted:
                         raise KeyboardInterrupt
                     if collector.error is not None:
@@ -403,4 +435,5 @@ def _run(collector: Collector, gguf_path: Path, tokenize: Callable[[Any], tuple[
     im = collector.imatrix([dataset], len(work), ctx)
     n_tok = len(work) * ctx
     return im, {"tokens": n_tok, "chunks": len(work), "seconds": seconds, "tokens_per_s": n_tok / seconds,
-                "entries": len(im.sums), "device": "cpu", "engine": "llama", "callback_seconds": collector.seconds}
+                "entries": len(im.sums), "device": "cpu", "engine": "llama", "callback_seconds": collector.seconds,
+                "head_skipped": collector.stopped}

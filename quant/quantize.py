@@ -9,8 +9,8 @@ a ``quantize.forge.recipe`` key records what made the file so that an identical 
 ``llama_model_quantize`` is one long C call. It runs in a worker thread while the calling (main) thread waits,
 so that Ctrl-C and SIGTERM, which Python handles only in the main thread and only between bytecodes, interrupt
 the wait at once: the temporary file is removed and nothing is renamed. The C call itself cannot be cancelled;
-it is held at its next log line and the process is expected to exit (:func:`quantizer_running` tells a
-caller, the CLI, that it should leave with ``os._exit`` rather than wait for it).
+it is held at its next log line and the process is expected to exit (:func:`gguf_forge.runtime.quantizer_running`
+tells a caller, the CLI, that it should leave with ``os._exit`` rather than wait for it).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ import numpy as np
 from .. import keys
 from ..errors import ForgeError
 from ..files import atomic_path, gguf_field, make_folder, open_gguf, sha256_file, sha256_text
-from ..runtime import LlamaLog
+from ..runtime import QUANTIZER_CALLS, LlamaLog
 from .imatrix_file import IMatrix, read_imatrix
 
 
@@ -357,17 +357,6 @@ def _run_quantizer(llama_cpp: Any, inp: Path, out: Path, qtype: str, recipe: _Re
 
 # ---------------------------------------------------------------------------------------------- interrupts
 
-_RUNNING: list[threading.Event] = []  # one per quantizer thread, set when its C call has returned
-
-
-def quantizer_running() -> bool:
-    """Whether a llama.cpp quantization an interrupt abandoned is still inside its C call (in a worker thread).
-
-    The process should then leave with ``os._exit``: a normal interpreter exit would finalize Python (and run
-    C++ static destructors) under a thread that still uses them."""
-    return any(not done.is_set() for done in _RUNNING)
-
-
 class _Hold(list):
     """The lines of a log capture that stays open for the process's life: the abandoned quantizer thread, when it
     logs its next line (llama.cpp logs one per tensor), waits there forever; other threads' lines pass."""
@@ -413,7 +402,7 @@ def _call_interruptibly(call: Any) -> int:
             done.set()
 
     worker = threading.Thread(target=work, name="llama-quantize", daemon=True)
-    _RUNNING.append(done)
+    QUANTIZER_CALLS.append(done)
     worker.start()
     try:
         while not done.wait(0.2):
@@ -421,7 +410,7 @@ def _call_interruptibly(call: Any) -> int:
     except BaseException:
         _hold_at_next_line(worker, done)
         raise
-    _RUNNING.remove(done)
+    QUANTIZER_CALLS.remove(done)
     if "error" in outcome:
         raise outcome["error"]
     return int(outcome["rc"])

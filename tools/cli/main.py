@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import importlib
 import os
 import signal
 import sys
@@ -12,15 +13,17 @@ import click
 
 from ... import __version__
 from ...errors import ForgeError
-from ...quant.quantize import quantizer_running
-from . import audit, chat, convert, modelfile, pipeline, publish, quant, serve
+from ...runtime import quantizer_running
 
-#: every command of ``quantize`` (its --help lists them by name); a new command is added here
-COMMANDS: list[click.Command] = [
-    pipeline.merge_convert, convert.convert, convert.merge, quant.quant, quant.imatrix, quant.evaluate_cmd,
-    modelfile.modelfile, chat.chat, chat.smoke, convert.inspect, publish.publish, pipeline.demo,
-    audit.audit, serve.serve,
-]
+#: every command of ``quantize``: its name -> ``module:function`` in this package (tools/cli). A command's module
+#: is imported only when that command runs (or ``quantize --help`` lists them all), so ``quantize imatrix`` does
+#: not pay for the imports of ``serve``, ``pipeline``, ``publish``... A new command is added here.
+COMMANDS: dict[str, str] = {
+    "merge-convert": "pipeline:merge_convert", "convert": "convert:convert", "merge": "convert:merge",
+    "quant": "quant:quant", "imatrix": "quant:imatrix", "eval": "quant:evaluate_cmd",
+    "modelfile": "modelfile:modelfile", "chat": "chat:chat", "smoke": "chat:smoke", "inspect": "convert:inspect",
+    "publish": "publish:publish", "demo": "pipeline:demo", "audit": "audit:audit", "serve": "serve:serve",
+}
 
 INTERRUPTED = "interrupted: partial output removed, nothing written under a final name"
 
@@ -29,6 +32,20 @@ class _Quantize(click.Group):
     """The ``quantize`` group: a user error (:class:`ForgeError`, a usage error, a file the system refuses) is one
     line ``error: ...`` on stderr and exit 2; Ctrl-C or SIGTERM removes partial output (every writer renames only
     when done) and exits 130."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        """The command ``name``, its module imported now: the one place where gguf-forge imports a module by name
+        (tests/test_layout.py checks that every target is a module of this package, tools/cli)."""
+        target = COMMANDS.get(name)
+        if target is None:
+            return None
+        module, function = target.split(":")
+        command = getattr(importlib.import_module(f"{__package__}.{module}"), function)
+        assert isinstance(command, click.Command) and command.name == name, target
+        return command
 
     def make_context(self, info_name: str | None, args: list[str], parent: click.Context | None = None,
                      **extra: Any) -> click.Context:
@@ -105,7 +122,3 @@ def main() -> None:
     """
     # a kill (SIGTERM) cleans up like Ctrl-C: partial output removed, a message, exit 130
     signal.signal(signal.SIGTERM, _terminate_as_interrupt)
-
-
-for _command in COMMANDS:
-    main.add_command(_command)
