@@ -117,6 +117,30 @@ def test_moe_torch_experts_equal_llama_mul_mat_id(tmp_path, converted):
     assert check_moe(ref, 8, 2, CTX * CHUNKS) == ["blk.0", "blk.1"]
 
 
+@pytest.mark.parametrize("name", ["qwen2", "qwen3"])
+def test_graphs_stopped_at_the_final_norm_give_the_same_statistic(name, tmp_path, converted):
+    """After the first chunk's whole graph showed that nothing but the output head follows the final norm, the
+    llama engine stops every graph there (the head's matmul over the vocabulary is never computed): the block
+    weights' sums and counts are those of whole graphs (``process_output`` keeps every graph whole), last layer
+    included; a MoE model too."""
+    from gguf_forge.quant.imatrix import _calibration_chunks
+    from gguf_forge.quant.imatrix_llama import run_llama
+
+    gguf = converted(name, "f32")
+    if name == "qwen3":
+        gguf = moe_gguf(gguf, tmp_path / "moe.gguf")
+    work, dataset = _calibration_chunks(getattr(fixtures, name)(), [], "default", CTX, CHUNKS)
+    fast, stats = run_llama(gguf, lambda llm: (work, dataset), CTX, progress=False)
+    whole, whole_stats = run_llama(gguf, lambda llm: (work, dataset), CTX, progress=False, process_output=True)
+    assert stats["head_skipped"] == CHUNKS - 1 and whole_stats["head_skipped"] == 0
+    assert sorted(fast.sums) == sorted(k for k in whole.sums if k.startswith("blk.")) and len(fast.sums) >= 14
+    last = max(int(k.split(".")[1]) for k in fast.sums)
+    assert any(k.startswith(f"blk.{last}.ffn_down") for k in fast.sums)
+    for k in fast.sums:
+        assert fast.counts[k].tolist() == whole.counts[k].tolist(), k
+        assert abs(fast.sums[k] - whole.sums[k]).max() <= 1e-6 * abs(whole.sums[k]).max(), k
+
+
 @pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
 def test_interrupt_while_llama_cpp_decodes_leaves_no_file(tmp_path, converted, sig):
     """Ctrl-C (or kill) while llama.cpp runs the calibration: stops at the next matmul, exit 130, no file."""

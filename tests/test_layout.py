@@ -93,6 +93,35 @@ def violations(module: str, source: str, is_package: bool, known: set[str]) -> l
     return found
 
 
+#: the only functions that import a module by name (importlib), each with why; the import statements above are
+#: what the layers are checked on, so any other import by name is a violation
+BY_NAME = {
+    ("gguf_forge.convert.arch", "_import_architectures"): "every module of its own package registers architectures",
+    ("gguf_forge.tools.cli.main", "get_command"): "the lazy command group: a command's module is imported when the "
+                                                   "command runs (its targets: test_lazy_commands_obey_the_layers)",
+}
+
+
+def imports_by_name(module: str, source: str) -> list[str]:
+    """Every ``importlib.import_module`` / ``__import__`` call in ``source`` outside :data:`BY_NAME`."""
+    tree = ast.parse(source)
+    owner: dict[int, str] = {}
+    for fn in ast.walk(tree):  # breadth first: a nested function's name overwrites its parent's
+        if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            owner.update((id(n), fn.name) for n in ast.walk(fn))
+    found = []
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call):
+            continue
+        f = node.func
+        if (isinstance(f, ast.Attribute) and f.attr == "import_module") or \
+                (isinstance(f, ast.Name) and f.id in ("import_module", "__import__")):
+            where = (module, owner.get(id(node), "<module>"))
+            if where not in BY_NAME:
+                found.append(f"{module}:{node.lineno} imports a module by name in {where[1]} (only {sorted(BY_NAME)})")
+    return found
+
+
 def test_imports_run_one_way_and_none_hides_in_a_function():
     files = module_files()
     assert "gguf_forge.tools.cli.main" in files and "gguf_forge.convert.arch" in files
@@ -100,7 +129,23 @@ def test_imports_run_one_way_and_none_hides_in_a_function():
     found = []
     for module, path in sorted(files.items()):
         found += violations(module, path.read_text(encoding="utf-8"), path.name == "__init__.py", known)
+        found += imports_by_name(module, path.read_text(encoding="utf-8"))
     assert not found, "\n".join(found)
+
+
+def test_lazy_commands_obey_the_layers():
+    """The lazy group imports ``tools/cli/<module>`` by name: every target is a module of the cli layer (so the
+    import runs one way, as a statement in main.py would) that defines the command."""
+    from gguf_forge.tools.cli.main import COMMANDS
+
+    files = module_files()
+    for name, target in COMMANDS.items():
+        module, function = target.split(":")
+        full = f"gguf_forge.tools.cli.{module}"
+        assert full in files and layer(full) == ("cli", 7), target
+        assert f"def {function}(" in files[full].read_text(encoding="utf-8"), target
+    assert imports_by_name("gguf_forge.tools.cli.quant", "import importlib\ndef f():\n    importlib.import_module('x')\n")
+    assert imports_by_name("gguf_forge.tools.cli.main", "def g():\n    __import__('gguf_forge.tools.serve')\n")
 
 
 @pytest.mark.parametrize("module,source,words", [

@@ -58,6 +58,30 @@ def chunks(help: str = "Use at most this many chunks.", name: str = "--chunks") 
     return click.option(name, type=click.IntRange(min=1), help=help)
 
 
+def placement(what: str = "torch engine") -> Decorator:
+    """``--device-map``, ``--max-memory``, ``--offload-folder``: where the torch imatrix engine places the model
+    (transformers' and accelerate's big-model placement, :mod:`gguf_forge.quant.placement`); ``what`` names the
+    engine in the help (parameters ``device_map``, ``max_memory``, ``offload_folder``)."""
+    options = [
+        click.option("--device-map", metavar="auto|balanced|sequential|cpu|cuda:N",
+                     help=f"{what}: accelerate's placement, as transformers' device_map (default auto with --device "
+                          "cuda): fills the GPUs, then the CPU, then the disk; or one device for the whole model."),
+        click.option("--max-memory", metavar="0=20GiB,1=20GiB,cpu=30GiB",
+                     help=f"{what}: memory budget per device for the placement (GPU index or cuda:N, cpu); what "
+                          "does not fit is offloaded to the disk. Implies --device-map auto."),
+        click.option("--offload-folder", type=click.Path(path_type=Path),
+                     help=f"{what}: where weights offloaded to the disk are re-saved when needed (a temporary "
+                          "folder inside it, removed after; default: beside the output)."),
+    ]
+
+    def decorate(f: Callable[..., Any]) -> Callable[..., Any]:
+        for option in reversed(options):
+            f = option(f)
+        return f
+
+    return decorate
+
+
 def template(help: str | None = None) -> Decorator:
     """``--template NAME|FILE``: a named chat template or a ``.jinja`` file, listing the shipped names."""
     text = help or "Chat template instead of the model's own"

@@ -6,8 +6,10 @@ from pathlib import Path
 
 import click
 
+from ...errors import ForgeError
 from ...files import format_size
 from ...quant import parse_types
+from ...quant.placement import resolve as resolve_placement
 from ..pipeline import PipelineConfig, run_demo, run_pipeline
 from . import options as opt
 from .convert import ALLOW_NONFINITE, nonfinite_hint
@@ -25,9 +27,11 @@ from .serve import start as start_server
 @click.option("--imatrix-quant", "imatrix_quants",
               help="Types to make with the imatrix (named <TYPE>-im); default: the --quant types below Q8_0.")
 @opt.chunks("Use at most this many calibration chunks.", name="--imatrix-chunks")
-@click.option("--imatrix-engine", type=click.Choice(["llama", "torch"]), default="llama", show_default=True,
-              help="llama: llama.cpp on the intermediate GGUF, memory-mapped (a few GB for an 8B); "
-                   "torch: the whole model in transformers (float32: ~4 bytes per parameter).")
+@click.option("--imatrix-engine", type=click.Choice(["llama", "torch"]),
+              help="llama (default): llama.cpp on the intermediate GGUF, memory-mapped (a few GB for an 8B); "
+                   "torch: the model in transformers (float32: ~4 bytes per parameter), whole on the CPU or placed "
+                   "by the options below (default with any of them).")
+@opt.placement("--imatrix-engine torch")
 @opt.template("Chat template written into the GGUFs, the Modelfile and the preset, instead of the model's own")
 @opt.system("Default system prompt for the Modelfile and preset.")
 @opt.ctx("Context length stored in the GGUF and num_ctx.")
@@ -47,7 +51,8 @@ from .serve import start as start_server
 @opt.as_json("Print the manifest as JSON.")
 @opt.no_progress("Hide progress bars.")
 def merge_convert(base: str, loras: tuple[str, ...], outdir: Path, quants: str, imatrix: str | None,
-                  imatrix_quants: str | None, imatrix_chunks: int | None, imatrix_engine: str,
+                  imatrix_quants: str | None, imatrix_chunks: int | None, imatrix_engine: str | None,
+                  device_map: str | None, max_memory: str | None, offload_folder: Path | None,
                   template: str | None, system: str | None,
                   ctx: int | None, smoke: bool, eval_text: Path | None, eval_chunks: int | None, name: str | None,
                   outtype: str, keep_intermediate: bool, allow_nonfinite: bool, threads: int | None, as_json: bool,
@@ -60,7 +65,9 @@ def merge_convert(base: str, loras: tuple[str, ...], outdir: Path, quants: str, 
       quantize merge-convert --base ./base --lora ./my-lora -o out/ --imatrix my-chats.jsonl --smoke
       quantize merge-convert --base Qwen/Qwen2.5-0.5B-Instruct -o out/ --quant Q4_K_M --eval held-out.txt
       quantize merge-convert --base ./base --lora ./my-lora -o out/ --serve   # then chat at http://127.0.0.1:8000/
+      quantize merge-convert --base ./Llama-3-70B -o out/ --imatrix default --max-memory 0=70GiB,cpu=90GiB
     """
+    imatrix_engine = _imatrix_engine(imatrix, imatrix_engine, device_map, max_memory, offload_folder)
     with opt.option("--quant"):
         quant_types = parse_types(quants)
     with opt.option("--imatrix-quant"):
@@ -68,6 +75,7 @@ def merge_convert(base: str, loras: tuple[str, ...], outdir: Path, quants: str, 
     cfg = PipelineConfig(
         base=base, loras=list(loras), outdir=outdir, quants=quant_types, imatrix=imatrix, imatrix_quants=im_types,
         imatrix_chunks=imatrix_chunks, imatrix_engine=imatrix_engine, template=template, system=system, ctx=ctx,
+        imatrix_device_map=device_map, imatrix_max_memory=max_memory, imatrix_offload_folder=offload_folder,
         smoke=smoke, eval_text=eval_text,
         eval_chunks=eval_chunks, name=name, outtype=outtype, keep_intermediate=keep_intermediate,
         allow_nonfinite=allow_nonfinite, threads=threads,
@@ -87,6 +95,23 @@ def merge_convert(base: str, loras: tuple[str, ...], outdir: Path, quants: str, 
         opt.fail(f"smoke test failed for {', '.join(failed)} (see manifest.json)")
     if serve_after:
         start_server([result.outdir], threads=threads)
+
+
+def _imatrix_engine(imatrix: str | None, engine: str | None, device_map: str | None, max_memory: str | None,
+                    offload_folder: Path | None) -> str:
+    """The imatrix engine: ``llama`` unless asked, ``torch`` when a placement option is given; the placement
+    options checked before any work (they need --imatrix and the torch engine; their values are valid)."""
+    asked = [k for k, v in {"--device-map": device_map, "--max-memory": max_memory,
+                            "--offload-folder": offload_folder}.items() if v is not None]
+    if not asked:
+        return engine or "llama"
+    if not imatrix:
+        raise ForgeError(f"{asked[0]}: places the torch imatrix engine's model; it needs --imatrix")
+    if engine == "llama":
+        raise ForgeError(f"{asked[0]}: places the torch imatrix engine's model; --imatrix-engine llama memory-maps the "
+                         "intermediate GGUF (use --imatrix-engine torch, or leave the option out)")
+    resolve_placement("cpu", device_map, max_memory, offload_folder)  # a bad value: its one-line error now
+    return "torch"
 
 
 @click.command()

@@ -71,15 +71,7 @@ def quant(infile: Path, types: str, imatrix: Path | None, outdir: Path | None, o
               help="llama: llama.cpp on a memory-mapped GGUF (a few GB of memory for an 8B; default on the CPU); "
                    "torch: the model in transformers, whole on --device or placed by accelerate with --device-map "
                    "(default with --device cuda or a placement option).")
-@click.option("--device-map", metavar="auto|balanced|sequential|cpu|cuda:N",
-              help="torch engine: accelerate's placement, as transformers' device_map (default auto with --device "
-                   "cuda): fills the GPUs, then the CPU, then the disk; or one device for the whole model.")
-@click.option("--max-memory", metavar="0=20GiB,1=20GiB,cpu=30GiB",
-              help="torch engine: memory budget per device for the placement (GPU index or cuda:N, cpu); what does "
-                   "not fit is offloaded to the disk. Implies --device-map auto.")
-@click.option("--offload-folder", type=click.Path(path_type=Path),
-              help="torch engine: where weights offloaded to the disk are re-saved when needed (a temporary folder "
-                   "inside it, removed after; default: beside the output).")
+@opt.placement()
 @opt.loras("Merge these adapters first; repeatable.")
 @opt.threads("CPU threads (default: physical cores for llama, torch's default for torch).")
 @opt.as_json("Print run statistics as JSON.")

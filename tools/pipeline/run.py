@@ -72,6 +72,11 @@ class PipelineConfig:
     imatrix_ctx: int = 512
     imatrix_chunks: int | None = None
     imatrix_engine: str = "llama"         # llama: on the intermediate GGUF (memory-mapped); torch: the whole HF model
+    # the torch engine's placement (quant/placement.py: device map, memory budget, offload folder; default: the
+    # whole model on the CPU); not part of the step's inputs: where the model runs does not change the statistic
+    imatrix_device_map: str | None = None
+    imatrix_max_memory: str | None = None
+    imatrix_offload_folder: Path | None = None
     template: str | None = None
     system: str | None = None
     ctx: int | None = None
@@ -326,7 +331,10 @@ class _Job:
         im, stats = compute_imatrix(self.base_dir, calibration=cfg.imatrix, ctx=cfg.imatrix_ctx,
                                     chunks=cfg.imatrix_chunks, loras=self.specs, progress=cfg.progress,
                                     threads=cfg.threads, log=self.log, engine=cfg.imatrix_engine,
-                                    gguf=self.intermediate if on_gguf else None)
+                                    gguf=self.intermediate if on_gguf else None,
+                                    device_map=cfg.imatrix_device_map, max_memory=cfg.imatrix_max_memory,
+                                    offload_folder=cfg.imatrix_offload_folder,
+                                    work_dir=None if on_gguf else self.imatrix_path.parent)
         if stats.get("gguf"):
             stats["gguf"] = Path(stats["gguf"]).name
         write_gguf(im, self.imatrix_path)
