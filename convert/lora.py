@@ -385,6 +385,13 @@ class MergedCheckpoint:
                 raise ForgeError(f"adapter tensor {key}: {math.prod(ad.refs[key].shape)} values, but {name} has "
                                  f"{target.shape[0]} rows; was the adapter trained on another model?")
 
+    def changed_tensors(self) -> set[str]:
+        """The names (the checkpoint's own) of the tensors whose values the adapters change: the weights (and
+        biases) of LoRA/DoRA modules, tensors replaced whole (``modules_to_save``), and the 3-D expert parameters
+        of peft's ``target_parameters``. Every other tensor reads as the base's. A tied ``lm_head`` an adapter
+        changes is listed under its own name (the merged checkpoint unties it)."""
+        return set(self._loras) | set(self._sources) | set(self._param_loras)
+
     # -- Checkpoint interface ------------------------------------------------------------------
     def __contains__(self, name: str) -> bool:
         return name in self.tensors

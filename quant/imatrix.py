@@ -173,9 +173,8 @@ def load_model(model_dir: Path, loras: list[LoraSpec], device: str, dtype: Any,
             model.lm_head.weight = torch.nn.Parameter(model.get_input_embeddings().weight.detach().clone())
         params = dict(model.named_parameters())
         # adapters on modules, replaced tensors, and LoRA on 3-D expert parameters (peft target_parameters)
-        touched = set(source._loras) | set(source._sources) | set(getattr(source, "_param_loras", {}))
         with torch.no_grad():
-            for name in touched:
+            for name in sorted(source.changed_tensors()):
                 target = params.get(name)
                 if target is None:
                     target = _fused_expert_slice(params, name)

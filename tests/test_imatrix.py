@@ -75,6 +75,25 @@ def test_engine_refusals(tmp_path, converted):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_changed_tensors_are_the_tensors_the_adapters_change():
+    """MergedCheckpoint.changed_tensors() (what the torch engine copies into the loaded model) names exactly the
+    tensors that read differently from the base: LoRA modules on two layers, and modules_to_save replacing the
+    norms and the tied lm_head (listed by its own name)."""
+    import numpy as np
+
+    from gguf_forge.convert import Checkpoint, merged_source
+
+    base = Checkpoint(fixtures.smollm2())
+    merged = merged_source(base, _specs(adapters.adapter("layers"), adapters.adapter("modules_to_save")))
+    changed = merged.changed_tensors()
+    differ = {n for n in merged.names()
+              if n not in base.tensors or not np.array_equal(merged.read_float32(n), base.read_float32(n))}
+    assert changed == differ
+    assert {"lm_head.weight", "model.norm.weight", "model.layers.1.mlp.gate_proj.weight",
+            "model.layers.0.self_attn.q_proj.weight"} <= changed
+    assert "model.layers.0.mlp.gate_proj.weight" not in changed
+
+
 def _specs(*paths):
     from gguf_forge.convert import parse_lora_spec
 

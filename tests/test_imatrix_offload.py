@@ -216,3 +216,36 @@ def test_one_device_map_is_the_whole_model_there():
     placed, stats = compute_imatrix(fixtures.qwen2(), ctx=CTX, chunks=2, device_map="cpu", progress=False)
     assert stats["engine"] == "torch" and stats["offloaded"] is False and stats["device_map"] == {"": "cpu"}, stats
     assert max(differences(placed, plain).values()) == 0.0
+
+
+def test_merge_convert_places_the_torch_engine(tmp_path):
+    """merge-convert takes quantize imatrix's placement options: any of them selects the torch engine, the model is
+    placed as asked (here every module on the disk), the manifest says where; misuse is a one-line error before
+    any work (no output folder)."""
+    model = str(fixtures.qwen2())
+    out = tmp_path / "out"
+    base = ["merge-convert", "--base", model, "-o", str(out), "--no-progress"]
+    cases = [
+        (["--device-map", "auto"], "--device-map", "--imatrix"),
+        (["--imatrix", "default", "--imatrix-engine", "llama", "--max-memory", "cpu=1GiB"], "--max-memory",
+         "--imatrix-engine"),
+        (["--imatrix", "default", "--max-memory", "cpu=lots"], "--max-memory", "lots"),
+        (["--imatrix", "default", "--device-map", "cpu", "--offload-folder", str(tmp_path)], "--offload-folder"),
+    ]
+    if not torch.cuda.is_available():
+        cases.append((["--imatrix", "default", "--device-map", "cuda:0"], "--device-map", "CUDA"))
+    for args, *words in cases:
+        assert_user_error(run(*base, *args), *words)
+        assert not out.exists()
+    (tmp_path / "off").mkdir()
+    r = run(*base, "--imatrix", "default", "--imatrix-chunks", "2", "--max-memory", "cpu=100KB", "--offload-folder",
+            str(tmp_path / "off"), "--json")
+    assert r.returncode == 0, r.stderr
+    manifest = json.loads(r.stdout)
+    assert manifest["options"]["imatrix_engine"] == "torch"
+    record = manifest["imatrix"]
+    assert record["engine"] == "torch" and record["offloaded"], record
+    assert set(record["device_map"].values()) == {"disk"} and set(record["modules_per_device"]) == {"disk"}, record
+    assert read_imatrix(out / "imatrix.gguf").counts["blk.0.attn_q.weight"].tolist() == [2 * 512]
+    assert list((tmp_path / "off").iterdir()) == []  # its temporary folder removed
+

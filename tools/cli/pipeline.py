@@ -9,6 +9,7 @@ import click
 from ...errors import ForgeError
 from ...files import format_size
 from ...quant import parse_types
+from ...quant.placement import check_devices
 from ...quant.placement import resolve as resolve_placement
 from ..pipeline import PipelineConfig, run_demo, run_pipeline
 from . import options as opt
@@ -110,7 +111,7 @@ def _imatrix_engine(imatrix: str | None, engine: str | None, device_map: str | N
     if engine == "llama":
         raise ForgeError(f"{asked[0]}: places the torch imatrix engine's model; --imatrix-engine llama memory-maps the "
                          "intermediate GGUF (use --imatrix-engine torch, or leave the option out)")
-    resolve_placement("cpu", device_map, max_memory, offload_folder)  # a bad value: its one-line error now
+    check_devices(resolve_placement("cpu", device_map, max_memory, offload_folder), "cpu")  # a bad value: now
     return "torch"
 
 

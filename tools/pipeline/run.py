@@ -241,7 +241,12 @@ def _imatrix_record(step: dict | None) -> dict | None:
     """Which engine computed the importance matrix, on what, and how fast (from the imatrix step's record)."""
     stats = (step or {}).get("stats") or {}
     keys = ("engine", "gguf", "chunks", "tokens", "seconds", "tokens_per_s", "entries")
-    return {k: stats.get(k) for k in keys} if stats else None
+    if not stats:
+        return None
+    record = {k: stats.get(k) for k in keys}
+    if stats.get("device_map"):  # the torch engine placed by accelerate: where the modules ran
+        record.update({k: stats.get(k) for k in ("device_map", "modules_per_device", "offloaded")})
+    return record
 
 
 @dataclass
