@@ -9,6 +9,7 @@
                                          # 4 bytes per parameter (it runs only where that fits in memory)
     python bench/imatrix.py --8b --folder   # and `quantize imatrix FOLDER` (temporary F16 GGUF) on the 8B shape
     python bench/imatrix.py --no-smollm2 --8b --gguf-8b F16.gguf --engines-8b ours   # one 8B run, GGUF made before
+    python bench/imatrix.py --head-ab --chunks 8 --repeat 3   # the llama engine with the output head skipped or not
 
 The speed target compares tokens per second of the WHOLE command (calibration tokens / wall seconds from start to
 exit: interpreter start-up, loading, tokenizing, decoding, writing the file; what a user waits for; gguf-forge's
@@ -272,6 +273,42 @@ def smollm2(out: Path, exe: Path, threads: int, chunks: int, eval_chunks: int, p
     return rows
 
 
+def head_ab(out: Path, threads: int, chunks: int, repeat: int) -> None:
+    """The llama engine's decoding time with the graphs stopped at the final norm (the output head not computed,
+    the default) and with every graph whole, alternating in one process (after one untimed warm-up run)."""
+    from gguf_forge.quant import imatrix_llama
+    from gguf_forge.quant.imatrix import gguf_calibration_chunks
+
+    import fixtures
+
+    gguf = out / "SmolLM2-F16.gguf"
+    if not gguf.is_file():
+        subprocess.run(quantize("convert", fixtures.smollm2(), "-o", gguf, "--outtype", "f16", "--no-progress"),
+                       check=True, stdout=subprocess.DEVNULL)
+    cal, _ = texts(out)
+    stop_after_first = imatrix_llama.Collector.end_graph
+
+    def whole(self: imatrix_llama.Collector) -> None:
+        stop_after_first(self)
+        self.stop_at_norm = False
+
+    seconds: dict[str, list[float]] = {"head skipped": [], "whole graphs": []}
+    for i in range(repeat + 1):
+        for mode, end_graph in (("head skipped", stop_after_first), ("whole graphs", whole)):
+            imatrix_llama.Collector.end_graph = end_graph
+            _, stats = imatrix_llama.run_llama(
+                gguf, lambda llm: gguf_calibration_chunks(llm, str(cal), 512, chunks), 512, threads=threads,
+                progress=False)
+            if i:
+                seconds[mode].append(stats["seconds"])
+    imatrix_llama.Collector.end_graph = stop_after_first
+    print(f"\noutput head A/B, SmolLM2 F16, {chunks} chunks x 512, {threads} threads, decoding seconds:")
+    for mode, v in seconds.items():
+        print(f"  {mode:<13} {' / '.join(f'{x:.2f}' for x in v)}  best {min(v):.2f}  median {_median(v):.2f}")
+    a, b = seconds["head skipped"], seconds["whole graphs"]
+    print(f"  head skipped / whole: best {min(a) / min(b):.3f}, medians {_median(a) / _median(b):.3f}")
+
+
 def _median(values: list[float]) -> float | None:
     if not values:
         return None
@@ -375,6 +412,8 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=2, help="SmolLM2: runs of each timed command (alternating)")
     ap.add_argument("--no-ppl-row", action="store_true", help="skip the llama-imatrix --no-ppl run")
     ap.add_argument("--speed-only", action="store_true", help="SmolLM2: only the timed runs (no torch row, no KLD)")
+    ap.add_argument("--head-ab", action="store_true", help="only the A/B of the llama engine with the output head "
+                    "skipped vs whole graphs (decoding time, --chunks 8 suggested, --repeat runs each)")
     ap.add_argument("--gguf-8b", type=Path, help="with --8b: an F16 GGUF of the 8B shape made beforehand (kept)")
     ap.add_argument("--engines-8b", default="ours,llama-imatrix,torch",
                     help="with --8b: which runs (comma-separated: ours, llama-imatrix, torch); one per call keeps "
@@ -384,6 +423,9 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / ".cache" / "bench-imatrix")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.head_ab:
+        head_ab(args.out, args.threads, args.chunks, args.repeat)
+        return
     exe = llama_imatrix_binary()
     if not args.no_smollm2:
         smollm2(args.out, exe, args.threads, args.chunks, args.eval_chunks, not args.no_ppl_row, args.repeat,
