@@ -298,6 +298,18 @@ class MergedCheckpoint:
         self._param_loras: dict[str, list[_ExpertDelta]] = _build_param_loras(self)
         self._factor_cache: dict[tuple[int, str], tuple] = {}
         self._buffers = _BufferPool()  # slab buffers of the merge, reused (no page faults per slab)
+        self._worker = None  # the one merge thread, kept for every tensor (see _merge_worker)
+        if self._loras:
+            self._merge_worker().submit(_warm_up)  # torch's import (~1 s) beside the header and the first tensors
+
+    def _merge_worker(self):
+        """The thread that runs every slab's delta product, created once: a thread per tensor would also start a
+        new OpenMP team for torch per tensor."""
+        if self._worker is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._worker = ThreadPoolExecutor(1, thread_name_prefix="lora-merge")
+        return self._worker
 
     # -- validation and structure ----------------------------------------------------------
     def _check_names(self) -> None:
@@ -502,9 +514,9 @@ class MergedCheckpoint:
         # Each slab is copied into a buffer of ours (the base reader reuses its own) taken from a pool, so no slab
         # costs fresh pages; a buffer handed out is reused once the caller asks for the next slab.
         from collections import deque
-        from concurrent.futures import ThreadPoolExecutor
+        from concurrent.futures import wait
 
-        pool = ThreadPoolExecutor(1, thread_name_prefix="lora-merge")
+        pool = self._merge_worker()
         pending: deque = deque()
         held: list[np.ndarray] = []  # buffers taken by this generator
         try:
@@ -523,7 +535,9 @@ class MergedCheckpoint:
             while pending:
                 yield pending.popleft().result()
         finally:
-            pool.shutdown(wait=True, cancel_futures=True)
+            for f in pending:
+                f.cancel()
+            wait(pending)  # none still writes to a buffer given back below
             for buf in held:
                 self._buffers.give(buf)
 
@@ -567,6 +581,42 @@ class MergedCheckpoint:
 
 #: slabs merged ahead of the one handed out (each holds one slab buffer)
 _AHEAD = 2
+
+
+def _set_thread_count(torch, n: int) -> None:
+    """At most ``n`` threads for the calling thread's torch products. ``torch.set_num_threads`` would change the
+    whole process's; OpenMP's thread count (torch's CPU backend, its own libgomp) is a per-thread setting."""
+    import ctypes
+
+    lib = Path(torch.__file__).parent / "lib" / "libgomp.so.1"
+    if torch.get_num_threads() <= n or not lib.is_file() or "OpenMP" not in torch.__config__.parallel_info():
+        return
+    try:
+        ctypes.CDLL(str(lib)).omp_set_num_threads(n)
+    except (OSError, AttributeError):
+        pass
+
+
+def _warm_up() -> None:
+    """In the merge thread, before the first slab needs it: import torch (~1.7 CPU s; Python's cyclic garbage
+    collector, paused meanwhile, would add a quarter to that), leave one core to the reading and writing threads
+    (this thread's products run on ``cores - 1`` OpenMP threads: on 2 cores none then spins at a barrier waiting for
+    a core the writer holds) and run one small product of each kind the merge uses."""
+    import gc
+    import os
+
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        import torch
+    finally:
+        if collecting:
+            gc.enable()
+    n = os.environ.get("GGUF_FORGE_MERGE_THREADS")  # TEMP experiment
+    _set_thread_count(torch, int(n) if n else max(1, len(os.sched_getaffinity(0)) - 1))
+    for dt in (torch.bfloat16, torch.float32):
+        w = torch.zeros(64, 256, dtype=dt)
+        w.addmm_(torch.zeros(64, 16, dtype=dt), torch.zeros(16, 256, dtype=dt), alpha=0.5)
 
 
 class _BufferPool:
