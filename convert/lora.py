@@ -612,8 +612,7 @@ def _warm_up() -> None:
     finally:
         if collecting:
             gc.enable()
-    n = os.environ.get("GGUF_FORGE_MERGE_THREADS")  # TEMP experiment
-    _set_thread_count(torch, int(n) if n else max(1, len(os.sched_getaffinity(0)) - 1))
+    _set_thread_count(torch, max(1, len(os.sched_getaffinity(0)) - 1))
     for dt in (torch.bfloat16, torch.float32):
         w = torch.zeros(64, 256, dtype=dt)
         w.addmm_(torch.zeros(64, 16, dtype=dt), torch.zeros(16, 256, dtype=dt), alpha=0.5)
