@@ -4,6 +4,7 @@
                                      # and the Llama-3-8B-shaped checkpoint with a rank-128 all-linear adapter
     python bench/merge.py --no-8b
     python bench/merge.py --no-smollm2 --ram-disk /dev/shm/merge   # 8B shape (bf16 and f32 adapters) + RAM disk
+    python bench/merge.py --no-8b --ram-disk /dev/shm/merge --ram-disk-repeat 9   # RAM disk only, 9 rounds
 
 Every run is a child process whose peak RSS and CPU time (user + system) come from the kernel (wait4); all
 figures are measured in the same run, with the page cache dropped before each. The 8B-shaped base comes from
@@ -11,7 +12,12 @@ bench/convert.py (generated once, ~16 GB); its adapters (random, rank 128 on q/k
 layers, one bf16, one f32 as peft saves by default) are generated once beside it. The output is BF16 (the merge
 then runs in place in bf16 slabs, see convert/lora.py); the error of that path against the float32 merge is
 measured on three tensors and printed. --ram-disk takes the disk out (the ratio's worst case: convert alone is
-then pure CPU).
+then pure CPU): a slice of the 8B shape (--ram-disk-layers, default 4, and a 49152-token vocabulary), its runs
+interleaved (convert, lora bf16, lora f32, convert...) --ram-disk-repeat times, each tool's median reported with
+every run's time (writing to a RAM disk here costs 1-8 s per 2.4 GB from run to run: the VM's host backs the
+pages the guest freed on the next touch). Before the runs a child process measures this machine's rank-128 in-place
+addmm_ throughput in bf16 and f32 (torch's default threads, all cores) and what importing torch costs; each
+merge's GEMM lower bound (its multiply-adds / that throughput) is printed beside its ratio.
 """
 
 from __future__ import annotations
@@ -181,8 +187,8 @@ def gemm_probe() -> dict:
 
 def adapter_macs(adapter: Path) -> int:
     """Multiply-adds of an adapter's delta products: rank x out x in per LoRA module (from the safetensors header)."""
-    raw = (adapter / "adapter_model.safetensors").read_bytes()[:1 << 24]
-    header = json.loads(raw[8:8 + struct.unpack("<Q", raw[:8])[0]])
+    with open(adapter / "adapter_model.safetensors", "rb") as f:  # the header only (this process's peak RSS is
+        header = json.loads(f.read(struct.unpack("<Q", f.read(8))[0]))  # its children's starting point)
     total = 0
     for name, info in header.items():
         if name.endswith("lora_A.weight"):
