@@ -466,6 +466,7 @@ class MergedCheckpoint:
         factors = [(ad, mod, *_factors(ad, mod, name, bf16_factors)) for ad, mod in loras]
 
         def merge(slab: np.ndarray, dtype: str, start: int) -> np.ndarray:
+            _use_threads(bf16 and bf16_factors)
             if bf16:  # in place in the slab (a buffer of ours): BF16 bits in, BF16 bits out
                 w = torch.from_numpy(slab.view(np.int16)).view(torch.bfloat16)
                 rows = w.shape[0]
@@ -583,27 +584,26 @@ class MergedCheckpoint:
 _AHEAD = 2
 
 
-def _set_thread_count(torch, n: int) -> None:
-    """At most ``n`` threads for the calling thread's torch products. ``torch.set_num_threads`` would change the
-    whole process's; OpenMP's thread count (torch's CPU backend, its own libgomp) is a per-thread setting."""
-    import ctypes
+#: the merge thread's OpenMP thread counts: "all" (torch's, all cores) and "bf16" (all but one), with "set", the
+#: per-thread setter of torch's own libgomp (see _warm_up)
+_THREADS: dict = {}
 
-    lib = Path(torch.__file__).parent / "lib" / "libgomp.so.1"
-    if torch.get_num_threads() <= n or not lib.is_file() or "OpenMP" not in torch.__config__.parallel_info():
-        return
-    try:
-        ctypes.CDLL(str(lib)).omp_set_num_threads(n)
-    except (OSError, AttributeError):
-        pass
+
+def _use_threads(bf16: bool) -> None:
+    """This thread's products run on all cores but one for bf16 products (on 2 cores none then spins at a barrier
+    waiting for the core the writer holds: less CPU, and measured no slower), on all for float32 ones (twice the
+    work: measured faster on both). ``torch.set_num_threads`` would change the whole process's count; OpenMP's is a
+    per-thread setting."""
+    if "set" in _THREADS:
+        _THREADS["set"](_THREADS["bf16" if bf16 else "all"])
 
 
 def _warm_up() -> None:
     """In the merge thread, before the first slab needs it: import torch (~1.7 CPU s; Python's cyclic garbage
-    collector, paused meanwhile, would add a quarter to that), leave one core to the reading and writing threads
-    (this thread's products run on ``cores - 1`` OpenMP threads: on 2 cores none then spins at a barrier waiting for
-    a core the writer holds) and run one small product of each kind the merge uses."""
+    collector, paused meanwhile, would add a quarter to that), find how to set this thread's OpenMP thread count
+    (see :func:`_use_threads`) and run one small product of each kind the merge uses."""
+    import ctypes
     import gc
-    import os
 
     collecting = gc.isenabled()
     gc.disable()
@@ -612,7 +612,13 @@ def _warm_up() -> None:
     finally:
         if collecting:
             gc.enable()
-    _set_thread_count(torch, max(1, len(os.sched_getaffinity(0)) - 1))
+    n = torch.get_num_threads()
+    lib = Path(torch.__file__).parent / "lib" / "libgomp.so.1"
+    if n > 1 and lib.is_file() and "OpenMP" in torch.__config__.parallel_info():
+        try:
+            _THREADS.update(set=ctypes.CDLL(str(lib)).omp_set_num_threads, all=n, bf16=n - 1)
+        except (OSError, AttributeError):
+            pass
     for dt in (torch.bfloat16, torch.float32):
         w = torch.zeros(64, 256, dtype=dt)
         w.addmm_(torch.zeros(64, 16, dtype=dt), torch.zeros(16, 256, dtype=dt), alpha=0.5)
