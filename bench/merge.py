@@ -4,6 +4,7 @@
                                      # and the Llama-3-8B-shaped checkpoint with a rank-128 all-linear adapter
     python bench/merge.py --no-8b
     python bench/merge.py --no-smollm2 --ram-disk /dev/shm/merge   # 8B shape (bf16 and f32 adapters) + RAM disk
+    python bench/merge.py --no-8b --ram-disk /dev/shm/merge --ram-disk-repeat 9   # RAM disk only, 9 rounds
 
 Every run is a child process whose peak RSS and CPU time (user + system) come from the kernel (wait4); all
 figures are measured in the same run, with the page cache dropped before each. The 8B-shaped base comes from
@@ -11,7 +12,12 @@ bench/convert.py (generated once, ~16 GB); its adapters (random, rank 128 on q/k
 layers, one bf16, one f32 as peft saves by default) are generated once beside it. The output is BF16 (the merge
 then runs in place in bf16 slabs, see convert/lora.py); the error of that path against the float32 merge is
 measured on three tensors and printed. --ram-disk takes the disk out (the ratio's worst case: convert alone is
-then pure CPU).
+then pure CPU): a slice of the 8B shape (--ram-disk-layers, default 4, and a 49152-token vocabulary), its runs
+interleaved (convert, lora bf16, lora f32, convert...) --ram-disk-repeat times, each tool's median reported with
+every run's time (writing to a RAM disk here costs 1-8 s per 2.4 GB from run to run: the VM's host backs the
+pages the guest freed on the next touch). Before the runs a child process measures this machine's rank-128 in-place
+addmm_ throughput in bf16 and f32 (torch's default threads, all cores) and what importing torch costs; each
+merge's GEMM lower bound (its multiply-adds / that throughput) is printed beside its ratio.
 """
 
 from __future__ import annotations
@@ -102,9 +108,10 @@ def run_cpu(cmd: list[str]) -> tuple[float, int, float, int]:
 
 
 def bench(label: str, base: Path, adapters: dict[str, Path], out_dir: Path, peft: bool,
-          drop: bool = True) -> list[dict]:
+          drop: bool = True, repeat: int = 1) -> list[dict]:
     """``convert`` alone, then ``convert --lora`` with each adapter (tag -> folder), BF16 output, page cache dropped
-    before each run (unless ``drop`` is false: a RAM disk)."""
+    before each run (unless ``drop`` is false: a RAM disk); ``repeat`` rounds interleaved (convert, lora, lora,
+    convert, lora, lora...), each tool's median kept (with its spread)."""
     rows = []
     out = out_dir / f"{label}.gguf"
 
@@ -115,10 +122,12 @@ def bench(label: str, base: Path, adapters: dict[str, Path], out_dir: Path, peft
         rows.append(dict(model=label, tool=tool, seconds=dt, rss=rss, cpu=cpu, ok=rc == 0))
         out.unlink(missing_ok=True)
 
-    measure("convert (bf16)", quantize("convert", str(base), "-o", str(out), "--outtype", "bf16"))
-    for tag, adapter in adapters.items():
-        measure(f"convert --lora {tag} (bf16)", quantize("convert", str(base), "--lora", str(adapter), "-o", str(out),
-                                                          "--outtype", "bf16"))
+    for _ in range(repeat):
+        measure("convert (bf16)", quantize("convert", str(base), "-o", str(out), "--outtype", "bf16"))
+        for tag, adapter in adapters.items():
+            measure(f"convert --lora {tag} (bf16)", quantize("convert", str(base), "--lora", str(adapter), "-o",
+                                                              str(out), "--outtype", "bf16"))
+    rows = _medians(rows)
     if peft:
         adapter = next(iter(adapters.values()))
         merged = out_dir / f"{label}-peft-merged"
@@ -133,6 +142,60 @@ def bench(label: str, base: Path, adapters: dict[str, Path], out_dir: Path, peft
         measure("  then quantize convert (bf16)", quantize("convert", str(merged), "-o", str(out), "--outtype", "bf16"))
         shutil.rmtree(merged, ignore_errors=True)
     return rows
+
+
+def _medians(rows: list[dict]) -> list[dict]:
+    """One row per tool: the median run's seconds and CPU seconds (each its own median), the largest peak RSS, all
+    the runs' seconds (``runs``)."""
+    out: dict[str, dict] = {}
+    for r in rows:
+        out.setdefault(r["tool"], {**r, "runs": []})["runs"].append(r)
+    for r in out.values():
+        runs = r.pop("runs")
+        r.update(seconds=float(np.median([x["seconds"] for x in runs])), cpu=float(np.median([x["cpu"] for x in runs])),
+                 rss=max(x["rss"] for x in runs), ok=all(x["ok"] for x in runs), runs=[x["seconds"] for x in runs])
+    return list(out.values())
+
+
+GEMM_PROBE = """
+import json, os, sys, time
+t = time.perf_counter(); c = os.times()
+import torch
+imp = time.perf_counter() - t, (lambda e: e.user + e.system - c.user - c.system)(os.times())
+out = {"threads": torch.get_num_threads(), "import_s": imp[0], "import_cpu_s": imp[1]}
+for name, dt in (("bf16", torch.bfloat16), ("f32", torch.float32)):
+    best = 0.0
+    for rows, cols in ((4096, 4096), (14336, 4096)):  # q/o and gate/up slabs of the 8B shape, rank 128, in place
+        w = torch.randn(rows, cols).to(dt); b = torch.randn(rows, 128).to(dt); a = torch.randn(128, cols).to(dt)
+        for _ in range(3):
+            w.addmm_(b, a, alpha=0.01)
+        n, t = 0, time.perf_counter()
+        while time.perf_counter() - t < 1.0:
+            w.addmm_(b, a, alpha=0.01); n += 1
+        best = max(best, n * rows * cols * 128 / (time.perf_counter() - t))
+    out[name] = best
+print(json.dumps(out))
+"""
+
+
+def gemm_probe() -> dict:
+    """This machine's in-place rank-128 ``addmm_`` throughput (multiply-adds per second) in bf16 and f32 with torch's
+    default thread count (all cores), and the CPU cost of importing torch, measured in a child process."""
+    got = subprocess.run([sys.executable, "-c", GEMM_PROBE], capture_output=True, text=True, check=True)
+    return json.loads(got.stdout.strip().splitlines()[-1])
+
+
+def adapter_macs(adapter: Path) -> int:
+    """Multiply-adds of an adapter's delta products: rank x out x in per LoRA module (from the safetensors header)."""
+    with open(adapter / "adapter_model.safetensors", "rb") as f:  # the header only (this process's peak RSS is
+        header = json.loads(f.read(struct.unpack("<Q", f.read(8))[0]))  # its children's starting point)
+    total = 0
+    for name, info in header.items():
+        if name.endswith("lora_A.weight"):
+            rank, n_in = info["shape"]
+            n_out = header[name.replace("lora_A", "lora_B")]["shape"][0]
+            total += rank * n_in * n_out
+    return total
 
 
 def merge_error(base: Path, adapter: Path, names: list[str]) -> str:
@@ -166,11 +229,18 @@ def merge_error(base: Path, adapter: Path, names: list[str]) -> str:
             "of the tensor's largest value")
 
 
-def print_rows(rows: list[dict]) -> None:
-    print(f"\n{'model':<26} {'tool':<42} {'seconds':>8} {'CPU s':>7} {'peak RSS':>10}")
+def print_rows(rows: list[dict], probe: dict | None = None, macs: dict | None = None) -> None:
+    """The table (medians; every run's seconds after them), the ratios and, with ``probe`` (see :func:`gemm_probe`)
+    and ``macs`` ((model, tool) -> multiply-adds), each merge's GEMM lower bound."""
+    print(f"\n{'model':<26} {'tool':<42} {'seconds':>8} {'CPU s':>7} {'peak RSS':>10}  runs (s)")
     for r in rows:
+        runs = " ".join(f"{x:.1f}" for x in r.get("runs", []))
         print(f"{r['model']:<26} {r['tool']:<42} {r['seconds']:>8.1f} {r['cpu']:>7.1f} {r['rss'] / 2**30:>8.2f} GiB"
-              + ("" if r["ok"] else "  FAILED"))
+              f"  {runs}" + ("" if r["ok"] else "  FAILED"))
+    if probe:
+        print(f"\nthis machine, {probe['threads']} threads, in-place rank-128 addmm_: bf16 "
+              f"{probe['bf16'] / 1e9:.0f} GMAC/s, f32 {probe['f32'] / 1e9:.0f} GMAC/s; importing torch "
+              f"{probe['import_s']:.1f} s ({probe['import_cpu_s']:.1f} CPU s)")
     for label in dict.fromkeys(r["model"] for r in rows):
         by = {r["tool"]: r for r in rows if r["model"] == label}
         alone = by["convert (bf16)"]
@@ -180,6 +250,11 @@ def print_rows(rows: list[dict]) -> None:
             line = f"{label}: {tool} takes {fused['seconds'] / alone['seconds']:.2f}x convert alone " \
                    f"(target <= 1.3x; {fused['cpu'] - alone['cpu']:+.1f} CPU s), " \
                    f"peak RSS {fused['rss'] / 2**30:.2f} GiB"
+            n = (macs or {}).get((label, tool))
+            if probe and n:
+                gemm = n / probe["bf16" if "bf16 r" in tool else "f32"]
+                line += f"; GEMM lower bound {gemm:.1f} s ({n / 1e12:.2f}e12 MAC) = {gemm / alone['seconds']:.2f}x " \
+                        f"convert alone, + torch import {probe['import_cpu_s']:.1f} CPU s"
             if "peft merge_and_unload + save_pretrained" in by:
                 p = by["peft merge_and_unload + save_pretrained"]
                 c = by["  then quantize convert (bf16)"]
@@ -195,6 +270,12 @@ def main() -> None:
     ap.add_argument("--ram-disk", type=Path, metavar="DIR",
                     help="also a 6-layer slice of the 8B shape (49152-token vocabulary, ~3.4 GB) with its input and "
                          "output in DIR (e.g. /dev/shm/x: no disk at all, the worst case for the ratio)")
+    ap.add_argument("--ram-disk-layers", type=int, default=4, metavar="N",
+                    help="layers of the RAM-disk slice (default 4: ~2.5 GB, which with its output fits 6 GB)")
+    ap.add_argument("--repeat", type=int, default=1, metavar="N",
+                    help="rounds of the 8B-shape runs, interleaved, medians reported (default 1)")
+    ap.add_argument("--ram-disk-repeat", type=int, default=5, metavar="N",
+                    help="rounds of the RAM-disk runs, interleaved, medians reported (default 5)")
     ap.add_argument("--out", type=Path, default=ROOT / ".cache" / "bench-out")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -204,6 +285,8 @@ def main() -> None:
     rows = [] if args.no_smollm2 else bench("smollm2+identity-r16", fixtures.smollm2(),
                                             {"identity r16": adapters.identity_lora()}, args.out, peft=True)
     errors = []
+    macs: dict = {}
+    probe = gemm_probe() if not (args.no_8b and not args.ram_disk) else None
     if not args.no_8b:
         cache = Path(os.environ["GGUF_FORGE_CACHE"]) / "bench"
         tok_src = fixtures.llama3() if fixtures.LLAMA3_TIKTOKEN.is_file() else fixtures.smollm2()
@@ -213,18 +296,23 @@ def main() -> None:
         if not args.no_f32:
             loras["f32 r128"] = synthetic_adapter(base, cache / "llama3-8b-shape-lora-r128-f32", dtype="F32")
         print(f"rank-128 adapters ready ({time.perf_counter() - t:.0f} s)")
-        rows += bench("llama3-8b-shape+r128", base, loras, args.out, peft=False)
+        rows += bench("llama3-8b-shape+r128", base, loras, args.out, peft=False, repeat=args.repeat)
+        macs.update({("llama3-8b-shape+r128", f"convert --lora {tag} (bf16)"): adapter_macs(a)
+                     for tag, a in loras.items()})
         names = ["model.layers.0.self_attn.q_proj.weight", "model.layers.0.mlp.down_proj.weight",
                  "model.layers.31.mlp.gate_proj.weight"]
         errors = [(tag, base, adapter, names) for tag, adapter in loras.items()]
     if args.ram_disk:
         args.ram_disk.mkdir(parents=True, exist_ok=True)
-        base = synthetic_8b(args.ram_disk / "slice", fixtures.smollm2(), dict(num_hidden_layers=6, vocab_size=49152))
-        loras = {"bf16 r128": synthetic_adapter(base, args.ram_disk / "slice-lora")}
+        base = synthetic_8b(args.ram_disk / f"slice-{args.ram_disk_layers}l", fixtures.smollm2(),
+                            dict(num_hidden_layers=args.ram_disk_layers, vocab_size=49152))
+        loras = {"bf16 r128": synthetic_adapter(base, args.ram_disk / f"{base.name}-lora")}
         if not args.no_f32:
-            loras["f32 r128"] = synthetic_adapter(base, args.ram_disk / "slice-lora-f32", dtype="F32")
-        rows += bench("8b-shape 6 layers, RAM disk", base, loras, args.ram_disk, peft=False, drop=False)
-    print_rows(rows)
+            loras["f32 r128"] = synthetic_adapter(base, args.ram_disk / f"{base.name}-lora-f32", dtype="F32")
+        label = f"8b-shape {args.ram_disk_layers} layers, RAM disk"
+        rows += bench(label, base, loras, args.ram_disk, peft=False, drop=False, repeat=args.ram_disk_repeat)
+        macs.update({(label, f"convert --lora {tag} (bf16)"): adapter_macs(a) for tag, a in loras.items()})
+    print_rows(rows, probe, macs)
     for tag, base, adapter, names in errors:  # in this process, after the timed ones (their peak RSS would
         print(f"{tag} adapter, BF16 output: " + merge_error(base, adapter, names))  # start from ours)
 

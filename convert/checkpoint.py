@@ -278,7 +278,12 @@ class Checkpoint:
         row_shape = ref.shape[1:]
         row_bytes = ref.nbytes // ref.shape[0]
         step = max(1, slab_bytes // row_bytes)
-        buf = np.empty((step, *row_shape), dtype=dt)
+        # the slab buffer is kept for the next tensor (a fresh one costs a page fault per 4 KiB page); it is taken
+        # back only once the caller asked for the slab after the last (it holds no slab of this tensor then)
+        spare = self.__dict__.setdefault("_spare", [])
+        i = next((i for i, b in enumerate(spare) if b.nbytes >= step * row_bytes), None)
+        raw = spare.pop(i) if i is not None else np.empty(step * row_bytes, dtype=np.uint8)
+        buf = raw[:step * row_bytes].view(dt).reshape(step, *row_shape)
         with open(ref.file, "rb", buffering=0) as f:
             f.seek(ref.offset)
             for start in range(0, ref.shape[0], step):
@@ -291,6 +296,8 @@ class Checkpoint:
                         raise ForgeError(f"{ref.file}: file is truncated while reading tensor {name}")
                     got += k
                 yield buf[:n]
+        if len(spare) < 2 and raw.nbytes <= 256 << 20:
+            spare.append(raw)
 
     def read_float32(self, name: str) -> np.ndarray:
         """Read one tensor as float32, whatever its stored float type."""

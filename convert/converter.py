@@ -213,12 +213,16 @@ def _write_tensor_data(fd: int, chunks: Iterator[tuple[int, memoryview]], end: i
     Reading, merging and encoding run in a background thread while this one writes. Positioned writes let the
     reader go through the checkpoint in storage order even where the GGUF file wants another order (per-expert
     tensors stored expert by expert, stacked into one tensor per projection: see :func:`_scatter_groups`)."""
-    for off, data in _prefetch(chunks, depth=3):
-        n = len(data)
-        while data:
-            k = os.pwrite(fd, data, off)
-            data, off = data[k:], off + k
-        advance(n)
+    try:
+        for off, data in _prefetch(chunks, depth=3):
+            n, chunk = len(data), data
+            while data:
+                k = os.pwrite(fd, data, off)
+                data, off = data[k:], off + k
+            _COPIES.give(chunk)
+            advance(n)
+    finally:
+        _COPIES.clear()
     os.ftruncate(fd, end)
     os.fsync(fd)
 
@@ -323,8 +327,48 @@ def _encoded(chunk: np.ndarray, chunk_dtype: str, qtype: T, name: str, row: int,
                              f"as infinity (from row {row}); convert to bf16 or f32 instead")
     # copy: the reader reuses its slab buffer for the next rows while this one waits to be written
     if data is chunk and not (fresh and chunk.base is None and chunk.flags.c_contiguous):
-        data = np.array(data, copy=True, order="C")
+        return _COPIES.copy(data)
     return memoryview(np.ascontiguousarray(data)).cast("B")
+
+
+class _CopyPool:
+    """Buffers for the slab copies handed to the writer thread, reused once written: a fresh 64 MB array costs a
+    page fault per page (on fast storage, as much as the write itself). The writer gives each chunk back after
+    writing it (:meth:`give` ignores chunks that are not ours) and drops the pool's buffers when it is done."""
+
+    KEEP = 8
+
+    def __init__(self) -> None:
+        self._free: list[np.ndarray] = []
+        self._out: dict[int, np.ndarray] = {}  # id -> buffer handed out
+        self._lock = threading.Lock()
+
+    def copy(self, arr: np.ndarray) -> memoryview:
+        n = arr.nbytes
+        with self._lock:
+            i = next((i for i, b in enumerate(self._free) if b.nbytes >= n), None)
+            buf = self._free.pop(i) if i is not None else None
+        if buf is None:
+            buf = np.empty(max(n, SLAB_BYTES), dtype=np.uint8)
+        view = buf[:n]
+        np.copyto(view.view(arr.dtype).reshape(arr.shape), arr)
+        with self._lock:
+            self._out[id(view)] = buf
+        return memoryview(view)
+
+    def give(self, data: memoryview) -> None:
+        with self._lock:
+            buf = self._out.pop(id(data.obj), None)
+            if buf is not None and len(self._free) < self.KEEP and buf.nbytes <= 4 * SLAB_BYTES:
+                self._free.append(buf)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._free.clear()
+            self._out.clear()
+
+
+_COPIES = _CopyPool()
 
 
 def _prefetch(items: Iterator, depth: int) -> Iterator:

@@ -298,6 +298,18 @@ class MergedCheckpoint:
         self._param_loras: dict[str, list[_ExpertDelta]] = _build_param_loras(self)
         self._factor_cache: dict[tuple[int, str], tuple] = {}
         self._buffers = _BufferPool()  # slab buffers of the merge, reused (no page faults per slab)
+        self._worker = None  # the one merge thread, kept for every tensor (see _merge_worker)
+        if self._loras:
+            self._merge_worker().submit(_warm_up)  # torch's import (~1 s) beside the header and the first tensors
+
+    def _merge_worker(self):
+        """The thread that runs every slab's delta product, created once: a thread per tensor would also start a
+        new OpenMP team for torch per tensor."""
+        if self._worker is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._worker = ThreadPoolExecutor(1, thread_name_prefix="lora-merge")
+        return self._worker
 
     # -- validation and structure ----------------------------------------------------------
     def _check_names(self) -> None:
@@ -461,6 +473,7 @@ class MergedCheckpoint:
         factors = [(ad, mod, *_factors(ad, mod, name, bf16_factors)) for ad, mod in loras]
 
         def merge(slab: np.ndarray, dtype: str, start: int) -> np.ndarray:
+            _use_threads(bf16 and bf16_factors)
             if bf16:  # in place in the slab (a buffer of ours): BF16 bits in, BF16 bits out
                 w = torch.from_numpy(slab.view(np.int16)).view(torch.bfloat16)
                 rows = w.shape[0]
@@ -509,9 +522,9 @@ class MergedCheckpoint:
         # Each slab is copied into a buffer of ours (the base reader reuses its own) taken from a pool, so no slab
         # costs fresh pages; a buffer handed out is reused once the caller asks for the next slab.
         from collections import deque
-        from concurrent.futures import ThreadPoolExecutor
+        from concurrent.futures import wait
 
-        pool = ThreadPoolExecutor(1, thread_name_prefix="lora-merge")
+        pool = self._merge_worker()
         pending: deque = deque()
         held: list[np.ndarray] = []  # buffers taken by this generator
         try:
@@ -530,7 +543,9 @@ class MergedCheckpoint:
             while pending:
                 yield pending.popleft().result()
         finally:
-            pool.shutdown(wait=True, cancel_futures=True)
+            for f in pending:
+                f.cancel()
+            wait(pending)  # none still writes to a buffer given back below
             for buf in held:
                 self._buffers.give(buf)
 
@@ -574,6 +589,46 @@ class MergedCheckpoint:
 
 #: slabs merged ahead of the one handed out (each holds one slab buffer)
 _AHEAD = 2
+
+
+#: the merge thread's OpenMP thread counts: "all" (torch's, all cores) and "bf16" (all but one), with "set", the
+#: per-thread setter of torch's own libgomp (see _warm_up)
+_THREADS: dict = {}
+
+
+def _use_threads(bf16: bool) -> None:
+    """This thread's products run on all cores but one for bf16 products (on 2 cores none then spins at a barrier
+    waiting for the core the writer holds: less CPU, and measured no slower), on all for float32 ones (twice the
+    work: measured faster on both). ``torch.set_num_threads`` would change the whole process's count; OpenMP's is a
+    per-thread setting."""
+    if "set" in _THREADS:
+        _THREADS["set"](_THREADS["bf16" if bf16 else "all"])
+
+
+def _warm_up() -> None:
+    """In the merge thread, before the first slab needs it: import torch (~1.7 CPU s; Python's cyclic garbage
+    collector, paused meanwhile, would add a quarter to that), find how to set this thread's OpenMP thread count
+    (see :func:`_use_threads`) and run one small product of each kind the merge uses."""
+    import ctypes
+    import gc
+
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        import torch
+    finally:
+        if collecting:
+            gc.enable()
+    n = torch.get_num_threads()
+    lib = Path(torch.__file__).parent / "lib" / "libgomp.so.1"
+    if n > 1 and lib.is_file() and "OpenMP" in torch.__config__.parallel_info():
+        try:
+            _THREADS.update(set=ctypes.CDLL(str(lib)).omp_set_num_threads, all=n, bf16=n - 1)
+        except (OSError, AttributeError):
+            pass
+    for dt in (torch.bfloat16, torch.float32):
+        w = torch.zeros(64, 256, dtype=dt)
+        w.addmm_(torch.zeros(64, 16, dtype=dt), torch.zeros(16, 256, dtype=dt), alpha=0.5)
 
 
 class _BufferPool:

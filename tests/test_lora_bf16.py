@@ -85,3 +85,33 @@ def test_f32_adapter_bf16_output_is_the_float32_merge_bit_for_bit(tmp_path):
         np.testing.assert_array_equal(bits.view(np.int16), want.view(torch.int16).numpy(), err_msg=name)
         changed += int(not np.array_equal(bits, plain[name]))
     assert changed == 2 * 7  # the merge happened
+
+
+def test_small_slabs_and_reused_buffers_write_the_same_bytes(tmp_path, monkeypatch):
+    """Streaming in many small slabs, each through reused buffers (the reader's, kept from tensor to tensor; the
+    merge's; the copies handed to the writer thread, reused once written) and the one merge thread kept for every
+    tensor, changes nothing: the same bytes as large slabs without a LoRA, and with a float32 adapter still bit for
+    bit the float32 merge rounded to bf16."""
+    import torch
+
+    from gguf_forge.convert import converter
+
+    base = fixtures.qwen3()  # bf16 weights; 2 KiB slabs: 10 to 190 slabs per tensor
+    adapter = _bf16_adapter(base, tmp_path / "lora", dtype="f32")
+    specs = [parse_lora_spec(str(adapter))]
+    convert(base, tmp_path / "plain-large.gguf", outtype="bf16", progress=False)
+    monkeypatch.setattr(converter, "SLAB_BYTES", 2048)
+    for _ in range(2):  # the second conversion starts with the pools' buffers of the first
+        convert(base, tmp_path / "plain-small.gguf", outtype="bf16", progress=False)
+        assert (tmp_path / "plain-small.gguf").read_bytes() == (tmp_path / "plain-large.gguf").read_bytes()
+    convert(base, tmp_path / "m-bf16.gguf", outtype="bf16", loras=specs, progress=False)
+    convert(base, tmp_path / "m-f32.gguf", outtype="f32", loras=specs, progress=False)
+    fast, exact, plain = (_tensors(tmp_path / f) for f in ("m-bf16.gguf", "m-f32.gguf", "plain-small.gguf"))
+    changed = 0
+    for name, bits in fast.items():
+        if bits.dtype != np.uint16:
+            continue
+        want = torch.from_numpy(exact[name].astype(np.float32).reshape(bits.shape)).to(torch.bfloat16)
+        np.testing.assert_array_equal(bits.view(np.int16), want.view(torch.int16).numpy(), err_msg=name)
+        changed += int(not np.array_equal(bits, plain[name]))
+    assert changed == 2 * 7  # the merge happened, in every targeted matrix
