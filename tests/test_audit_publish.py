@@ -147,3 +147,42 @@ def test_context_too_large_names_the_parameter_and_the_cli_names_the_option(conv
     assert_user_error(r, "--ctx 2000000000 tokens: too large a context", "use a smaller context")
     r = run("smoke", str(q8), "--threads", "1", "--ctx", "2000000000", "--no-progress")
     assert_user_error(r, "--ctx 2000000000 tokens: too large a context")
+
+
+def test_audit_fix_keeps_the_manifest_true_so_the_fixed_folder_publishes(converted, tmp_path):
+    """The pipeline records a fixable mismatch (here: the Modelfile lacks the turn's end as a stop) and tells the
+    user to run `quantize audit --fix`; that rewrites the Modelfile, so without more publish would refuse its
+    sha256. --fix in an output folder updates manifest.json (new sha256, mismatch out of the audit record) and
+    the card's audit paragraph: publish then goes ahead with a clean audit."""
+    from gguf_forge.modelfiles.audit import audit
+    from gguf_forge.tools.pipeline.card import _audit_text
+
+    folder = _folder_of(converted("smollm2", "q8_0"), tmp_path / "out", None)
+    (folder / "Modelfile").write_text("FROM ./M-Q8_0.gguf\n")
+    result = audit(folder, generate=False)
+    assert [m.kind for m in result.mismatches] == ["modelfile"]
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["audit"] = {**result.as_dict(), "unfixable": []}
+    manifest["outputs"][1] = _entry(folder, "Modelfile", "modelfile")
+    (folder / "README.md").write_text(f"# M\n\n{_audit_text(manifest)}\n\nmore text\n")
+    manifest["outputs"].append(_entry(folder, "README.md", "model-card"))
+    (folder / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    env = hub_env(tmp_path)
+    r = run("publish", str(folder), "--repo", REPO, "--dry-run", "--no-progress", env=env)
+    assert r.returncode == 0 and "warning: end-of-turn audit: the Modelfile's stops [] lack <|im_end|>" in r.stderr
+
+    r = run("audit", str(folder), "--fix", "--no-generate", "--json")
+    assert r.returncode == 0, r.stderr
+    fixed = json.loads(r.stdout)["fixed"]
+    assert any("PARAMETER stop" in f for f in fixed) and any("manifest.json" in f for f in fixed)
+    assert 'PARAMETER stop "<|im_end|>"' in (folder / "Modelfile").read_text()
+    record = json.loads((folder / "manifest.json").read_text())["audit"]
+    assert record["ok"] and record["mismatches"] == [] and "PARAMETER stop" in record["fixed"][0]
+    card = (folder / "README.md").read_text()
+    assert "End-of-turn audit: every runtime stops" in card and "mismatches" not in card and "more text" in card
+    r = run("publish", str(folder), "--repo", REPO, "--dry-run", "--no-progress", env=env)
+    assert r.returncode == 0, r.stderr
+    assert "warning" not in r.stderr and "end-of-turn audit (recorded in manifest.json): no mismatch" in r.stdout
+    # a GGUF given directly: the same, for the folder it lies in; nothing left to fix
+    r = run("audit", str(folder / "M-Q8_0.gguf"), "--fix", "--no-generate", "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["fixed"] == []
