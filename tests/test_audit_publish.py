@@ -58,7 +58,7 @@ def test_publish_refuses_a_recorded_unfixable_audit_mismatch_and_sends_nothing(t
         assert hub.log == [] and not hub.repos
         r = run("publish", str(outdir), "--repo", REPO, "--no-progress", "--allow-audit-mismatch", env=env)
         assert r.returncode == 0, r.stderr
-        assert f"warning: end-of-turn audit: {PROBLEM} (published with --allow-audit-mismatch)" in r.stderr
+        assert f"warning: end-of-turn audit: {PROBLEM} (let through by --allow-audit-mismatch)" in r.stderr
         assert "warning: end-of-turn audit: the Modelfile's stops [] lack <|im_end|>" in r.stderr
         assert "end-of-turn audit (recorded in manifest.json): 2 mismatch(es), 1 that metadata cannot fix" in r.stdout
         assert set(hub.files(REPO)) >= {"Tiny-Q8_0.gguf", "Modelfile", "README.md", "manifest.json"}

@@ -111,3 +111,20 @@ def test_llama_cpp_python_sees_the_named_template(tmp_path):
         messages, tools=TOOLS, chat_template="tool_use", tokenize=False, add_generation_prompt=True)  # as the formatter does
     assert "<tools>" in prompt and "get_weather" in prompt
     assert prompt == expected
+
+
+def test_a_template_given_by_the_user_replaces_the_named_ones_too(tmp_path):
+    """The pipeline's --template (an override of tokenizer.chat_template) is the template the fine-tune was trained
+    with: the folder's tool_use template does not stay behind in the GGUF (llama.cpp's server would take it for
+    requests with tools), as --template replaces both in the Modelfile."""
+    from gguf_forge.convert import convert
+    from gguf_forge.convert.overrides import KVOverride
+
+    hf = _hermes_folder(tmp_path / "hf", "list")
+    gguf = tmp_path / "m.gguf"
+    chatml = chat_template.named_template("chatml")
+    convert(hf, gguf, outtype="q8_0", progress=False,
+            overrides=[KVOverride("tokenizer.chat_template", "str", chatml)])
+    reader = files.open_gguf(gguf)
+    assert files.gguf_field(reader, "tokenizer.chat_template", str) == chatml
+    assert [k for k in reader.fields if k.startswith("tokenizer.chat_template")] == ["tokenizer.chat_template"]

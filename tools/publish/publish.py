@@ -153,8 +153,10 @@ def _check_audit(outdir: Path, manifest: dict[str, Any], allow_mismatch: bool) -
     record = manifest.get("audit")
     if isinstance(record, dict):
         source = "recorded in manifest.json"
-        unfixable = [str(p) for p in record.get("unfixable") or []]
-        problems = [str(m.get("problem")) for m in record.get("mismatches") or [] if isinstance(m, dict)]
+        listed = [m for m in record.get("mismatches") or [] if isinstance(m, dict)]
+        problems = [str(m.get("problem")) for m in listed]
+        unfixable = [str(p) for p in record.get("unfixable") or []] or [
+            str(m.get("problem")) for m in listed if m.get("fixable") is False]
         turn_end = record.get("turn_end")
     elif record is None:
         source = "run now: manifest.json records none"
@@ -170,7 +172,7 @@ def _check_audit(outdir: Path, manifest: dict[str, Any], allow_mismatch: bool) -
                          "merge-convert --template) and re-run the pipeline (`quantize audit OUTDIR` shows every "
                          "signal), or pass --allow-audit-mismatch to publish it anyway")
     warnings = [f"end-of-turn audit: {p}" for p in problems if p not in unfixable]
-    warnings += [f"end-of-turn audit: {p} (published with --allow-audit-mismatch)" for p in unfixable]
+    warnings += [f"end-of-turn audit: {p} (let through by --allow-audit-mismatch)" for p in unfixable]
     if not problems:
         verdict = f"no mismatch, turns end with {turn_end}" if turn_end else "no chat template to audit"
     else:
