@@ -221,6 +221,7 @@ def test_publish_accepts_the_pipeline_folder(demo_run):
     manifest = json.loads((result.outdir / "manifest.json").read_text())
     planned = {f["path_in_repo"] for f in plan["files"]}
     assert planned == {o["file"] for o in manifest["outputs"]} | {"manifest.json"}
+    assert plan["audit"] == "end-of-turn audit (recorded in manifest.json): no mismatch, turns end with <|im_end|>"
     assert snapshot(result.outdir) == before  # nothing was written
     assert not (result.outdir / ".publish-split").exists()
 
