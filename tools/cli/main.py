@@ -61,7 +61,6 @@ class _Quantize(click.Group):
                 os._exit(130)
             ctx.exit(130)
 
-
     def _named(self, ctx: click.Context, e: ForgeError) -> ForgeError:
         """``e`` led by the running command's option for the library parameter it names (``option="ctx"`` ->
         ``--ctx``); unchanged when it names none or the command has no such option (e.g. a fixed value)."""
