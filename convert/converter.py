@@ -160,6 +160,8 @@ def convert(
     plan = _plan(ckpt, arch, outtype, keep_quantized)
     pre_override = next((o.value for o in overrides if o.key == TOKENIZER.PRE), None)
     vocab = load_vocab(ckpt.tokenizer_path, arch.n_vocab, pre_override=str(pre_override) if pre_override else None)
+    if vocab.special is not None and any(o.key == TOKENIZER.CHAT_TEMPLATE for o in overrides):
+        vocab.special.chat_template = None  # a template given by the user (--template) replaces the named ones too
 
     n_params = sum(int(np.prod(p.shape)) for p in plan if not p.gguf_name.startswith("rope_freqs"))
     writer = gguf.GGUFWriter(path=None, arch=arch.arch_name)

@@ -8,8 +8,9 @@ Two families are supported:
 - SentencePiece from ``tokenizer.model`` (LLaMA 1/2, Mistral v0.1-v0.3, Gemma):
   ``tokenizer.ggml.model = "llama"`` with scores and piece types.
 
-Special token ids, ``add_bos``/``add_eos``, merges and the chat template come through the ``gguf``
-package's :class:`gguf.SpecialVocab`; the end-of-turn token is found by rendering the chat template
+Special token ids, ``add_bos``/``add_eos``, merges and the chat templates (the default one and every named one,
+e.g. Hermes 2 Pro's ``tool_use``: ``tokenizer.chat_template.tool_use``, as llama.cpp's converter writes them) come
+through the ``gguf`` package's :class:`gguf.SpecialVocab`; the end-of-turn token is found by rendering the chat template
 (:func:`gguf_forge.chat_template.turn_end`).
 """
 
@@ -141,10 +142,13 @@ def load_vocab(path: Path, n_vocab: int, pre_override: str | None = None) -> Voc
         vocab.special.add_special_token.setdefault("bos", False)
     _check_chat_templates(path, vocab.special.chat_template)
     # gguf-py reads tokenizer_config.json's template before chat_template.jinja/.json; transformers (and
-    # chat_template.from_hf_dir, which the Modelfile and imatrix use) read them the other way round
-    own = chat_template.from_hf_dir(path)
-    if own is not None and own != chat_template.pick_default(vocab.special.chat_template):
-        vocab.special.chat_template = own
+    # chat_template.templates_from_hf_dir, which the Modelfile and imatrix use) read them the other way round, with
+    # additional_chat_templates/NAME.jinja beside chat_template.jinja. Every named template is kept: gguf-py writes
+    # a list as tokenizer.chat_template (default), tokenizer.chat_template.NAME and tokenizer.chat_templates
+    named = chat_template.templates_from_hf_dir(path)
+    if named:
+        vocab.special.chat_template = (named["default"] if list(named) == ["default"]
+                                       else chat_template.as_named_list(named))
     try:
         vocab.eot_id = find_eot(vocab)
     except ForgeError as e:  # the template cannot render a plain conversation: convert anyway, without an eot

@@ -10,7 +10,8 @@ Public surface:
 - :func:`load`: ``--template`` values -> Jinja source, with one precedence: Jinja text as given, then an existing
   file, then a named template.
 - :func:`from_hf_dir`: a Hugging Face folder's template (``chat_template.jinja``, then ``chat_template.json``, then
-  ``tokenizer_config.json``); :func:`pick_default`: the ``default`` entry of a list of named templates.
+  ``tokenizer_config.json``); :func:`templates_from_hf_dir`: all its named ones (``tool_use``...);
+  :func:`pick_default`: the ``default`` entry of a list of named templates.
 - :func:`resolve`: the template a run uses: the user's choice when given, else the model's.
 - :func:`compile_template` / :func:`render`: compile / render in the one sandboxed environment
   (:func:`environment`), as transformers does, within limits on size, work and time (:data:`MAX_CHARS`,
@@ -97,15 +98,49 @@ def pick_default(value: Any) -> str | None:
 
 def from_hf_dir(folder: Path) -> str | None:
     """The chat template of a Hugging Face folder: ``chat_template.jinja``, else ``chat_template.json``, else the
-    ``chat_template`` of ``tokenizer_config.json`` (the order transformers reads them in); None when it has none."""
+    ``chat_template`` of ``tokenizer_config.json`` (the order transformers reads them in); None when it has none.
+    Its ``default`` entry where the folder has named templates (:func:`templates_from_hf_dir`)."""
+    return pick_default(as_named_list(templates_from_hf_dir(folder)))
+
+
+#: transformers' folder of named templates beside ``chat_template.jinja`` (``additional_chat_templates/NAME.jinja``)
+ADDITIONAL_DIR = "additional_chat_templates"
+
+
+def templates_from_hf_dir(folder: Path) -> dict[str, str]:
+    """Every chat template of a Hugging Face folder by name (``default`` for the plain one), read as transformers
+    reads them: ``chat_template.jinja`` (``default``) and ``additional_chat_templates/NAME.jinja`` when either
+    exists (they replace tokenizer_config.json's), else ``chat_template.json``'s ``chat_template``, else
+    tokenizer_config.json's: a text (``default``) or a list of ``{"name": ..., "template": ...}`` (Hermes 2 Pro's
+    ``default`` + ``tool_use``). A value of another shape is a ForgeError naming the file."""
     folder = Path(folder)
+    named: dict[str, str] = {}
     if (folder / "chat_template.jinja").is_file():
-        return pick_default(read_text_file(folder / "chat_template.jinja"))
-    if (folder / "chat_template.json").is_file():
-        return pick_default(read_json_object(folder / "chat_template.json").get("chat_template"))
-    if (folder / "tokenizer_config.json").is_file():
-        return pick_default(read_json_object(folder / "tokenizer_config.json").get("chat_template"))
-    return None
+        named["default"] = read_text_file(folder / "chat_template.jinja")
+    extra = folder / ADDITIONAL_DIR
+    for path in sorted(extra.glob("*.jinja")) if extra.is_dir() else []:
+        if path.is_file():
+            named[path.name.removesuffix(".jinja")] = read_text_file(path)
+    if named:
+        return named
+    for name in ("chat_template.json", "tokenizer_config.json"):
+        if (folder / name).is_file():
+            value = read_json_object(folder / name).get("chat_template")
+            if value is None:
+                continue
+            if isinstance(value, str):
+                return {"default": value}
+            if isinstance(value, list) and all(isinstance(t, dict) and isinstance(t.get("name"), str)
+                                               and isinstance(t.get("template"), (str, type(None))) for t in value):
+                return {t["name"]: t["template"] for t in value if t["template"] is not None}
+            raise ForgeError(f"{folder / name}: chat_template must be text or a list of {{\"name\": ..., "
+                             f"\"template\": ...}}, got {type(value).__name__}")
+    return {}
+
+
+def as_named_list(templates: dict[str, str]) -> list[dict[str, str]]:
+    """``{name: template}`` as the list of ``{"name": ..., "template": ...}`` tokenizer_config.json and gguf-py use."""
+    return [{"name": k, "template": v} for k, v in templates.items()]
 
 
 def resolve(spec: str | None, model_template: str | None) -> str | None:

@@ -27,6 +27,24 @@ class ModelInfo:
     context_length: int | None = None
     license_name: str | None = None
     tool_template: str | None = None  # a separate "tool_use" template (Hermes 2 Pro), used for requests with tools
+    named_templates: dict[str, str] = field(default_factory=dict)  # every template by name ("default", "tool_use"...)
+
+
+def gguf_templates(reader: Any) -> dict[str, str]:
+    """A GGUF's chat templates by name: ``tokenizer.chat_template`` (``default``) and every
+    ``tokenizer.chat_template.NAME`` (listed in ``tokenizer.chat_templates`` by llama.cpp's converter and ours;
+    found by key, as llama-cpp-python does, so a file without the list still has them)."""
+    out: dict[str, str] = {}
+    default = files.gguf_field(reader, TOKENIZER.CHAT_TEMPLATE, str)
+    if default is not None:
+        out["default"] = default
+    prefix = TOKENIZER.CHAT_TEMPLATE_N.format(name="")
+    for key in reader.fields:
+        if key.startswith(prefix) and key != TOKENIZER.CHAT_TEMPLATES:
+            value = files.gguf_field(reader, key, str)
+            if value is not None:
+                out[key[len(prefix):]] = value
+    return out
 
 
 def read_gguf(path: Path) -> ModelInfo:
@@ -50,10 +68,12 @@ def read_gguf(path: Path) -> ModelInfo:
                          "re-convert the model")
     ends = [t for t in (token(TOKENIZER.EOS_ID), token(TOKENIZER.EOT_ID), token(TOKENIZER.EOM_ID)) if t]
     add_bos = files.gguf_field(reader, TOKENIZER.ADD_BOS, bool)
+    named = gguf_templates(reader)
     return ModelInfo(
         name=files.gguf_field(reader, GENERAL.NAME, str) or path.stem,
-        template=files.gguf_field(reader, TOKENIZER.CHAT_TEMPLATE, str),
-        tool_template=files.gguf_field(reader, TOKENIZER.CHAT_TEMPLATE + ".tool_use", str),
+        template=named.get("default"),
+        tool_template=named.get("tool_use"),
+        named_templates=named,
         bos=token(TOKENIZER.BOS_ID),
         eos=token(TOKENIZER.EOS_ID),
         end_tokens=list(dict.fromkeys(ends)),
@@ -70,8 +90,10 @@ def _token_text(value: Any) -> str:
 
 
 def read_hf_dir(path: Path) -> ModelInfo:
-    """Chat template (see :func:`gguf_forge.chat_template.from_hf_dir`) and special tokens of a HF folder."""
+    """Chat templates (see :func:`gguf_forge.chat_template.templates_from_hf_dir`) and special tokens of a HF
+    folder."""
     tc = files.read_json_object(path / "tokenizer_config.json") if (path / "tokenizer_config.json").is_file() else {}
+    named = chat_template.templates_from_hf_dir(path)
     template = chat_template.from_hf_dir(path)
     config = files.read_json_object(path / "config.json") if (path / "config.json").is_file() else {}
     text_config = config.get("text_config")
@@ -80,11 +102,9 @@ def read_hf_dir(path: Path) -> ModelInfo:
     if ctx is not None and (isinstance(ctx, bool) or not isinstance(ctx, int) or ctx < 1):
         raise ForgeError(f"{path / 'config.json'}: max_position_embeddings must be a positive integer, got {ctx!r}")
     eos = _token_text(tc.get("eos_token"))
-    named = tc.get("chat_template") if isinstance(tc.get("chat_template"), list) else []
-    tool_use = next((t.get("template") for t in named if isinstance(t, dict) and t.get("name") == "tool_use"), None)
     return ModelInfo(name=path.resolve().name, template=template, bos=_token_text(tc.get("bos_token")), eos=eos,
                      end_tokens=[eos] if eos else [], add_bos=tc.get("add_bos_token"),
-                     context_length=ctx, tool_template=tool_use if isinstance(tool_use, str) else None)
+                     context_length=ctx, tool_template=named.get("tool_use"), named_templates=named)
 
 
 def sampling_defaults(folder: Path | None) -> dict[str, float | int]:

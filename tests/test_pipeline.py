@@ -221,6 +221,7 @@ def test_publish_accepts_the_pipeline_folder(demo_run):
     manifest = json.loads((result.outdir / "manifest.json").read_text())
     planned = {f["path_in_repo"] for f in plan["files"]}
     assert planned == {o["file"] for o in manifest["outputs"]} | {"manifest.json"}
+    assert plan["audit"] == "end-of-turn audit (recorded in manifest.json): no mismatch, turns end with <|im_end|>"
     assert snapshot(result.outdir) == before  # nothing was written
     assert not (result.outdir / ".publish-split").exists()
 
@@ -253,6 +254,12 @@ def test_unfixable_audit_mismatch_stops_the_run_before_publishing(tmp_path):
         assert len(error) == 1 and "end-of-turn audit" in error[0] and "<|im_end|>" in error[0], r.stderr[-2000:]
         assert "not ready to publish" in error[0] and "Traceback" not in r.stderr
         assert hub.log == [] and not hub.repos  # nothing reached the hub
+        # the folder published by hand after the stopped run: publish reads the audit kept in manifest.json
+        r = subprocess.run(publish, capture_output=True, text=True, env=env)
+        error = [line for line in r.stderr.splitlines() if line.startswith("error: ")]
+        assert r.returncode == 2 and len(error) == 1 and "manifest.json" in error[0], r.stderr[-2000:]
+        assert "<|im_end|>" in error[0] and "--allow-audit-mismatch" in error[0]
+        assert hub.log == [] and not hub.repos
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["audit"]["unfixable"] and "<|im_end|>" in manifest["audit"]["unfixable"][0]
     assert not manifest["audit"]["ok"]

@@ -125,9 +125,9 @@ class ChatSession:
         from llama_cpp import llama_cpp as C
 
         if ctx < 16:
-            raise ForgeError(f"--ctx {ctx}: too small for a chat; use at least 512")
+            raise ForgeError(f"{ctx} tokens: too small a context for a chat; use at least 512", option="ctx")
         if max_tokens < 1:
-            raise ForgeError(f"--max-tokens {max_tokens}: must be at least 1")
+            raise ForgeError(f"{max_tokens}: must be at least 1", option="max_tokens")
         self.path = Path(path)
         if ctx > LARGE_CTX:
             check_context(self.path, ctx)
@@ -477,10 +477,10 @@ def check_context(path: Path, ctx: int) -> None:
     need = ctx * sum(per_layer) * (key_len + value_len) * 2
     available = _available_memory()
     if ctx > trained and available is not None and need > available:
-        raise ForgeError(f"--ctx {ctx}: too large for this model on this machine: the model was trained on {trained} "
-                         f"tokens, and a {ctx}-token context needs about {format_size(need)} of memory for its "
-                         f"cache, more than the {format_size(available)} available; use a smaller --ctx, e.g. "
-                         f"{trained} (the model's own)")
+        raise ForgeError(f"{ctx} tokens: too large a context for this model on this machine: the model was trained "
+                         f"on {trained} tokens, and a {ctx}-token context needs about {format_size(need)} of memory "
+                         f"for its cache, more than the {format_size(available)} available; use a smaller context, "
+                         f"e.g. {trained} (the model's own)", option="ctx")
 
 
 def _available_memory() -> int | None:

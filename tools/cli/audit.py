@@ -8,7 +8,11 @@ from pathlib import Path
 import click
 
 from ...modelfiles import audit as audit_lib
+from ..pipeline.manifest import refresh_after_fix
 from . import options as opt
+
+#: the file each kind of fix rewrites (audit.Audit.paths key)
+_REWRITES = {"gguf_eot": "gguf", "modelfile": "modelfile", "modelfile_extra": "modelfile", "preset": "preset"}
 
 
 @click.command()
@@ -22,7 +26,9 @@ def audit(target: Path, do_fix: bool, no_generate: bool, as_json: bool) -> None:
 
     One table: tokenizer_config eos, generation_config eos list, the GGUF's eos/eot/eom, the marker that closes an
     assistant turn in the chat template, Modelfile and LM Studio preset stops and, with a GGUF, the token the model
-    ends its greedy replies with. Exit 1 when a mismatch is left.
+    ends its greedy replies with. Exit 1 when a mismatch is left. --fix in a `quantize merge-convert` output
+    folder also updates its manifest.json (sha256 of the rewritten files, the audit record) and model card, so
+    `quantize publish` takes the fixed folder.
 
     \b
     Examples:
@@ -35,6 +41,13 @@ def audit(target: Path, do_fix: bool, no_generate: bool, as_json: bool) -> None:
     left = result.mismatches
     if do_fix:
         fixed, left = audit_lib.fix(result)
+        done = [m for m in result.mismatches if m not in left]
+        rewritten = {result.paths[_REWRITES[m.kind]] for m in done if m.kind in _REWRITES}
+        folder = target if target.is_dir() else target.parent
+        manifest = refresh_after_fix(folder, rewritten, [m.problem for m in done], fixed) if done else None
+        if manifest is not None:
+            fixed.append(f"{manifest}: new sha256 of the rewritten files, fixed mismatches out of the audit record "
+                         "(the folder stays publishable)")
     if as_json:
         opt.echo_json({**result.as_dict(), "fixed": fixed,
                        "left": [{"problem": m.problem, "fix": m.fix} for m in left]})

@@ -58,7 +58,7 @@ class _Quantize(click.Group):
         try:
             return super().invoke(ctx)
         except ForgeError as e:
-            click.echo(f"error: {e}", err=True)
+            click.echo(f"error: {self._named(ctx, e)}", err=True)
             ctx.exit(2)
         except click.UsageError as e:  # a command's options and arguments
             _usage_error(e)
@@ -77,6 +77,16 @@ class _Quantize(click.Group):
                 sys.stderr.flush()
                 os._exit(130)
             ctx.exit(130)
+
+    def _named(self, ctx: click.Context, e: ForgeError) -> ForgeError:
+        """``e`` led by the running command's option for the library parameter it names (``option="ctx"`` ->
+        ``--ctx``); unchanged when it names none or the command has no such option (e.g. a fixed value)."""
+        if not e.option or e.option.startswith("-") or not ctx.invoked_subcommand:
+            return e
+        command = self.get_command(ctx, ctx.invoked_subcommand)
+        flags = [p.opts for p in (command.params if command else []) if isinstance(p, click.Option)
+                 and p.name == e.option]
+        return e.from_option(max(flags[0], key=len)) if flags else e
 
 
 def _usage_error(e: click.UsageError) -> NoReturn:

@@ -23,14 +23,20 @@ from . import options as opt
 @click.option("--max-file-size", "max_file_size", metavar="SIZE",
               help="Split GGUFs bigger than this into llama.cpp shards (default: the hub's limit, 50G; "
                    "K/M/G are powers of 1000, as in llama-gguf-split).")
+@click.option("--allow-audit-mismatch", is_flag=True,
+              help="Publish even when the end-of-turn audit (kept in manifest.json) found a mismatch that metadata "
+                   "cannot fix (a model that ends its replies with another token than its template).")
 @opt.as_json()
 @opt.no_progress("Hide the progress bars.")
 def publish(outdir: Path, repo: str, hub: str, private: bool, dry_run: bool, max_file_size: str | None,
-            as_json: bool, no_progress: bool) -> None:
+            allow_audit_mismatch: bool, as_json: bool, no_progress: bool) -> None:
     """Upload a `quantize merge-convert` output folder (GGUFs, Modelfile, presets, manifest, model card).
 
-    Every file is checked against manifest.json first. GGUFs over the hub's per-file limit are split into
-    llama.cpp shards (NAME-00001-of-0000N.gguf; llama.cpp loads them from the first). Files the hub already
+    Every file is checked against manifest.json first (a folder without one is refused), and so is the end-of-turn
+    audit the pipeline kept there: a mismatch metadata cannot fix stops the upload (--allow-audit-mismatch
+    overrides); a manifest without an audit record gets the audit now (greedy replies of the default GGUF).
+    GGUFs over the hub's per-file limit are split into llama.cpp shards (NAME-00001-of-0000N.gguf; llama.cpp
+    loads them from the first). Files the hub already
     holds with the same content are skipped, so re-running an interrupted upload resumes it. The token comes
     from HF_TOKEN or `hf auth login` (ModelScope: MODELSCOPE_API_TOKEN) and is never printed.
 
@@ -46,10 +52,11 @@ def publish(outdir: Path, repo: str, hub: str, private: bool, dry_run: bool, max
         raise ForgeError(f"--max-file-size {e}") from None
     try:
         plan = do_publish(outdir, repo, hub=hub, private=private, dry_run=dry_run, max_file_bytes=max_bytes,
-                          progress=not no_progress)
+                          progress=not no_progress, allow_audit_mismatch=allow_audit_mismatch)
     except KeyboardInterrupt:
         opt.fail("interrupted: nothing was committed by this run; re-run the same command to resume "
                  "(files already uploaded are skipped)", 130)
+    opt.warn(plan.warnings)
     if as_json:
         opt.echo_json(plan.to_dict())
     else:

@@ -1,7 +1,9 @@
 """``quantize publish``: upload a pipeline output folder to a model hub (:data:`.hubs.HUBS`).
 
 The folder is what ``quantize merge-convert`` writes: ``manifest.json`` (``tool.name == "gguf-forge"``) lists
-every output with its size and sha256. Each listed file is checked against the manifest, GGUFs bigger than the
+every output with its size and sha256 and keeps the end-of-turn audit. A folder without it is refused (no list of
+what to upload, nothing to check it against). Each listed file is checked against the manifest, a folder whose
+audit found a mismatch metadata cannot fix is refused (``--allow-audit-mismatch`` overrides), GGUFs bigger than the
 hub's per-file limit are split into llama.cpp ``gguf-split`` shards (see :mod:`.split`), the repo is created if
 needed, files already on the hub with the same content are skipped (so an interrupted upload resumes), and the
 rest is uploaded through the hub's own client library.
@@ -26,6 +28,7 @@ from typing import Any
 from ...errors import ForgeError
 from ...files import format_size, sha256_file, write_text
 from ...files import progress as progress_bar
+from ...modelfiles.audit import audit as audit_signals
 from .base import Hub, PlannedFile
 from .hubs import HUBS
 from .split import Shard, plan_split, split_gguf
@@ -49,6 +52,8 @@ class PublishPlan:
     files: list[PlannedFile] = field(default_factory=list)
     url: str | None = None
     commit: str | None = None
+    audit: str = ""  # the end-of-turn audit's verdict: where it comes from and what it found
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def total_bytes(self) -> int:
@@ -63,6 +68,8 @@ class PublishPlan:
         verb = "would upload to" if self.dry_run else "published to"
         lines = [f"{verb} {HUBS[self.hub].title} {self.repo}{' (private)' if self.private else ''}"
                  + (f": {self.url}" if self.url else "")]
+        if self.audit:
+            lines.append(f"  {self.audit}")
         width = max([len(f.path_in_repo) for f in self.files] + [4])
         for f in self.files:
             note = f"  (part of {f.split_from})" if f.split_from else ""
@@ -133,6 +140,46 @@ def _checked_outputs(outdir: Path, manifest: dict[str, Any], progress: bool) -> 
     return found
 
 
+def _check_audit(outdir: Path, manifest: dict[str, Any], allow_mismatch: bool) -> tuple[str, list[str]]:
+    """The end-of-turn audit's verdict for the folder, as (summary, warnings); refuses (ForgeError) a mismatch that
+    metadata cannot fix unless ``allow_mismatch``.
+
+    The pipeline's audit recorded in ``manifest.json`` is trusted: the outputs' sha256 (checked before this) are
+    those of the files it audited, so a file changed since then was refused already. A manifest without an audit
+    record (gguf-forge before the audit existed, or written by hand) gets the audit now, as ``quantize audit
+    OUTDIR`` runs it: greedy replies of the default GGUF included. Fixable mismatches are warnings, as in the
+    pipeline (``quantize audit --fix`` writes them)."""
+    path = outdir / "manifest.json"
+    record = manifest.get("audit")
+    if isinstance(record, dict):
+        source = "recorded in manifest.json"
+        listed = [m for m in record.get("mismatches") or [] if isinstance(m, dict)]
+        problems = [str(m.get("problem")) for m in listed]
+        unfixable = [str(p) for p in record.get("unfixable") or []] or [
+            str(m.get("problem")) for m in listed if m.get("fixable") is False]
+        turn_end = record.get("turn_end")
+    elif record is None:
+        source = "run now: manifest.json records none"
+        result = audit_signals(outdir, generate=True)
+        unfixable = [m.problem for m in result.unfixable]
+        problems = [m.problem for m in result.mismatches]
+        turn_end = result.end
+    else:
+        raise ForgeError(f"{path}: 'audit' must be the pipeline's audit record; re-run the pipeline")
+    if unfixable and not allow_mismatch:
+        raise ForgeError(f"{path}: the end-of-turn audit ({source}) found a mismatch metadata cannot fix: "
+                         f"{'; '.join(unfixable)}; ship the template the model was trained with (quantize "
+                         "merge-convert --template) and re-run the pipeline (`quantize audit OUTDIR` shows every "
+                         "signal), or pass --allow-audit-mismatch to publish it anyway")
+    warnings = [f"end-of-turn audit: {p}" for p in problems if p not in unfixable]
+    warnings += [f"end-of-turn audit: {p} (let through by --allow-audit-mismatch)" for p in unfixable]
+    if not problems:
+        verdict = f"no mismatch, turns end with {turn_end}" if turn_end else "no chat template to audit"
+    else:
+        verdict = f"{len(problems)} mismatch(es), {len(unfixable)} that metadata cannot fix"
+    return f"end-of-turn audit ({source}): {verdict}", warnings
+
+
 def _plan_files(outdir: Path, outputs: list[tuple[Path, dict[str, Any]]], max_bytes: int,
                 ) -> tuple[list[PlannedFile], dict[str, list[Shard]]]:
     files: list[PlannedFile] = []
@@ -185,13 +232,16 @@ def _write_shards(outdir: Path, plan: PublishPlan, splits: dict[str, list[Shard]
 
 
 def publish(outdir: Path, repo: str, *, hub: str = "hf", private: bool = False, dry_run: bool = False,
-            max_file_bytes: int | None = None, progress: bool = True) -> PublishPlan:
+            max_file_bytes: int | None = None, progress: bool = True, allow_audit_mismatch: bool = False,
+            ) -> PublishPlan:
     """Upload the pipeline output folder ``outdir`` to the model repo ``repo`` (``OWNER/NAME``) on ``hub``.
 
     Checks every file listed in ``manifest.json`` against its sha256, splits GGUFs over ``max_file_bytes``
     (default: the hub's limit, :attr:`.Hub.limit`) into llama.cpp shards, creates the repo if needed, skips files
     the hub already holds with the same content, and uploads the rest. ``dry_run`` only plans: no token needed,
     nothing written or sent. Re-running after an interruption resumes.
+    A folder whose end-of-turn audit (recorded in the manifest, or run now when none is) found a mismatch metadata
+    cannot fix is refused before anything is sent, unless ``allow_audit_mismatch`` (:func:`_check_audit`).
     Raises :class:`ForgeError` (one line, never containing the token) on anything the user can fix.
     """
     outdir = Path(outdir)
@@ -206,8 +256,9 @@ def publish(outdir: Path, repo: str, *, hub: str = "hf", private: bool = False, 
                          f"limit of {limit:,} bytes")
     manifest = read_manifest(outdir)
     outputs = _checked_outputs(outdir, manifest, progress)
+    verdict, warnings = _check_audit(outdir, manifest, allow_audit_mismatch)
     files, splits = _plan_files(outdir, outputs, max_bytes)
-    plan = PublishPlan(str(outdir), repo, hub, private, dry_run, max_bytes, files)
+    plan = PublishPlan(str(outdir), repo, hub, private, dry_run, max_bytes, files, audit=verdict, warnings=warnings)
     if dry_run:
         return plan
     client = hub_type.connect()
