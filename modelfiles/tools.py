@@ -23,6 +23,7 @@ tools block in the first user turn, a call is the JSON object alone, results in 
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -100,6 +101,12 @@ def tool_suite() -> list[Case]:
               {**res1, "call_id": "call00003"}], TOOLS),
         Case("reasoning before a tool call, thinking on",
              [ask, {**call1, "thinking": "I need the weather tool."}, res1], TOOLS, True),
+        # a docstring-style description: a template that writes it without JSON escapes (Mistral Nemo's joins
+        # '"description": "' + text + '"') writes a raw newline and quotes where Ollama's json writes \n and \"
+        Case("a tool description with quotes and a newline", [ask], [
+            {"type": "function", "function": {**TOOLS[0]["function"], "description":
+                                              'Get the current weather in a city.\nSays "sunny" or "rainy".'}},
+            TOOLS[1]]),
     ]
 
 
@@ -227,6 +234,15 @@ def _compare(a: str, b: str) -> tuple[bool, bool, int, int]:
 def first_difference(a: str, b: str) -> str:
     """Where ``a`` (Jinja) and ``b`` (Go) first differ beyond JSON whitespace."""
     _, _, i, j = _compare(a, b)
+    if i < len(a) and j < len(b) and (a[i].isspace() or b[j].isspace()):
+        # a JSON-like text that is not valid JSON on one side (a template that writes a string without escapes):
+        # show where the two differ once whitespace outside quoted strings is set aside
+        start = max(a.rfind("{", 0, i + 1), a.rfind("[", 0, i + 1), 0)
+        sa, sb = _squeeze(a[start:start + 4000]), _squeeze(b[start - i + j:start - i + j + 4000])
+        k = len(os.path.commonprefix([sa, sb]))
+        if k < min(len(sa), len(sb)):
+            return (f"Jinja renders {sa[max(0, k - 30):k + 30]!r}, the Go template {sb[max(0, k - 30):k + 30]!r} "
+                    "(whitespace outside quoted strings set aside)")
     return f"Jinja renders {a[max(0, i - 30):i + 30]!r}, the Go template {b[max(0, j - 30):j + 30]!r}"
 
 
