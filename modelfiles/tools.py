@@ -388,6 +388,7 @@ def _last_user_layout(r: _R, fmt: Any) -> dict[str, str]:
     if not pre.startswith("") or _C in pre:
         raise _NoLayout("the tools block is not right before the last user turn")
     out = {"tools_pre": pre, "tool_sep": sep, "tools_post": post[: len(post) - len(fmt.user_pre)]}
+    out.update(_raw_tool_text(r, [u1, a, u2], t1))
     # calls and results
     u = {"role": "user", "content": _U}
     two = {"role": "assistant", "content": "", "calls": [_call(_N1, _ARGS1, "Zq8id0001"),
@@ -436,6 +437,22 @@ def _last_user_layout(r: _R, fmt: Any) -> dict[str, str]:
     out.update(calls_open=calls_open, call_pre=call_pre, mid=mid, mid_id=mid_id, call_suf=call_suf,
                call_sep=call_sep, calls_close=calls_close, res_pre=res_pre, res_mid=res_mid, res_suf=res_suf)
     return out
+
+
+def _raw_tool_text(r: _R, msgs: list[dict[str, Any]], tool_json: str) -> dict[str, str]:
+    """{} when the template writes a tool's description as JSON (escaped); the literal pieces around the name, the
+    description and the JSON parameters when it joins the description in as it is (Mistral Nemo: ``'"description":
+    "' + val + '"'``, so a newline or a quote in it stays raw), which the TEMPLATE then writes the same way."""
+    fn = _STOOLS[0]["function"]
+    raw = 'Zq8desc"with\nquotes"'
+    probe = {**_STOOLS[0], "function": {**fn, "description": raw}}
+    x = r(msgs, True, [probe, _STOOLS[1]], what="a tool description that needs JSON escapes")
+    if _dump(probe) in x:
+        return {}
+    if tool_json.replace(_dump(fn["description"]), '"' + raw + '"') not in x:
+        raise _NoLayout("a tool description with quotes or a newline is written neither as JSON nor as it is")
+    a, b, c, d = _cut(tool_json, [fn["name"], fn["description"], _dump(fn["parameters"])], "a tool")
+    return {"raw_a": a, "raw_b": b, "raw_c": c, "raw_d": d}
 
 
 def _list_layout(r: _R, fmt: Any, template: str) -> dict[str, str]:
@@ -881,12 +898,16 @@ def _go_last_user_layout(fmt: Any, parts: ToolParts, lit: Any) -> str:
     p, f = parts.pieces, parts.flags
     if f["keep"] != "never" or f["gen_on"] is not None or f["gen_off"] is not None or fmt.bos_repeat or fmt.lead:
         raise _NoLayout("this tools layout is supported without thinking, BOS per turn or fixed opening text")
+    tool = "{{ $t }}"  # the tool as JSON; or written as the template joins it, the description as it is
+    if "raw_a" in p:
+        tool = (lit(p["raw_a"]) + "{{ $t.Function.Name }}" + lit(p["raw_b"]) + "{{ $t.Function.Description }}"
+                + lit(p["raw_c"]) + "{{ json $t.Function.Parameters }}" + lit(p["raw_d"]))
     lines = ["{{- $lastUser := -1 }}{{- $hasSys := false }}{{- $sys := \"\" }}{{- range $i, $m := .Messages }}"
              "{{ if eq .Role \"user\" }}{{ $lastUser = $i }}{{ end }}{{ end }}",
              "{{- range $i, $m := .Messages }}",
              "{{- if eq .Role \"system\" }}{{ $hasSys = true }}{{ $sys = .Content }}",
              "{{- else if eq .Role \"user\" }}{{ if and $.Tools (eq $i $lastUser) }}" + lit(p["tools_pre"])
-             + "{{ range $j, $t := $.Tools }}{{ if $j }}" + lit(p["tool_sep"]) + "{{ end }}{{ $t }}{{ end }}"
+             + "{{ range $j, $t := $.Tools }}{{ if $j }}" + lit(p["tool_sep"]) + "{{ end }}" + tool + "{{ end }}"
              + lit(p["tools_post"]) + "{{ end }}" + lit(fmt.user_pre)
              + "{{ if and $hasSys (eq (len (slice $.Messages $i)) 1) }}" + lit(fmt.sys_pre) + "{{ $sys }}"
              + lit(fmt.sys_suf) + "{{ end }}{{ .Content }}" + lit(fmt.user_suf),

@@ -80,7 +80,7 @@ SWEEP = {
     'meta-llama-Llama-3.3-70B-Instruct': ('<|begin_of_text|>', '<|eot_id|>', 'exact but JSON whitespace'),
     'microsoft-Phi-3.5-mini-instruct': ('', '<|end|>', 'none'),
     'mistralai-Ministral-3-14B-Reasoning-2512': ('<s>', '</s>', 'refused'),
-    'mistralai-Mistral-Nemo-Instruct-2407': ('<s>', '</s>', 'refused'),
+    'mistralai-Mistral-Nemo-Instruct-2407': ('<s>', '</s>', 'exact but JSON whitespace'),
     'moonshotai-Kimi-K2': ('', '<|im_end|>', 'refused'),
     'muse-glimmer': ('<|begin_of_text|>', '<|eot|>', 'refused'),
     'openai-gpt-oss-120b': ('', '<|return|>', "error: today's date"),
