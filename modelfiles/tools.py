@@ -35,7 +35,9 @@ from . import gotemplate, markers
 #: the Modelfile comment (and README statement) for the one difference a tool TEMPLATE may have
 JSON_NOTE = ("tool definitions, call arguments and JSON results are written by Ollama's json (Go json.Marshal: "
              "compact, no spaces after , and :, <>& escaped as \\u003c...) where the original chat template's "
-             "tojson writes spaces or indents: whitespace inside JSON is the only difference, checked by rendering")
+             "tojson writes spaces or indents: whitespace inside JSON is the only difference, checked by rendering "
+             "tool definitions whose keys come in the order of Ollama's types (type, function: name, description, "
+             "parameters: type, required, properties); Ollama writes other orders in that order")
 
 # -- the tool suite ---------------------------------------------------------------------------------------------------
 # Written in the key order Ollama's Go structs marshal in (parameters: type, required, properties; a property: type,
