@@ -267,7 +267,7 @@ def _cut(text: str, marks: list[str], what: str) -> list[str]:
     parts, rest = [], text
     for m in marks:
         if text.count(m) != 1:
-            raise _NoLayout(f"{what}: {m!r} does not occur exactly once")
+            raise _NoLayout(f"{what}: the probe value {m!r} is written {text.count(m)} times, not once")
         head, sep, rest2 = rest.partition(m)
         if not sep:
             raise _NoLayout(f"{what}: the parts come in another order")

@@ -554,8 +554,27 @@ def translate(template: str, *, bos: str = "", eos: str = "", system: str | None
             chat_template.compile_template(source)
     with chat_template.time_budget(TRANSLATE_SECONDS, "while it is rendered on the conversations that prove the "
                                    "Modelfile's TEMPLATE"):
-        return _translate(template, bos=bos, eos=eos, system=system, extra_stop_tokens=extra_stop_tokens,
-                          strip_bos=strip_bos, require_tools=require_tools, tool_template=tool_template)
+        try:
+            return _translate(template, bos=bos, eos=eos, system=system, extra_stop_tokens=extra_stop_tokens,
+                              strip_bos=strip_bos, require_tools=require_tools, tool_template=tool_template)
+        except ForgeError as e:
+            if "fails on one user message" in str(e) and _renders_only_with_tools(template, bos, eos):
+                raise ForgeError(f"{e} (it renders only when a request has tools: a model's second, tool_use "
+                                 "template; give its default chat template with --template, or both as "
+                                 "tokenizer_config.json's named templates)") from None
+            raise
+
+
+def _renders_only_with_tools(template: str, bos: str, eos: str) -> bool:
+    """Whether ``template`` renders one user message once tools are given (a ``tool_use`` template: Hermes,
+    Command R), having failed without."""
+    tool = {"type": "function", "function": {"name": "f", "description": "F.", "parameters": {
+        "type": "object", "properties": {}}}}
+    try:
+        chat_template.render(template, [_m("user", "Hi")], bos_token=bos, eos_token=eos, tools=[tool])
+    except ForgeError:
+        return False
+    return True
 
 
 def _translate(template: str, *, bos: str = "", eos: str = "", system: str | None = None,
