@@ -22,6 +22,7 @@ Public surface:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import math
@@ -31,7 +32,7 @@ import time
 from datetime import datetime
 from importlib import resources
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import jinja2
 import jinja2.ext  # not imported by ``import jinja2`` itself
@@ -128,19 +129,30 @@ def templates_from_hf_dir(folder: Path) -> dict[str, str]:
             value = read_json_object(folder / name).get("chat_template")
             if value is None:
                 continue
+            check_template_value(value, folder / name)
             if isinstance(value, str):
                 return {"default": value}
-            if isinstance(value, list) and all(isinstance(t, dict) and isinstance(t.get("name"), str)
-                                               and isinstance(t.get("template"), (str, type(None))) for t in value):
-                return {t["name"]: t["template"] for t in value if t["template"] is not None}
-            raise ForgeError(f"{folder / name}: chat_template must be text or a list of {{\"name\": ..., "
-                             f"\"template\": ...}}, got {type(value).__name__}")
+            return {t["name"]: t["template"] for t in value if t["template"] is not None}
     return {}
 
 
 def as_named_list(templates: dict[str, str]) -> list[dict[str, str]]:
     """``{name: template}`` as the list of ``{"name": ..., "template": ...}`` tokenizer_config.json and gguf-py use."""
     return [{"name": k, "template": v} for k, v in templates.items()]
+
+
+def check_template_value(value: Any, where: object) -> None:
+    """A ``chat_template`` value read from ``where`` is None, text, or a list of named templates
+    (``{"name": ..., "template": ...}``); anything else (a number, an object, a list of junk) is a one-line ForgeError
+    rather than a model treated as having no template."""
+    if value is None or isinstance(value, str):
+        return
+    if isinstance(value, list) and all(isinstance(t, dict) and isinstance(t.get("name"), str)
+                                       and isinstance(t.get("template"), (str, type(None))) for t in value):
+        return
+    kind = {bool: "true/false", int: "a number", float: "a number", dict: "an object", list: "a list of other things"}
+    raise ForgeError(f"{where}: chat_template must be text or a list of {{\"name\": ..., \"template\": ...}}, got "
+                     f"{kind.get(type(value), type(value).__name__)}")
 
 
 def resolve(spec: str | None, model_template: str | None) -> str | None:
@@ -172,6 +184,7 @@ MAX_RANGE = 100_000
 MAX_INT_BITS = 4096
 
 _SIZED = (str, bytes, list, tuple, dict, set, frozenset)
+_BUDGET = threading.local()  # (deadline, message) shared by every render inside :func:`time_budget`
 _LOOP_CHECK = 1024  # a loop looks at the clock every this many items (and shorter sequences are not wrapped)
 _SPEC_PERCENT = re.compile(r"%(?:\([^)]*\))?[#0\- +]*(\*|\d*)(?:\.(\*|\d*))?")
 _SPEC_BRACE = re.compile(r"\{[^{}]*?:([^{}]*)\}")
@@ -281,12 +294,16 @@ class _Sandbox(ImmutableSandboxedEnvironment):
         scale = 1 + 4 * input_chars // MAX_CHARS
         self.limit, self.work, self.spent, self.seconds = MAX_CHARS * scale, MAX_WORK * scale, 0, MAX_SECONDS
         self.deadline = time.monotonic() + self.seconds
+        self.over = f"the chat template ran longer than {self.seconds:g} s"
+        budget = getattr(_BUDGET, "value", None)
+        if budget is not None and budget[0] < self.deadline:
+            self.deadline, self.over = budget
 
     # -- the checks
     def tick(self) -> None:
-        """Stop a template that has run past the time limit."""
+        """Stop a template that has run past the time limit (of this render, or of a :func:`time_budget`)."""
         if time.monotonic() > self.deadline:
-            raise TemplateLimitError(f"the chat template ran longer than {self.seconds:g} s")
+            raise TemplateLimitError(self.over)
 
     def want(self, size: int, what: str = "a text or list") -> None:
         """Refuse to make a value of ``size`` characters or items when that is over the size limit."""
@@ -563,6 +580,21 @@ def _compiled(template: str, today: datetime | None, thread: int) -> jinja2.Temp
     except (RecursionError, MemoryError, SyntaxError) as e:  # Python's own limits on nesting
         raise ForgeError(f"the chat template is nested too deeply to compile ({type(e).__name__}: "
                          f"{_one_line(e)})") from None
+
+
+@contextlib.contextmanager
+def time_budget(seconds: float, what: str) -> Iterator[None]:
+    """Every render inside shares one deadline, ``seconds`` from now: a command that renders a template hundreds of
+    times (``quantize modelfile``'s proofs) stays bounded when each render stays just under :data:`MAX_SECONDS`.
+    ``what`` names the work in the one-line error."""
+    outer = getattr(_BUDGET, "value", None)
+    deadline = time.monotonic() + seconds
+    if outer is None or deadline < outer[0]:
+        _BUDGET.value = (deadline, f"the chat template took more than {seconds:g} s in all {what}")
+    try:
+        yield
+    finally:
+        _BUDGET.value = outer
 
 
 def _one_line(error: BaseException) -> str:

@@ -20,6 +20,7 @@ import gguf
 from .. import chat_template, files, runtime
 from ..errors import ForgeError
 from ..keys import TOKENIZER
+from .source import special_token_text
 
 PROMPTS = ["What is the capital of France?", "Say hello.", "Name three colours."]
 _TAG = re.compile(r"<\|[^|\s<>]+\|>|</?[A-Za-z_][A-Za-z0-9_.\-]*>|\[/?[A-Z_]{2,}\]|<｜[^｜]+｜>")
@@ -103,10 +104,6 @@ def _hf_vocab(folder: Path) -> dict[str, int]:
     return vocab
 
 
-def _text(value: Any) -> str:
-    return str(value.get("content") or "") if isinstance(value, dict) else str(value or "")
-
-
 def _stops_in_modelfile(text: str) -> list[str]:
     out = []
     for m in re.finditer(r'^PARAMETER stop ("""(.*?)"""|"([^"\n]*)"|(\S.*))$', text, re.M | re.S):
@@ -154,7 +151,9 @@ def audit(target: Path, *, generate: bool = True, hf_dir: Path | None = None) ->
     hf = paths.get("hf")
     if hf is not None:
         tc = files.read_json_object(hf / "tokenizer_config.json")
-        eos, bos = _text(tc.get("eos_token")), _text(tc.get("bos_token"))
+        where = hf / "tokenizer_config.json"
+        eos = special_token_text(tc.get("eos_token"), where, "eos_token")
+        bos = special_token_text(tc.get("bos_token"), where, "bos_token")
         a.signals.append(Signal("tokenizer_config.json", "eos_token", [eos] if eos else []))
         template = chat_template.from_hf_dir(hf)
         vocab = _hf_vocab(hf)

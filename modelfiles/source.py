@@ -83,10 +83,14 @@ def read_gguf(path: Path) -> ModelInfo:
     )
 
 
-def _token_text(value: Any) -> str:
+def special_token_text(value: Any, where: object = "tokenizer_config.json", key: str = "token") -> str:
+    """A special token's text: a string, or an AddedToken-style object with ``content``; anything else (a number, a
+    list) is a ForgeError naming the file and key, never its ``str()`` taken as the token."""
     if isinstance(value, dict):
-        return str(value.get("content") or "")
-    return str(value or "")
+        value = value.get("content")
+    if value is None or isinstance(value, str):
+        return value or ""
+    raise ForgeError(f"{where}: {key} must be the token's text, got {value!r:.60}")
 
 
 def read_hf_dir(path: Path) -> ModelInfo:
@@ -101,8 +105,9 @@ def read_hf_dir(path: Path) -> ModelInfo:
         text_config.get("max_position_embeddings") if isinstance(text_config, dict) else None)
     if ctx is not None and (isinstance(ctx, bool) or not isinstance(ctx, int) or ctx < 1):
         raise ForgeError(f"{path / 'config.json'}: max_position_embeddings must be a positive integer, got {ctx!r}")
-    eos = _token_text(tc.get("eos_token"))
-    return ModelInfo(name=path.resolve().name, template=template, bos=_token_text(tc.get("bos_token")), eos=eos,
+    eos = special_token_text(tc.get("eos_token"), path / "tokenizer_config.json", "eos_token")
+    bos = special_token_text(tc.get("bos_token"), path / "tokenizer_config.json", "bos_token")
+    return ModelInfo(name=path.resolve().name, template=template, bos=bos, eos=eos,
                      end_tokens=[eos] if eos else [], add_bos=tc.get("add_bos_token"),
                      context_length=ctx, tool_template=named.get("tool_use"), named_templates=named)
 

@@ -23,6 +23,7 @@ tools block in the first user turn, a call is the JSON object alone, results in 
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,7 +35,9 @@ from . import gotemplate, markers
 #: the Modelfile comment (and README statement) for the one difference a tool TEMPLATE may have
 JSON_NOTE = ("tool definitions, call arguments and JSON results are written by Ollama's json (Go json.Marshal: "
              "compact, no spaces after , and :, <>& escaped as \\u003c...) where the original chat template's "
-             "tojson writes spaces or indents: whitespace inside JSON is the only difference, checked by rendering")
+             "tojson writes spaces or indents: whitespace inside JSON is the only difference, checked by rendering "
+             "tool definitions whose keys come in the order of Ollama's types (type, function: name, description, "
+             "parameters: type, required, properties); Ollama writes other orders in that order")
 
 # -- the tool suite ---------------------------------------------------------------------------------------------------
 # Written in the key order Ollama's Go structs marshal in (parameters: type, required, properties; a property: type,
@@ -100,6 +103,12 @@ def tool_suite() -> list[Case]:
               {**res1, "call_id": "call00003"}], TOOLS),
         Case("reasoning before a tool call, thinking on",
              [ask, {**call1, "thinking": "I need the weather tool."}, res1], TOOLS, True),
+        # a docstring-style description: a template that writes it without JSON escapes (Mistral Nemo's joins
+        # '"description": "' + text + '"') writes a raw newline and quotes where Ollama's json writes \n and \"
+        Case("a tool description with quotes and a newline", [ask], [
+            {"type": "function", "function": {**TOOLS[0]["function"], "description":
+                                              'Get the current weather in a city.\nSays "sunny" or "rainy".'}},
+            TOOLS[1]]),
     ]
 
 
@@ -227,6 +236,15 @@ def _compare(a: str, b: str) -> tuple[bool, bool, int, int]:
 def first_difference(a: str, b: str) -> str:
     """Where ``a`` (Jinja) and ``b`` (Go) first differ beyond JSON whitespace."""
     _, _, i, j = _compare(a, b)
+    if i < len(a) and j < len(b) and (a[i].isspace() or b[j].isspace()):
+        # a JSON-like text that is not valid JSON on one side (a template that writes a string without escapes):
+        # show where the two differ once whitespace outside quoted strings is set aside
+        start = max(a.rfind("{", 0, i + 1), a.rfind("[", 0, i + 1), 0)
+        sa, sb = _squeeze(a[start:start + 4000]), _squeeze(b[start - i + j:start - i + j + 4000])
+        k = len(os.path.commonprefix([sa, sb]))
+        if k < min(len(sa), len(sb)):
+            return (f"Jinja renders {sa[max(0, k - 30):k + 30]!r}, the Go template {sb[max(0, k - 30):k + 30]!r} "
+                    "(whitespace outside quoted strings set aside)")
     return f"Jinja renders {a[max(0, i - 30):i + 30]!r}, the Go template {b[max(0, j - 30):j + 30]!r}"
 
 
@@ -249,7 +267,7 @@ def _cut(text: str, marks: list[str], what: str) -> list[str]:
     parts, rest = [], text
     for m in marks:
         if text.count(m) != 1:
-            raise _NoLayout(f"{what}: {m!r} does not occur exactly once")
+            raise _NoLayout(f"{what}: the probe value {m!r} is written {text.count(m)} times, not once")
         head, sep, rest2 = rest.partition(m)
         if not sep:
             raise _NoLayout(f"{what}: the parts come in another order")
@@ -372,6 +390,7 @@ def _last_user_layout(r: _R, fmt: Any) -> dict[str, str]:
     if not pre.startswith("") or _C in pre:
         raise _NoLayout("the tools block is not right before the last user turn")
     out = {"tools_pre": pre, "tool_sep": sep, "tools_post": post[: len(post) - len(fmt.user_pre)]}
+    out.update(_raw_tool_text(r, [u1, a, u2], t1))
     # calls and results
     u = {"role": "user", "content": _U}
     two = {"role": "assistant", "content": "", "calls": [_call(_N1, _ARGS1, "Zq8id0001"),
@@ -420,6 +439,22 @@ def _last_user_layout(r: _R, fmt: Any) -> dict[str, str]:
     out.update(calls_open=calls_open, call_pre=call_pre, mid=mid, mid_id=mid_id, call_suf=call_suf,
                call_sep=call_sep, calls_close=calls_close, res_pre=res_pre, res_mid=res_mid, res_suf=res_suf)
     return out
+
+
+def _raw_tool_text(r: _R, msgs: list[dict[str, Any]], tool_json: str) -> dict[str, str]:
+    """{} when the template writes a tool's description as JSON (escaped); the literal pieces around the name, the
+    description and the JSON parameters when it joins the description in as it is (Mistral Nemo: ``'"description":
+    "' + val + '"'``, so a newline or a quote in it stays raw), which the TEMPLATE then writes the same way."""
+    fn = _STOOLS[0]["function"]
+    raw = 'Zq8desc"with\nquotes"'
+    probe = {**_STOOLS[0], "function": {**fn, "description": raw}}
+    x = r(msgs, True, [probe, _STOOLS[1]], what="a tool description that needs JSON escapes")
+    if _dump(probe) in x:
+        return {}
+    if tool_json.replace(_dump(fn["description"]), '"' + raw + '"') not in x:
+        raise _NoLayout("a tool description with quotes or a newline is written neither as JSON nor as it is")
+    a, b, c, d = _cut(tool_json, [fn["name"], fn["description"], _dump(fn["parameters"])], "a tool")
+    return {"raw_a": a, "raw_b": b, "raw_c": c, "raw_d": d}
 
 
 def _list_layout(r: _R, fmt: Any, template: str) -> dict[str, str]:
@@ -865,12 +900,16 @@ def _go_last_user_layout(fmt: Any, parts: ToolParts, lit: Any) -> str:
     p, f = parts.pieces, parts.flags
     if f["keep"] != "never" or f["gen_on"] is not None or f["gen_off"] is not None or fmt.bos_repeat or fmt.lead:
         raise _NoLayout("this tools layout is supported without thinking, BOS per turn or fixed opening text")
+    tool = "{{ $t }}"  # the tool as JSON; or written as the template joins it, the description as it is
+    if "raw_a" in p:
+        tool = (lit(p["raw_a"]) + "{{ $t.Function.Name }}" + lit(p["raw_b"]) + "{{ $t.Function.Description }}"
+                + lit(p["raw_c"]) + "{{ json $t.Function.Parameters }}" + lit(p["raw_d"]))
     lines = ["{{- $lastUser := -1 }}{{- $hasSys := false }}{{- $sys := \"\" }}{{- range $i, $m := .Messages }}"
              "{{ if eq .Role \"user\" }}{{ $lastUser = $i }}{{ end }}{{ end }}",
              "{{- range $i, $m := .Messages }}",
              "{{- if eq .Role \"system\" }}{{ $hasSys = true }}{{ $sys = .Content }}",
              "{{- else if eq .Role \"user\" }}{{ if and $.Tools (eq $i $lastUser) }}" + lit(p["tools_pre"])
-             + "{{ range $j, $t := $.Tools }}{{ if $j }}" + lit(p["tool_sep"]) + "{{ end }}{{ $t }}{{ end }}"
+             + "{{ range $j, $t := $.Tools }}{{ if $j }}" + lit(p["tool_sep"]) + "{{ end }}" + tool + "{{ end }}"
              + lit(p["tools_post"]) + "{{ end }}" + lit(fmt.user_pre)
              + "{{ if and $hasSys (eq (len (slice $.Messages $i)) 1) }}" + lit(fmt.sys_pre) + "{{ $sys }}"
              + lit(fmt.sys_suf) + "{{ end }}{{ .Content }}" + lit(fmt.user_suf),

@@ -293,10 +293,10 @@ class _Renderer:
 
 
 def _template_message(error: Exception) -> str:
-    """The template's own message (``raise_exception``'s text, Jinja's): first line of the Jinja error that
+    """The template's own message (``raise_exception``'s text, Jinja's) in one line: the Jinja error that
     :func:`gguf_forge.chat_template.render` turned into a ForgeError, or of any other exception."""
     cause = error.__context__ if isinstance(error, ForgeError) and error.__context__ is not None else error
-    return str(cause).splitlines()[0] if str(cause) else type(cause).__name__
+    return " ".join(str(cause).split())[:300] if str(cause).strip() else type(cause).__name__
 
 
 def _m(role: str, content: str) -> dict[str, str]:
@@ -539,9 +539,47 @@ def _diff(a: str, b: str) -> str:
     return f"Jinja renders {a[lo:n + 25]!r}, the Go template {b[lo:n + 25]!r}"
 
 
+#: seconds all the renderings of one translation may take together (real templates: well under a second)
+TRANSLATE_SECONDS = 60.0
+
+
 def translate(template: str, *, bos: str = "", eos: str = "", system: str | None = None,
               extra_stop_tokens: list[str] = (), strip_bos: bool = True, require_tools: bool = False,
               tool_template: str | None = None) -> Translation:
+    """:func:`_translate` after checking that the templates parse (a syntax error is said as one), with every
+    rendering it does sharing one time budget (:data:`TRANSLATE_SECONDS`), so a template that stays just under the
+    per-render limit cannot keep it busy for the hundreds of renderings it does."""
+    for source in (template, tool_template):
+        if source is not None:
+            chat_template.compile_template(source)
+    with chat_template.time_budget(TRANSLATE_SECONDS, "while it is rendered on the conversations that prove the "
+                                   "Modelfile's TEMPLATE"):
+        try:
+            return _translate(template, bos=bos, eos=eos, system=system, extra_stop_tokens=extra_stop_tokens,
+                              strip_bos=strip_bos, require_tools=require_tools, tool_template=tool_template)
+        except ForgeError as e:
+            if "fails on one user message" in str(e) and _renders_only_with_tools(template, bos, eos):
+                raise ForgeError(f"{e} (it renders only when a request has tools: a model's second, tool_use "
+                                 "template; give its default chat template with --template, or both as "
+                                 "tokenizer_config.json's named templates)") from None
+            raise
+
+
+def _renders_only_with_tools(template: str, bos: str, eos: str) -> bool:
+    """Whether ``template`` renders one user message once tools are given (a ``tool_use`` template: Hermes,
+    Command R), having failed without."""
+    tool = {"type": "function", "function": {"name": "f", "description": "F.", "parameters": {
+        "type": "object", "properties": {}}}}
+    try:
+        chat_template.render(template, [_m("user", "Hi")], bos_token=bos, eos_token=eos, tools=[tool])
+    except ForgeError:
+        return False
+    return True
+
+
+def _translate(template: str, *, bos: str = "", eos: str = "", system: str | None = None,
+               extra_stop_tokens: list[str] = (), strip_bos: bool = True, require_tools: bool = False,
+               tool_template: str | None = None) -> Translation:
     """Translate a Jinja chat template to an Ollama Go template and prove it on the conversation suite.
 
     ``require_tools``: a tools/thinking part that cannot be reproduced is an error instead of a TEMPLATE without
@@ -662,8 +700,10 @@ def _check_date(template: str, bos: str, eos: str) -> None:
         try:
             outs.append(chat_template.render(template, msgs, bos_token=bos, eos_token=eos,
                                              today=datetime.fromisoformat(day)))
-        except Exception:  # noqa: BLE001 - the layout probes report template errors with their context
-            return
+        except ForgeError as e:
+            if "a limit against hostile templates" in str(e):
+                raise  # a template over a render limit is refused now, not rendered again by every probe
+            return  # the layout probes report the template's own errors with their context
     if outs[0] != outs[1]:
         raise ForgeError("the chat template writes today's date (strftime_now), so its output changes every day; "
                          "an Ollama template cannot format the date that way. Give a copy of the template with the "
