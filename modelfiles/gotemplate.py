@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from datetime import date, timedelta
 from typing import Any
 
+from .. import chat_template
+
 __all__ = ["GoMap", "GoPropsMap", "GoTemplateError", "Node", "defines", "go_json", "ollama_data", "parse", "render",
            "think_values", "tool_call_tag"]
 
@@ -732,7 +734,8 @@ class _Exec:
             values = [self.arg(a, dot) for a in args] + (list(final) if final is not None else [])
             if not all(isinstance(v, str) for v in values):
                 raise GoTemplateError(f"wrong type for value; expected string in {name}")
-            day = self.today or date.today()
+            fixed = chat_template.fixed_day()
+            day = self.today or (fixed.date() if fixed else date.today())
             return (day - timedelta(days=1 if name == "yesterdayDate" else 0)).strftime("%Y-%m-%d")
         if name not in _FUNCS:
             raise GoTemplateError(f'function "{name}" not defined here')
