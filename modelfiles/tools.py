@@ -916,6 +916,8 @@ class ToolResult:
 def cases_for(go_tpl: str) -> list[Case]:
     """The tool suite's cases that apply to ``go_tpl``: without ``.Tools`` in it, Ollama refuses requests with tools
     ("does not support tools"), so only the thinking cases remain."""
+    if HARMONY_MARK in go_tpl:
+        return harmony_cases()
     if ".Tools" in go_tpl:
         return tool_suite()
     return [c for c in tool_suite()
@@ -1506,7 +1508,7 @@ def translate_harmony(template: str, *, bos: str, eos: str, strip_bos: bool, sys
         return ToolResult(None, "refused", f"its Harmony format fits no layout a Go template can reproduce ({e})",
                           "harmony")
     go_tpl = go_harmony(p, lit)
-    ws, problem = verify(template, go_tpl, bos, eos, strip_bos, system, cases=harmony_cases())
+    ws, problem = verify(template, go_tpl, bos, eos, strip_bos, system)
     if problem:
         return ToolResult(None, "refused", f"the Go template would differ on {problem}", "harmony")
     problem = _marker_problem(template, go_tpl)
@@ -1514,6 +1516,9 @@ def translate_harmony(template: str, *, bos: str, eos: str, strip_bos: bool, sys
         return ToolResult(None, "refused", problem, "harmony")
     return ToolResult(go_tpl, "exact but JSON whitespace" if ws else "exact", "", "harmony", HARMONY_NOTE)
 
+
+#: how a Harmony TEMPLATE is recognised (its type define)
+HARMONY_MARK = '{{- define "hp" }}'
 
 HARMONY_NOTE = ("Harmony: Ollama parses replies with its built-in harmony parser (reasoning, final answer, "
                 "to=functions.NAME calls) when the GGUF's architecture is gpt-oss and the TEMPLATE contains <|start|> "
