@@ -911,6 +911,7 @@ class ToolResult:
     reason: str = ""
     layout: str = ""
     note: str = ""  # what Ollama does not do with this TEMPLATE's tool calls (arguments not as JSON)
+    stops: list[str] | None = None  # the layout's own end-of-reply strings (Harmony), replacing the plain ones
 
 
 def cases_for(go_tpl: str) -> list[Case]:
@@ -1319,6 +1320,14 @@ def _harmony_parts(template: str, bos: str, eos: str, strip_bos: bool) -> dict[s
     p["call_suf"], p["res_pre"] = c[6][1:k], c[6][k:]
     p["res_mid"] = c[7][:-1]
     p["res_suf"] = _strip(c[8][1:], "", p["gen"], "a tool result's end")
+    # what ends a reply the model writes: a call's end, and the end the template gives a last (trained) reply
+    try:
+        trained = chat_template.render(template, jinja_messages([u, {"role": "assistant", "content": _HC}]),
+                                       add_generation_prompt=False, bos_token=bos, eos_token=eos)
+    except ForgeError as e:
+        raise _NoLayout(f"a last reply: {e}") from None
+    p["stops"] = [x for x in dict.fromkeys((trained.rsplit(_HC, 1)[-1].strip(), p["call_suf"].strip())) if x]
+    p["inner"] = p["analysis_suf"] + p["final_pre"] + p["call_pre"] + p["call_mid"]
     return p
 
 
@@ -1514,7 +1523,15 @@ def translate_harmony(template: str, *, bos: str, eos: str, strip_bos: bool, sys
     problem = _marker_problem(template, go_tpl)
     if problem:
         return ToolResult(None, "refused", problem, "harmony")
-    return ToolResult(go_tpl, "exact but JSON whitespace" if ws else "exact", "", "harmony", HARMONY_NOTE)
+    return ToolResult(go_tpl, "exact but JSON whitespace" if ws else "exact", "", "harmony", HARMONY_NOTE,
+                      harmony_stops(p, eos))
+
+
+def harmony_stops(p: dict[str, Any], eos: str) -> list[str]:
+    """Stops for a Harmony model: the end of a final reply (``<|return|>``) and of a call (``<|call|>``), never the
+    markers between a reply's channels (``<|end|>``, ``<|start|>``, ``<|message|>``: a reply writes its analysis,
+    then ``<|end|><|start|>assistant<|channel|>final<|message|>``, then the answer)."""
+    return [s for s in dict.fromkeys([*p["stops"], eos]) if s and s not in p["inner"]]
 
 
 #: how a Harmony TEMPLATE is recognised (its type define)

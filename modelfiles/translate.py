@@ -666,6 +666,8 @@ def _translate(template: str, *, bos: str = "", eos: str = "", system: str | Non
                                       strip_bos=strip_bos, system=sys_line, lit=lit)
     if tr.go_template is not None:
         go = tr.go_template
+        if tr.stops:
+            stops = tr.stops
         if tr.status == "exact but JSON whitespace":
             notes.append(tools.JSON_NOTE)
         if tr.note:

@@ -486,6 +486,12 @@ def test_harmony_template_is_the_models_format_with_ollamas_data(go_bin):
     # Ollama picks its built-in harmony parser for a gpt-oss GGUF whose TEMPLATE has these tags (shouldUseHarmony)
     assert "<|start|>" in tpl and "<|end|>" in tpl and any("harmony parser" in n for n in tr.notes)
     assert any("currentDate" in n for n in tr.notes)
+    # stops: the end of a final reply and of a call, never the markers between a reply's channels
+    assert tr.stops == ["<|return|>", "<|call|>"]
+    trained = chat_template.render(source(GPT_OSS), [{"role": "user", "content": "Hi"}, {
+        "role": "assistant", "content": "Hello!", "thinking": "Greet back."}], add_generation_prompt=False)
+    reply = trained.split("<|start|>assistant", 1)[1]  # analysis, then the final message (training layout)
+    assert "<|channel|>analysis" in reply and all(reply.find(x) in (-1, len(reply) - len(x)) for x in tr.stops)
     cases = tools.cases_for(tpl)
     assert {c.name for c in cases} >= {"nested parameter types", "reasoning effort low"}
     got = go_run(go_bin, {"template": tpl, "conversations": go_conversations(cases)})
