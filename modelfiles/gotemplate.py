@@ -613,10 +613,41 @@ def _printf(fmt: str, *args: Any) -> str:
         k += 1
         if m.group(1) == "T":
             return _go_type(v)
+        if m.group(1) in ("q", "+q"):
+            if not isinstance(v, str):
+                raise GoTemplateError("printf %q of a non-string is not supported here")
+            return _go_quote(v, ascii_only=m.group(1) == "+q")
         return _print(v, False) if m.group(1) in "sv" else str(int(v))
 
-    out.append(re.sub(r"%%|%([svdT])", repl, fmt))
+    out.append(re.sub(r"%%|%([svdT]|\+?q)", repl, fmt))
     return "".join(out)
+
+
+_QUOTE_ESC = {"\a": "\\a", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r", "\t": "\\t", "\v": "\\v",
+              '"': '\\"', "\\": "\\\\"}
+
+
+def _go_quote(text: str, ascii_only: bool) -> str:
+    """Go's ``%q`` (strconv.Quote) / ``%+q`` (QuoteToASCII) of a string."""
+    out = ['"']
+    for ch in text:
+        o = ord(ch)
+        if ch in _QUOTE_ESC:
+            out.append(_QUOTE_ESC[ch])
+        elif 0x20 <= o < 0x7F:
+            out.append(ch)
+        elif o < 0x80:
+            out.append(f"\\x{o:02x}")
+        elif not ascii_only and ch.isprintable():
+            out.append(ch)
+        else:
+            out.append(f"\\u{o:04x}" if o < 0x10000 else f"\\U{o:08x}")
+    return "".join(out) + '"'
+
+
+def _len(v: Any) -> int:
+    """Go's len: a string's length in bytes (UTF-8)."""
+    return len(v.encode("utf-8")) if isinstance(v, str) else len(v)
 
 
 def _go_type(v: Any) -> str:
@@ -658,7 +689,7 @@ def _index(v: Any, *keys: Any) -> Any:
 
 _FUNCS = {
     "eq": _eq_nil, "ne": lambda a, b: not _eq_nil(a, b), "lt": lambda a, b: a < b, "le": lambda a, b: a <= b,
-    "gt": lambda a, b: a > b, "ge": lambda a, b: a >= b, "not": lambda a: not _truth(a), "len": len,
+    "gt": lambda a, b: a > b, "ge": lambda a, b: a >= b, "not": lambda a: not _truth(a), "len": _len,
     "index": _index, "slice": _slice, "json": go_json, "printf": _printf,
 }
 

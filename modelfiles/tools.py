@@ -1398,9 +1398,8 @@ def _go_harmony_types(p: dict[str, Any], lit: Any) -> str:
     ha = ("{{- define \"ha\" }}{{ $t := printf \"%v\" .type }}{{ $tt := printf \"%T\" .type }}"
           + "".join(("{{ if " if i == 0 else "{{ else if ") + "eq $t \"" + k + "\" }}" + lit(A[k])
                     for i, k in enumerate(("string", "number", "integer", "boolean")))
-          + "{{ else if or .oneOf (and (eq $t \"object\") .properties) }}"
-          + err("an array of objects with properties or oneOf: the chat template writes it as \"any[]\" or its "
-                "full type by the type's length, which an Ollama template cannot measure")
+          + "{{ else if .oneOf }}" + err("an array whose items have oneOf: not reproduced")
+          + "{{ else if and (eq $t \"object\") .properties }}" + _go_items_object(p, lit, err)
           + "{{ else if and (eq $tt \"[]interface {}\") (eq $t \"[object object]\") }}" + lit(p["arr_many"])
           + "{{ else if and (eq $tt \"[]interface {}\") (gt (len .type) 5) }}"
           + err("an array item type listing more than 5 types") + "{{ else }}{{ template \"hj\" . }}"
@@ -1430,6 +1429,36 @@ def _brace_safe(lit: Any) -> Any:
     def out(text: str) -> str:
         return lit(text[:-1]) + '{{ "{" }}' if text.endswith("{") else lit(text)
     return out
+
+
+def _go_items_object(p: dict[str, Any], lit: Any, err: Any) -> str:
+    """An array's items that are an object with properties: the macro writes the object's type text, or ``any[]``
+    when that text is longer than 50 characters. The text is built in a variable (``printf``) to measure it, for
+    properties of scalar types (a nested type would need a template's output as a value); anything else, or a
+    non-ASCII text (Go measures bytes, Jinja characters), fails the request."""
+    T = p["types"]
+
+    def add(text: str) -> str:
+        return "{{ $s = printf \"%s%s\" $s " + _go_str(text) + " }}"
+
+    scal = "".join(("{{ if " if i == 0 else "{{ else if ") + "eq $vt \"" + k + "\" }}" + add(T[k])
+                   for i, k in enumerate(("string", "number", "integer", "boolean")))
+    return ("{{ $o := . }}{{ $s := " + _go_str(p["obj_open"]) + " }}{{ $ok := true }}{{ $first := true }}"
+            "{{ range $k, $v := .properties }}{{ if not $first }}" + add(p["obj_sep"]) + "{{ end }}"
+            "{{ $first = false }}{{ $r := false }}{{ range $o.required }}{{ if eq . $k }}{{ $r = true }}{{ end }}"
+            "{{ end }}{{ $s = printf \"%s%s\" $s $k }}{{ if not $r }}" + add(p["obj_opt"]) + "{{ end }}"
+            + add(p["obj_colon"]) + "{{ $vt := printf \"%v\" $v.type }}{{ if or $v.enum $v.oneOf $v.nullable }}"
+            "{{ $ok = false }}" + add("?") + "{{ else }}" + scal + "{{ else }}{{ $ok = false }}" + add("?")
+            + "{{ end }}{{ end }}{{ end }}" + add(p["obj_close"])
+            # a type not measured counts one character: a lower bound, enough to know the text is over 50
+            + "{{ if ne (len (printf \"%q\" $s)) (len (printf \"%+q\" $s)) }}"
+            + err("an array of objects with non-ASCII property names: not reproduced")
+            + "{{ else if gt (len $s) 50 }}" + lit(p["arr_many"]) + "{{ else if not $ok }}"
+            + err("an array of objects with a property that is not a plain string, number, integer or boolean: "
+                  "the chat template writes \"any[]\" or the full type by the type text's length, which an Ollama "
+                  "template cannot measure for nested types")
+            + "{{ else }}{{ $s }}" + lit(p["arr_suf"])
+            + "{{ end }}")
 
 
 def go_harmony(p: dict[str, Any], lit: Any) -> str:
@@ -1492,6 +1521,10 @@ def harmony_cases() -> list[Case]:
             "budget": {"type": "object", "required": ["amount"], "properties": {
                 "amount": {"type": "number"}, "currency": {"type": "string", "enum": ["EUR", "USD"]},
                 "limits": {"type": "object", "properties": {"hard": {"type": "boolean"}}}}},
+            "legs": {"type": "array", "items": {"type": "object", "required": ["to"], "properties": {
+                "to": {"type": "string"}}}},
+            "lines": {"type": "array", "items": {"type": "object", "properties": {
+                "qty": {"type": "integer"}, "sku": {"type": "string"}}}},
             "mode": {"type": ["string", "null"], "description": "How to travel"},
             "stops": {"type": "array", "items": {"type": "string"}},
             "tags": {"type": "array", "items": {"type": "array", "items": {"type": "integer"}}},

@@ -118,3 +118,15 @@ def test_eq_with_a_missing_map_key_is_false_in_both(go_bin):
            '{{ if $v.Items }}{{ eq $v.Items.type "string" }}{{ eq $v.Items.nope "string" }}{{ end }};{{ end }}{{ end }}')
     go, py = both(go_bin, tpl, {"messages": [], "tools": [TOOL]})
     assert go == py and "stops:falsefalse;" in go
+
+
+def test_printf_q_quotes_as_go_does(go_bin):
+    """%q / %+q (used to tell an ASCII type text from one Go and Jinja would measure differently)."""
+    tpl = '{{ range .Messages }}{{ printf "%q|%+q|%d" .Content .Content (len .Content) }}\n{{ end }}'
+    conv = {"messages": [{"role": "user", "content": 'plain "q" \\ tab\there\nnl'},
+                         {"role": "assistant", "content": "héllo 日本 😀 \x01\x7f"}]}
+    go, py = both(go_bin, tpl, conv)
+    assert not go.startswith("\x00") and py == go
+    first, second = go.splitlines()
+    assert first.split("|")[0] == first.split("|")[1]  # ASCII: both the same
+    assert len(second.split("|")[0]) != len(second.split("|")[1])

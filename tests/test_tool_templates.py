@@ -516,20 +516,33 @@ def test_harmony_template_is_the_models_format_with_ollamas_data(go_bin):
     assert by_name["a tool result after a reply"].startswith("\x00template error")
 
 
-def test_harmony_array_of_objects_fails_the_request_instead_of_a_different_prompt(go_bin):
-    """The macro writes an array of objects as "any[]" or the full type by the type text's length, which a Go
-    template cannot measure: the TEMPLATE fails such a request (as Ollama would answer it) in Go and in the
-    checker, never renders another prompt."""
+def test_harmony_array_of_objects_is_measured_or_fails_the_request(go_bin):
+    """The macro writes an array of objects as its type text + "[]", or "any[]" when that text is longer than 50
+    characters: the TEMPLATE builds the text in a variable to measure it (scalar properties; "nested parameter types"
+    has both outcomes); with a nested type it cannot, and fails such a request (as Ollama would answer it) in Go and
+    in the checker, never renders another prompt."""
     tr = tr_for(GPT_OSS)
+    nested = dict(zip((c.name for c in tools.harmony_cases()), go_run(go_bin, {
+        "template": tr.go_template, "conversations": go_conversations(tools.harmony_cases())})))[
+        "nested parameter types"]
+    assert "legs?: {\nto: \n                string}[],\n" in nested and "lines?: any[],\n" in nested
     tool = {"type": "function", "function": {"name": "order", "description": "Order items.", "parameters": {
         "type": "object", "required": ["items"], "properties": {"items": {"type": "array", "items": {
-            "type": "object", "properties": {"sku": {"type": "string"}, "qty": {"type": "integer"}}}}}}}}
+            "type": "object", "properties": {"a": {"type": "array", "items": {"type": "string"}}}}}}}}}
     case = tools.Case("array of objects", [{"role": "user", "content": "Buy"}], [tool])
     got = go_run(go_bin, {"template": tr.go_template, "conversations": go_conversations([case])})[0]
     assert got.startswith("\x00template error") and "cannot measure" in got
     with pytest.raises(gotemplate.GoTemplateError):
         tools.go_render(tr.go_template, case, None)
-    assert "items: any[]" in tools.jinja_render(source(GPT_OSS), case, "", "<|return|>", None)
+    assert "items: {\na?: \n                string[]}[]" in tools.jinja_render(
+        source(GPT_OSS), case, "", "<|return|>", None)
+    # with such a property, a text over 50 characters is still known to be "any[]"
+    tool["function"]["parameters"]["properties"]["items"]["items"]["properties"]["a_long_property_name"] = {
+        "type": "string"}
+    case = tools.Case("array of objects, long", [{"role": "user", "content": "Buy"}], [tool])
+    got = go_run(go_bin, {"template": tr.go_template, "conversations": go_conversations([case])})[0]
+    want = tools.jinja_render(source(GPT_OSS), case, "", "<|return|>", None)
+    assert "items: any[]" in want and got == want == tools.go_render(tr.go_template, case, None)
 
 
 def test_a_harmony_template_that_changes_a_piece_is_refused():
