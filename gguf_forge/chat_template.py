@@ -23,6 +23,7 @@ Public surface:
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import functools
 import json
 import math
@@ -525,13 +526,33 @@ def _checked_filter(env: _Sandbox, name: str, func: Callable[..., Any]) -> Calla
     return checked
 
 
+#: the day ``strftime_now`` sees when a render gives no ``today`` (:func:`fixed_today`; else the clock's)
+_TODAY: contextvars.ContextVar[datetime | None] = contextvars.ContextVar("gguf_forge_today", default=None)
+
+
+@contextlib.contextmanager
+def fixed_today(day: datetime) -> Iterator[None]:
+    """Renders inside this block see ``day`` as today (``strftime_now``), unless a render passes its own ``today``
+    (the Modelfile translator proves a TEMPLATE that writes today's date on one known day)."""
+    token = _TODAY.set(day)
+    try:
+        yield
+    finally:
+        _TODAY.reset(token)
+
+
+def fixed_day() -> datetime | None:
+    """The day set by :func:`fixed_today`, or None (the clock's)."""
+    return _TODAY.get()
+
+
 def _globals(env: _Sandbox, today: datetime | None) -> dict[str, Any]:
     """The template's functions: transformers' ``raise_exception`` and ``strftime_now``, and jinja2's own with
     ``range`` and ``lipsum`` capped."""
 
     def strftime_now(fmt: str) -> str:
         env.want(len(str(fmt)) + str(fmt).count("%") * 64)
-        return (today or datetime.now()).strftime(fmt)
+        return (today or _TODAY.get() or datetime.now()).strftime(fmt)
 
     def range_(*args: int) -> range:
         rng = range(*args)

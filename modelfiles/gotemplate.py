@@ -7,9 +7,12 @@ real Go ``text/template`` (tests/go) and check that both agree, so this interpre
 
 Supported: text, ``{{- -}}`` trimming, comments, fields (``.A.B``, ``$.A``, ``$x.A``), variables (``:=``, ``=``),
 ``if``/``else if``/``else``, ``range`` (with ``$i, $v :=``, over slices and maps in key order, ``else``),
-``break``/``continue``, parenthesised pipelines, string/number/bool literals, and the functions ``eq ne lt le gt
-ge and or not len index slice json printf`` (``printf`` with ``%s``/``%d``/``%v`` only). Anything else is a
-:class:`GoTemplateError` (never silently different).
+``break``/``continue``, ``define`` (top level) and ``template "name" pipeline`` (recursive; a ``template`` without
+a pipeline is refused, as Ollama's template parser refuses it), parenthesised pipelines, string/number/bool
+literals, and the functions ``eq ne lt le gt ge and or not len index slice json printf`` (``printf`` with
+``%s``/``%d``/``%v``/``%T`` only) plus Ollama's ``currentDate`` (today as YYYY-MM-DD). Methods: ``ToMap`` and ``Len``
+of a nested ``properties`` map (Ollama's ``*api.ToolPropertiesMap``). Anything else is a :class:`GoTemplateError`
+(never silently different).
 """
 
 from __future__ import annotations
@@ -18,9 +21,13 @@ import json
 import math
 import re
 from dataclasses import dataclass, field
+from datetime import date, timedelta
 from typing import Any
 
-__all__ = ["GoMap", "GoTemplateError", "Node", "go_json", "ollama_data", "parse", "render", "tool_call_tag"]
+from .. import chat_template
+
+__all__ = ["GoMap", "GoPropsMap", "GoTemplateError", "Node", "defines", "go_json", "ollama_data", "parse", "render",
+           "think_values", "tool_call_tag"]
 
 
 class GoTemplateError(Exception):
@@ -42,6 +49,29 @@ class GoStruct:
     fields: dict[str, Any]
     json_fields: list[tuple[str, str, bool]] = field(default_factory=list)
     stringer: bool = False
+
+
+class GoPropType(list):
+    """Ollama's ``api.PropertyType`` (a ``[]string``): JSON and printing give the one type as a string, several as a
+    list; ``index``, ``len``, ``range`` see the slice."""
+
+
+class GoPropsMap:
+    """Ollama's ``*api.ToolPropertiesMap`` (a nested property's ``properties``): a pointer, nil when the JSON had no
+    ``properties``; JSON in insertion order; in a template only its methods ``ToMap`` (a plain map, ranged in key
+    order) and ``Len`` work, also on a nil pointer."""
+
+    def __init__(self, om: dict[str, Any] | None) -> None:
+        self.om = om
+
+    def method(self, name: str) -> Any:
+        if name == "ToMap":
+            return None if self.om is None else GoMap(self.om)
+        if name == "Len":
+            return 0 if self.om is None else len(self.om)
+        if name in ("Get", "All", "Set"):
+            raise GoTemplateError(f"can't call method {name} of *api.ToolPropertiesMap here")
+        raise GoTemplateError(f"can't evaluate field {name} in type *api.ToolPropertiesMap")
 
 
 # -- JSON as Go's encoding/json writes it -----------------------------------------------------------------------------
@@ -84,6 +114,8 @@ def _go_string(s: str) -> str:
 
 
 def _empty(v: Any) -> bool:
+    if isinstance(v, GoPropsMap):
+        return v.om is None  # a nil pointer
     return v is None or v is False or v == 0 and not isinstance(v, bool) and isinstance(v, (int, float)) or (
         isinstance(v, (str, list, dict)) and len(v) == 0)
 
@@ -104,6 +136,12 @@ def go_json(v: Any) -> str:
         return _go_float(v)
     if isinstance(v, str):
         return _go_string(v)
+    if isinstance(v, GoPropType):
+        return go_json(v[0]) if len(v) == 1 else "[" + ",".join(go_json(x) for x in v) + "]"
+    if isinstance(v, GoPropsMap):
+        if v.om is None:
+            return "null"
+        return "{" + ",".join(_go_string(k) + ":" + go_json(x) for k, x in v.om.items()) + "}"
     if isinstance(v, GoStruct):
         parts = []
         for name, key, omit in v.json_fields:
@@ -141,10 +179,11 @@ def _prop(p: dict[str, Any]) -> GoStruct:
     typ = [typ] if isinstance(typ, str) else list(typ or [])
     props = p.get("properties")
     return GoStruct({"AnyOf": [_prop(x) for x in p.get("anyOf") or []],
-                     "Type": typ[0] if len(typ) == 1 else typ,
+                     "Type": GoPropType(typ),
                      "Items": _from_json(p.get("items")), "Description": p.get("description", ""),
                      "Enum": _from_json(p.get("enum")) or [],
-                     "Properties": GoMap({k: _prop(x) for k, x in props.items()}) if props else None,
+                     "Properties": GoPropsMap({k: _prop(x) for k, x in props.items()} if props is not None
+                                              else None),
                      "Required": list(p.get("required") or [])}, _PROP_FIELDS)
 
 
@@ -180,8 +219,18 @@ def _message(m: dict[str, Any]) -> GoStruct:
                      "ToolCallID": m.get("tool_call_id", "")})
 
 
+def think_values(think: bool | str | None) -> tuple[bool, str, bool]:
+    """``.Think``, ``.ThinkLevel``, ``.IsThinkSet`` for a request's ``think`` (true/false or "low"/"medium"/"high"):
+    what Ollama's ``api.ThinkValue`` gives (``Bool()``; ``String()`` is "medium" for true, "" for false)."""
+    if think is None:
+        return False, "", False
+    if isinstance(think, str):
+        return think in ("high", "medium", "low", "max"), think, True
+    return bool(think), "medium" if think else "", True
+
+
 def ollama_data(messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None,
-                think: bool | None = None, system: str | None = None) -> dict[str, Any]:
+                think: bool | str | None = None, system: str | None = None) -> dict[str, Any]:
     """What Ollama's server hands a ``.Messages`` template for a chat request (Ollama-shaped messages: ``thinking``,
     ``tool_calls`` with ``function.name``/``arguments``, ``tool_name``): the Modelfile SYSTEM first when the request
     has no system message, consecutive same-role messages (except ``tool``) merged with a blank line, ``.System``
@@ -199,14 +248,14 @@ def ollama_data(messages: list[dict[str, Any]], tools: list[dict[str, Any]] | No
         else:
             out.append(m)
     return {"System": "\n\n".join(systems), "Messages": [_message(m) for m in out],
-            "Tools": [_tool(t) for t in tools] if tools else None, "Response": "", "Think": bool(think),
-            "ThinkLevel": "", "IsThinkSet": think is not None}
+            "Tools": [_tool(t) for t in tools] if tools else None, "Response": "", "Think": think_values(think)[0],
+            "ThinkLevel": think_values(think)[1], "IsThinkSet": think_values(think)[2]}
 
 
 # -- parsing ----------------------------------------------------------------------------------------------------------
 @dataclass
 class Node:
-    kind: str  # text, action, if, range, break, continue
+    kind: str  # text, action, if, range, break, continue, define (text: name), template (text: name)
     text: str = ""
     pipe: Any = None  # parsed pipeline: (decl_vars, assign, commands)
     body: list[Node] = field(default_factory=list)
@@ -402,13 +451,43 @@ def _build(pieces: list[tuple[str, str]], i: int, stops: tuple[str, ...]) -> tup
             out.append(Node(word))
             i += 1
             continue
-        if word in ("with", "define", "template", "block"):
+        if word == "define":
+            if stops:
+                raise GoTemplateError("unexpected {{ define }} inside another action: define is top-level only")
+            name = _template_name(val[len(word):], "define")
+            node = Node("define", text=name[0])
+            if name[1]:
+                raise GoTemplateError(f"unexpected text after {{{{ define {name[0]!r} }}}}")
+            node.body, i = _build(pieces, i + 1, ("end",))
+            if i >= len(pieces):
+                raise GoTemplateError("unclosed define")
+            out.append(node)
+            i += 1
+            continue
+        if word == "template":
+            name, rest = _template_name(val[len(word):], "template")
+            if not rest:
+                # text/template runs it with a nil dot; Ollama's parser refuses the whole TEMPLATE
+                # ("undefined template specified")
+                raise GoTemplateError(f'{{{{ template "{name}" }}}} without a pipeline: Ollama refuses it')
+            out.append(Node("template", text=name, pipe=_parse_pipeline(rest)))
+            i += 1
+            continue
+        if word in ("with", "block"):
             raise GoTemplateError(f"{{{{ {word} }}}} is not supported here")
         out.append(Node("action", pipe=_parse_pipeline(_tokens(val))))
         i += 1
     if stops:
         raise GoTemplateError("missing {{ end }}")
     return out, i
+
+
+def _template_name(src: str, what: str) -> tuple[str, list[tuple[str, str]]]:
+    toks = _tokens(src)
+    if not toks or toks[0][0] not in ("str", "raw"):
+        raise GoTemplateError(f"{what}: a template name (a string) must follow")
+    name = _unquote(toks[0][1]) if toks[0][0] == "str" else toks[0][1][1:-1]
+    return name, toks[1:]
 
 
 def _build_one_if(pieces: list[tuple[str, str]], i: int) -> tuple[Node, int]:
@@ -441,6 +520,8 @@ class _Continue(Exception):
 
 
 def _truth(v: Any) -> bool:
+    if isinstance(v, GoPropsMap):
+        return v.om is not None  # a pointer: true when not nil, even when empty
     if v is None or v is False:
         return False
     if isinstance(v, bool):
@@ -475,6 +556,8 @@ def _print(v: Any, top: bool = True) -> str:
         return _fmt_float(v)
     if isinstance(v, (GoStruct, GoMap)) and v.stringer:
         return go_json(v)
+    if isinstance(v, GoPropType):  # its String(): the one type, or fmt's [a b]
+        return "" if not v else v[0] if len(v) == 1 else "[" + " ".join(v) + "]"
     if isinstance(v, str):
         return v
     if isinstance(v, int):
@@ -487,6 +570,8 @@ def _print(v: Any, top: bool = True) -> str:
 
 
 def _field(v: Any, name: str) -> Any:
+    if isinstance(v, GoPropsMap):
+        return v.method(name)
     if isinstance(v, GoStruct):
         if name not in v.fields:
             raise GoTemplateError(f"can't evaluate field {name}")
@@ -510,6 +595,13 @@ def _eq(a: Any, *bs: Any) -> bool:
     return False
 
 
+def _eq_nil(a: Any, *bs: Any) -> bool:
+    """Go's eq: a nil interface (a missing map key) against a value is false, not an error."""
+    if a is None or any(b is None for b in bs):
+        return any(a is b for b in bs)
+    return _eq(a, *bs)
+
+
 def _printf(fmt: str, *args: Any) -> str:
     out, k = [], 0
 
@@ -521,10 +613,41 @@ def _printf(fmt: str, *args: Any) -> str:
         k += 1
         if m.group(1) == "T":
             return _go_type(v)
+        if m.group(1) in ("q", "+q"):
+            if not isinstance(v, str):
+                raise GoTemplateError("printf %q of a non-string is not supported here")
+            return _go_quote(v, ascii_only=m.group(1) == "+q")
         return _print(v, False) if m.group(1) in "sv" else str(int(v))
 
-    out.append(re.sub(r"%%|%([svdT])", repl, fmt))
+    out.append(re.sub(r"%%|%([svdT]|\+?q)", repl, fmt))
     return "".join(out)
+
+
+_QUOTE_ESC = {"\a": "\\a", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r", "\t": "\\t", "\v": "\\v",
+              '"': '\\"', "\\": "\\\\"}
+
+
+def _go_quote(text: str, ascii_only: bool) -> str:
+    """Go's ``%q`` (strconv.Quote) / ``%+q`` (QuoteToASCII) of a string."""
+    out = ['"']
+    for ch in text:
+        o = ord(ch)
+        if ch in _QUOTE_ESC:
+            out.append(_QUOTE_ESC[ch])
+        elif 0x20 <= o < 0x7F:
+            out.append(ch)
+        elif o < 0x80:
+            out.append(f"\\x{o:02x}")
+        elif not ascii_only and ch.isprintable():
+            out.append(ch)
+        else:
+            out.append(f"\\u{o:04x}" if o < 0x10000 else f"\\U{o:08x}")
+    return "".join(out) + '"'
+
+
+def _len(v: Any) -> int:
+    """Go's len: a string's length in bytes (UTF-8)."""
+    return len(v.encode("utf-8")) if isinstance(v, str) else len(v)
 
 
 def _go_type(v: Any) -> str:
@@ -565,18 +688,25 @@ def _index(v: Any, *keys: Any) -> Any:
 
 
 _FUNCS = {
-    "eq": _eq, "ne": lambda a, b: not _eq(a, b), "lt": lambda a, b: a < b, "le": lambda a, b: a <= b,
-    "gt": lambda a, b: a > b, "ge": lambda a, b: a >= b, "not": lambda a: not _truth(a), "len": len,
+    "eq": _eq_nil, "ne": lambda a, b: not _eq_nil(a, b), "lt": lambda a, b: a < b, "le": lambda a, b: a <= b,
+    "gt": lambda a, b: a > b, "ge": lambda a, b: a >= b, "not": lambda a: not _truth(a), "len": _len,
     "index": _index, "slice": _slice, "json": go_json, "printf": _printf,
 }
 
 
+#: nesting of {{ template }} calls this interpreter follows (Go allows 100000; a schema is never that deep)
+MAX_TEMPLATE_DEPTH = 150
+
+
 class _Exec:
-    def __init__(self, data: Any) -> None:
+    def __init__(self, data: Any, defines: dict[str, list[Node]] | None = None, today: date | None = None) -> None:
         self.data = data
         self.out: list[str] = []
         self.scopes: list[dict[str, Any]] = [{"$": data}]
         self.steps = 0
+        self.defines = defines or {}
+        self.today = today
+        self.depth = 0
 
     def var(self, name: str) -> Any:
         for s in reversed(self.scopes):
@@ -631,6 +761,13 @@ class _Exec:
             if final is not None:
                 v = final[0]
             return v
+        if name in ("currentDate", "yesterdayDate"):
+            values = [self.arg(a, dot) for a in args] + (list(final) if final is not None else [])
+            if not all(isinstance(v, str) for v in values):
+                raise GoTemplateError(f"wrong type for value; expected string in {name}")
+            fixed = chat_template.fixed_day()
+            day = self.today or (fixed.date() if fixed else date.today())
+            return (day - timedelta(days=1 if name == "yesterdayDate" else 0)).strftime("%Y-%m-%d")
         if name not in _FUNCS:
             raise GoTemplateError(f'function "{name}" not defined here')
         values = [self.arg(a, dot) for a in args] + (list(final) if final is not None else [])
@@ -682,10 +819,28 @@ class _Exec:
                     self.scopes.pop()
             elif node.kind == "range":
                 self._range(node, dot)
+            elif node.kind == "template":
+                self._template(node, dot)
+            elif node.kind == "define":
+                pass
             elif node.kind == "break":
                 raise _Break()
             elif node.kind == "continue":
                 raise _Continue()
+
+    def _template(self, node: Node, dot: Any) -> None:
+        if node.text not in self.defines:
+            raise GoTemplateError(f"template {node.text!r} not defined")
+        value = self.pipeline(node.pipe, dot)
+        if self.depth >= MAX_TEMPLATE_DEPTH:
+            raise GoTemplateError(f"templates nested deeper than {MAX_TEMPLATE_DEPTH}")
+        scopes, self.scopes = self.scopes, [{"$": value}]
+        self.depth += 1
+        try:
+            self.run(self.defines[node.text], value)
+        finally:
+            self.scopes = scopes
+            self.depth -= 1
 
     def _range(self, node: Node, dot: Any) -> None:
         decl, _, cmds = node.pipe
@@ -725,10 +880,25 @@ class _Exec:
             self.scopes.pop()
 
 
-def render(template: str | list[Node], data: Any) -> str:
-    """Execute ``template`` on ``data`` (see :func:`ollama_data`); errors are :class:`GoTemplateError`."""
+def defines(nodes: list[Node]) -> dict[str, list[Node]]:
+    """The templates ``nodes`` define (``{{ define "name" }}``), by name; a name defined twice with non-blank bodies
+    is an error, as in Go."""
+    out: dict[str, list[Node]] = {}
+    for n in nodes:
+        if n.kind == "define":
+            blank = all(b.kind == "text" and not b.text.strip() for b in n.body)
+            if n.text in out and not blank and not all(b.kind == "text" and not b.text.strip() for b in out[n.text]):
+                raise GoTemplateError(f"template: multiple definition of template {n.text!r}")
+            if n.text not in out or not blank:
+                out[n.text] = n.body
+    return out
+
+
+def render(template: str | list[Node], data: Any, today: date | None = None) -> str:
+    """Execute ``template`` on ``data`` (see :func:`ollama_data`); errors are :class:`GoTemplateError`. ``today``:
+    the day ``currentDate`` writes (default: the clock's)."""
     nodes = parse(template) if isinstance(template, str) else template
-    ex = _Exec(data)
+    ex = _Exec(data, defines(nodes), today)
     ex.run(nodes, data)
     return "".join(ex.out)
 

@@ -62,7 +62,7 @@ class Case:
     name: str
     messages: list[dict[str, Any]]
     tools: list[dict[str, Any]] | None = None
-    think: bool | None = None
+    think: bool | str | None = None  # a string: a reasoning effort level
 
 
 def _call(name: str, args: dict[str, Any], cid: str) -> dict[str, Any]:
@@ -158,7 +158,9 @@ def jinja_render(template: str, case: Case, bos: str, eos: str, system: str | No
     if system and msgs[0]["role"] != "system":
         msgs = [{"role": "system", "content": system}, *msgs]
     extra: dict[str, Any] = {}
-    if case.think is not None:
+    if isinstance(case.think, str):  # a reasoning effort (gpt-oss): Ollama's think "low" / "medium" / "high"
+        extra["reasoning_effort"] = case.think
+    elif case.think is not None:
         extra["enable_thinking"] = case.think
     return chat_template.render(template, msgs, add_generation_prompt=True, bos_token=bos, eos_token=eos,
                                 tools=case.tools, **extra)
@@ -948,11 +950,14 @@ class ToolResult:
     reason: str = ""
     layout: str = ""
     note: str = ""  # what Ollama does not do with this TEMPLATE's tool calls (arguments not as JSON)
+    stops: list[str] | None = None  # the layout's own end-of-reply strings (Harmony), replacing the plain ones
 
 
 def cases_for(go_tpl: str) -> list[Case]:
     """The tool suite's cases that apply to ``go_tpl``: without ``.Tools`` in it, Ollama refuses requests with tools
     ("does not support tools"), so only the thinking cases remain."""
+    if HARMONY_MARK in go_tpl:
+        return harmony_cases()
     if ".Tools" in go_tpl:
         return tool_suite()
     return [c for c in tool_suite()
@@ -1002,6 +1007,8 @@ def _marker_problem(template: str, go_tpl: str) -> str:
 def translate_tools(template: str, fmt: Any, *, bos: str, eos: str, strip_bos: bool, system: str | None,
                     lit: Any) -> ToolResult:
     """The tool/thinking TEMPLATE for ``template`` proven on :func:`tool_suite`, or why it cannot be written."""
+    if markers.detect_format(template) == "harmony":
+        return translate_harmony(template, bos=bos, eos=eos, strip_bos=strip_bos, system=system, lit=lit)
     try:
         parts = infer(template, fmt, bos, eos, strip_bos)
     except _NoLayout as e:
@@ -1218,3 +1225,391 @@ def translate_tool_use(template: str, tool_template: str, fmt: Any, plain_go: st
     if problem:
         return ToolResult(None, "refused", problem, "tool_use")
     return ToolResult(go_tpl, "exact but JSON whitespace" if ws else "exact", "", "tool_use")
+
+
+# -- Harmony (gpt-oss) ------------------------------------------------------------------------------------------------
+# The Harmony template writes: a fixed system turn (identity, dates, "Reasoning: <effort>", the channels line, one more
+# line when there are tools); a developer turn with the first system message as instructions and the tools as a
+# TypeScript namespace whose parameter types come from a recursive macro over the JSON schema; user turns; a reply as
+# a final-channel message (its reasoning dropped); a tool call as ``to=functions.NAME`` on the commentary channel with
+# the JSON arguments (only the first call of a message), preceded by its reasoning on the analysis channel unless a
+# later reply exists; a result as ``functions.NAME to=assistant`` with the content as a JSON string, NAME being the
+# previous call's. The TEMPLATE does the same, the types with ``{{ define }}`` / ``{{ template }}`` over Ollama's
+# ``api.ToolProperty`` (``Type``, ``Items`` as raw JSON, ``Enum``, ``Properties.ToMap``, ``Required``), the effort
+# from ``.ThinkLevel`` (Ollama: "low"/"medium"/"high"; "medium" for think=true; empty when unset or false: then the
+# template's default). Every literal is cut from renderings of the model's template with sentinels.
+_HU, _HU2, _HS, _HC, _HEFF = "Zq8hUSER", "Zq8hSECOND", "Zq8hSYS", "Zq8hCONTENT", "Zq8hEFFORT"
+_HTH, _HN1, _HR1 = "Zq8hTHINK", "Zq8hfnOne", "Zq8hRESULT"
+_HERR = "{{ slice %s 0 1000000 }}"  # an execution error: Ollama fails the request instead of prompting differently
+
+#: parameter type probes (name -> JSON schema), in key order; the last one only closes the list
+_HTYPES: dict[str, dict[str, Any]] = {
+    "Zq8hp00": {"type": "string"}, "Zq8hp01": {"type": "number"}, "Zq8hp02": {"type": "integer"},
+    "Zq8hp03": {"type": "boolean"}, "Zq8hp04": {"type": "object"}, "Zq8hp05": {"type": "array"},
+    "Zq8hp06": {}, "Zq8hp07": {"type": "array", "items": {"type": "string"}},
+    "Zq8hp08": {"type": "array", "items": {"type": "number"}},
+    "Zq8hp09": {"type": "array", "items": {"type": "integer"}},
+    "Zq8hp10": {"type": "array", "items": {"type": "boolean"}},
+    "Zq8hp11": {"type": "array", "items": {"type": "object"}},
+    "Zq8hp12": {"type": "string", "enum": ["Zq8he1", "Zq8he2"]}, "Zq8hp13": {"type": ["string", "null"]},
+    "Zq8hp14": {"type": "object", "required": ["Zq8hk1"], "properties": {"Zq8hk1": {"type": "string"},
+                                                                        "Zq8hk2": {"type": "number"}}},
+    "Zq8hp15": {"type": "array", "items": {"type": ["object", "object"]}},
+    "Zq8hp16": {"type": "string"},
+}
+
+
+def _htool(name: str, desc: str, props: dict[str, Any], required: list[str]) -> dict[str, Any]:
+    return {"type": "function", "function": {"name": name, "description": desc, "parameters": {
+        "type": "object", "required": required, "properties": props}}}
+
+
+def _lcs(*texts: str) -> str:
+    n = 0
+    while n < min(len(t) for t in texts) and len({t[-1 - n] for t in texts}) == 1:
+        n += 1
+    return texts[0][len(texts[0]) - n:]
+
+
+def _strip(text: str, pre: str, suf: str, what: str) -> str:
+    if not text.startswith(pre) or not text.endswith(suf) or len(text) < len(pre) + len(suf):
+        raise _NoLayout(f"{what}: the parts do not line up")
+    return text[len(pre):len(text) - len(suf)]
+
+
+def _harmony_parts(template: str, bos: str, eos: str, strip_bos: bool) -> dict[str, Any]:
+    """The literal pieces of the Harmony layout, cut from renderings of ``template`` on sentinel conversations."""
+    def r(msgs: list[dict[str, Any]], tools: Any = None, effort: str | None = _HEFF, what: str = "") -> str:
+        extra = {} if effort is None else {"reasoning_effort": effort}
+        try:
+            out = chat_template.render(template, jinja_messages(msgs), add_generation_prompt=True, bos_token=bos,
+                                       eos_token=eos, tools=tools, **extra)
+        except ForgeError as e:
+            raise _NoLayout(f"{what}: {e}") from None
+        return out[len(bos):] if strip_bos and bos and out.startswith(bos) else out
+
+    u, u2 = {"role": "user", "content": _HU}, {"role": "user", "content": _HU2}
+    s = {"role": "system", "content": _HS}
+    p: dict[str, Any] = {}
+    # the system turn, user turns, a reply, the generation prompt
+    head, m1, m2, m3, tail = _cut(r([u, {"role": "assistant", "content": _HC}, u2], what="a reply"),
+                                  [_HEFF, _HU, _HC, _HU2], "a reply")
+    p["head"] = head
+    p["effort_default"] = _strip(r([u], effort=None, what="a user message"), head, m1 + _HU + tail,
+                                 "the default reasoning effort")
+    start = next((head[:n] for n in range(len(head), 0, -1) if head[:n] in tail), "")
+    if not start:
+        raise _NoLayout("no message start marker common to the system turn and the generation prompt")
+    p["gen"], p["user_suf"] = tail[tail.rfind(start):], tail[:tail.rfind(start)]
+    p["user_pre"], p["sys_post"] = m1[m1.rfind(start):], m1[:m1.rfind(start)]
+    p["final_pre"] = _strip(m2, p["user_suf"], "", "a reply after a user turn")
+    p["final_suf"] = _strip(m3, "", p["user_pre"], "a user turn after a reply")
+    msg_marker = _lcs(p["user_pre"], p["final_pre"])
+    # the developer turn: the first system message as instructions, the tools
+    _, d1, d2, _ = _cut(r([s, u], what="a system message"), [_HEFF, _HS, _HU], "a system message")
+    dev = _strip(d1, p["sys_post"], "", "the developer turn after the system turn")
+    k = dev.find(msg_marker) if msg_marker else -1
+    if k < 0:
+        raise _NoLayout("the developer turn has no header end marker")
+    p["dev_pre"], p["instr_pre"] = dev[:k + len(msg_marker)], dev[k + len(msg_marker):]
+    tools = [_htool("Zq8htoolA", "Zq8hdescA", {"Zq8hopt": {"type": "string", "description": "Zq8hpdesc"},
+                                                "Zq8hreq": {"type": "string"}}, ["Zq8hreq"]),
+             _htool("Zq8htoolB", "Zq8hdescB", {}, []),
+             _htool("Zq8htoolC", "Zq8hdescC", {"Zq8hcreq": {"type": "string"}}, ["Zq8hcreq"])]
+    t = _cut(r([u], tools, what="tools"), [_HEFF, "Zq8hdescA", "Zq8htoolA", "Zq8hpdesc", "Zq8hopt", "Zq8hreq",
+                                          "Zq8hdescB", "Zq8htoolB", "Zq8hdescC", "Zq8htoolC", "Zq8hcreq", _HU], "tools")
+    _, ts1, ts2, _ = _cut(r([s, u], tools, what="tools and a system message"), [_HEFF, _HS, "Zq8hdescA"],
+                          "tools and a system message")
+    if not (t[2] == t[7] == t[9]):
+        raise _NoLayout("the tools' descriptions are followed by different texts")
+    p["desc_end"] = t[2]
+    p["desc_pre"] = _lcs(t[1], t[8], ts2)
+    sys_post_t = _strip(ts1, "", p["dev_pre"] + p["instr_pre"], "the system turn with tools")
+    q = _lcs(p["sys_post"], sys_post_t)
+    p["sys_post_a"], p["sys_post_b"] = p["sys_post"][:len(p["sys_post"]) - len(q)], q
+    p["sys_tools_line"] = _strip(sys_post_t, p["sys_post_a"], q, "the system turn's tools line")
+    p["tools_pre"] = _strip(t[1], sys_post_t + p["dev_pre"], p["desc_pre"], "the tools block's start")
+    p["instr_post"] = _strip(ts2, "", p["tools_pre"] + p["desc_pre"], "the instructions before the tools")
+    p["dev_end"] = _strip(d2, p["instr_post"], p["user_pre"], "the developer turn's end")
+    p["params_open"] = t[10]
+    p["pdesc_pre"] = _strip(t[3], t[10], "", "a parameter's description")
+    p["pdesc_suf"] = t[4]
+    p["no_params"] = _strip(t[8], "", p["desc_pre"], "a tool without parameters")
+    p.update(_harmony_types(r, u))
+    x = p["colon"] + p["types"]["string"] + p["param_end"]
+    p["opt"] = _strip(t[5], "", x, "an optional parameter")
+    p["params_close"] = _strip(t[6], x, p["desc_pre"], "the parameters' end")
+    p["tools_end"] = _strip(t[11], x + p["params_close"], p["dev_end"] + p["user_pre"], "the tools block's end")
+    # a tool call (with its reasoning and without) and its result
+    call = {"role": "assistant", "content": "", "thinking": _HTH,
+            "calls": [_call(_HN1, {"Zq8ha": "Zq8hv"}, "call00001")]}
+    res = {"role": "tool", "content": _HR1, "tool_name": _HN1, "call_id": "call00001"}
+    c = _seq(r([u, call, res], what="a tool call and its result"),
+             [_HEFF, _HU, _HTH, _HN1, '"Zq8ha"', '"Zq8hv"', _HN1, _HR1], "a tool call and its result")
+    cc = _seq(r([u, {**call, "thinking": ""}, res], what="a tool call"), [_HEFF, _HU, _HN1], "a tool call")
+    p["analysis_pre"] = _strip(c[2], p["user_suf"], "", "the reasoning before a call")
+    p["call_pre"] = _strip(cc[2], p["user_suf"], "", "a tool call's start")
+    p["analysis_suf"] = _strip(c[3], "", p["call_pre"], "the reasoning's end")
+    if not c[4].endswith("{") or not c[6].startswith("}"):
+        raise _NoLayout("a call's arguments are not a JSON object after its name")
+    p["call_mid"] = c[4][:-1]
+    k = c[6].rfind(start)
+    if k < 0 or not c[7].endswith('"') or not c[8].startswith('"'):
+        raise _NoLayout("a tool result is not a JSON string in a message of its own")
+    p["call_suf"], p["res_pre"] = c[6][1:k], c[6][k:]
+    p["res_mid"] = c[7][:-1]
+    p["res_suf"] = _strip(c[8][1:], "", p["gen"], "a tool result's end")
+    # what ends a reply the model writes: a call's end, and the end the template gives a last (trained) reply
+    try:
+        trained = chat_template.render(template, jinja_messages([u, {"role": "assistant", "content": _HC}]),
+                                       add_generation_prompt=False, bos_token=bos, eos_token=eos)
+    except ForgeError as e:
+        raise _NoLayout(f"a last reply: {e}") from None
+    p["stops"] = [x for x in dict.fromkeys((trained.rsplit(_HC, 1)[-1].strip(), p["call_suf"].strip())) if x]
+    p["inner"] = p["analysis_suf"] + p["final_pre"] + p["call_pre"] + p["call_mid"]
+    return p
+
+
+def _harmony_types(r: Any, u: dict[str, Any]) -> dict[str, Any]:
+    """The type texts the template's macro writes for each kind of parameter (:data:`_HTYPES`), and the pieces
+    around a parameter's type (``: `` before, ``,\\n`` after), of enums, type lists and nested objects."""
+    names = list(_HTYPES)
+    tool = _htool("Zq8htoolT", "Zq8hdescT", _HTYPES, names)
+    pieces = _cut(r([u], [tool], what="parameter types"), [*names, _HU], "parameter types")[1:-1]
+    xs = pieces[:-1]  # colon + type + param end, for each probe but the last
+    colon, pend = _lcp(*xs), _lcs(*xs)
+    ty = [_strip(x, colon, pend, "a parameter type") for x in xs]
+    out: dict[str, Any] = {"colon": colon, "param_end": pend}
+    base = dict(zip(("string", "number", "integer", "boolean", "object", "array", "any"), ty[:7]))
+    out["types"] = base
+    out["arr"] = dict(zip(("string", "number", "integer", "boolean"), ty[7:11]))
+    if not ty[11].startswith(base["object"]):
+        raise _NoLayout("an array of objects is not written as the object type with a suffix")
+    out["arr_suf"] = ty[11][len(base["object"]):]
+    out["enum_pre"], out["enum_sep"], out["enum_suf"] = _cut(ty[12], ["Zq8he1", "Zq8he2"], "an enum")
+    if not ty[13].startswith("string") or not ty[13].endswith("null"):
+        raise _NoLayout("a list of types is not written as the types' names")
+    out["list_sep"] = ty[13][len("string"):-len("null")]
+    o_open, a, b = _cut(ty[14], ["Zq8hk1", "Zq8hk2"], "a nested object")
+    i = a.find(base["string"])
+    if i < 0:
+        raise _NoLayout("a nested object's property types are written differently")
+    out["obj_open"], out["obj_colon"], out["obj_sep"] = o_open, a[:i], a[i + len(base["string"]):]
+    j = b.find(out["obj_colon"] + base["number"])
+    if j < 0:
+        raise _NoLayout("a nested object's optional property is written differently")
+    out["obj_opt"], out["obj_close"] = b[:j], b[j + len(out["obj_colon"] + base["number"]):]
+    out["arr_many"] = ty[15]
+    return out
+
+
+def _lcp(*texts: str) -> str:
+    n = 0
+    while n < min(len(t) for t in texts) and len({t[n] for t in texts}) == 1:
+        n += 1
+    return texts[0][:n]
+
+
+def _go_harmony_types(p: dict[str, Any], lit: Any) -> str:
+    """``hp`` (an ``api.ToolProperty``), ``hj`` (raw JSON schema: an array's items and what they hold) and ``ha``
+    (an array's items), written as the template's macro writes them."""
+    T, A = p["types"], p["arr"]
+    lit = _brace_safe(lit)
+
+    def err(text: str) -> str:
+        return _HERR % _go_str(text)
+
+    def enum(field: str) -> str:
+        return (lit(p["enum_pre"]) + "{{ range $i, $e := " + field + " }}{{ if $i }}" + lit(p["enum_sep"])
+                + "{{ end }}{{ $e }}{{ end }}" + lit(p["enum_suf"]))
+
+    def scalars(t: str) -> str:
+        return ("{{- else if eq " + t + " \"number\" }}" + lit(T["number"]) + "{{ else if eq " + t + " \"integer\" }}"
+                + lit(T["integer"]) + "{{ else if eq " + t + " \"boolean\" }}" + lit(T["boolean"]))
+
+    def obj(props: str, required: str, self_: str) -> str:
+        return ("{{ $o := . }}" + lit(p["obj_open"]) + "{{ $first := true }}{{ range $k, $v := " + props
+                + " }}{{ if not $first }}" + lit(p["obj_sep"]) + "{{ end }}{{ $first = false }}{{ $k }}"
+                "{{ $r := false }}{{ range $o." + required + " }}{{ if eq . $k }}{{ $r = true }}{{ end }}{{ end }}"
+                "{{ if not $r }}" + lit(p["obj_opt"]) + "{{ end }}" + lit(p["obj_colon"]) + "{{ template \"" + self_
+                + "\" $v }}{{ end }}" + lit(p["obj_close"]))
+
+    ha = ("{{- define \"ha\" }}{{ $t := printf \"%v\" .type }}{{ $tt := printf \"%T\" .type }}"
+          + "".join(("{{ if " if i == 0 else "{{ else if ") + "eq $t \"" + k + "\" }}" + lit(A[k])
+                    for i, k in enumerate(("string", "number", "integer", "boolean")))
+          + "{{ else if .oneOf }}" + err("an array whose items have oneOf: not reproduced")
+          + "{{ else if and (eq $t \"object\") .properties }}" + _go_items_object(p, lit, err)
+          + "{{ else if and (eq $tt \"[]interface {}\") (eq $t \"[object object]\") }}" + lit(p["arr_many"])
+          + "{{ else if and (eq $tt \"[]interface {}\") (gt (len .type) 5) }}"
+          + err("an array item type listing more than 5 types") + "{{ else }}{{ template \"hj\" . }}"
+          + lit(p["arr_suf"]) + "{{ end }}{{ end }}")
+    hj = ("{{- define \"hj\" }}{{ $t := printf \"%v\" .type }}{{ $tt := printf \"%T\" .type }}"
+          "{{ if or .nullable .oneOf }}" + err("nullable / oneOf in an array's items")
+          + "{{ else if eq $t \"array\" }}{{ if .items }}{{ template \"ha\" .items }}{{ else }}" + lit(T["array"])
+          + "{{ end }}{{ else if eq $tt \"[]interface {}\" }}{{ if gt (len .type) 1 }}{{ range $i, $x := .type }}"
+          "{{ if $i }}" + lit(p["list_sep"]) + "{{ end }}{{ $x }}{{ end }}{{ else if eq (len .type) 1 }}"
+          "{{ index .type 0 }}{{ else }}" + lit(T["any"]) + "{{ end }}"
+          "{{ else if eq $t \"string\" }}{{ if .enum }}" + enum(".enum") + "{{ else }}" + lit(T["string"]) + "{{ end }}"
+          + scalars("$t") + "{{ else if eq $t \"object\" }}{{ if .properties }}" + obj(".properties", "required", "hj")
+          + "{{ else }}" + lit(T["object"]) + "{{ end }}{{ else }}" + lit(T["any"]) + "{{ end }}{{ end }}")
+    hp = ("{{- define \"hp\" }}{{ $t := \"\" }}{{ if eq (len .Type) 1 }}{{ $t = index .Type 0 }}{{ end }}"
+          "{{ if eq $t \"array\" }}{{ if .Items }}{{ template \"ha\" .Items }}{{ else }}" + lit(T["array"])
+          + "{{ end }}{{ else if gt (len .Type) 1 }}{{ range $i, $x := .Type }}{{ if $i }}" + lit(p["list_sep"])
+          + "{{ end }}{{ $x }}{{ end }}{{ else if eq $t \"string\" }}{{ if .Enum }}" + enum(".Enum") + "{{ else }}"
+          + lit(T["string"]) + "{{ end }}" + scalars("$t") + "{{ else if eq $t \"object\" }}{{ if .Properties.Len }}"
+          + obj(".Properties.ToMap", "Required", "hp") + "{{ else }}" + lit(T["object"]) + "{{ end }}{{ else }}"
+          + lit(T["any"]) + "{{ end }}{{ end }}")
+    return "\n".join((ha, hj, hp))
+
+
+def _brace_safe(lit: Any) -> Any:
+    """``lit`` for text that an action follows: a text ending in ``{`` would make ``{{{`` (Go reads the action from
+    the first two braces), so that brace is written as ``{{ "{" }}``."""
+    def out(text: str) -> str:
+        return lit(text[:-1]) + '{{ "{" }}' if text.endswith("{") else lit(text)
+    return out
+
+
+def _go_items_object(p: dict[str, Any], lit: Any, err: Any) -> str:
+    """An array's items that are an object with properties: the macro writes the object's type text, or ``any[]``
+    when that text is longer than 50 characters. The text is built in a variable (``printf``) to measure it, for
+    properties of scalar types (a nested type would need a template's output as a value); anything else, or a
+    non-ASCII text (Go measures bytes, Jinja characters), fails the request."""
+    T = p["types"]
+
+    def add(text: str) -> str:
+        return "{{ $s = printf \"%s%s\" $s " + _go_str(text) + " }}"
+
+    scal = "".join(("{{ if " if i == 0 else "{{ else if ") + "eq $vt \"" + k + "\" }}" + add(T[k])
+                   for i, k in enumerate(("string", "number", "integer", "boolean")))
+    return ("{{ $o := . }}{{ $s := " + _go_str(p["obj_open"]) + " }}{{ $ok := true }}{{ $first := true }}"
+            "{{ range $k, $v := .properties }}{{ if not $first }}" + add(p["obj_sep"]) + "{{ end }}"
+            "{{ $first = false }}{{ $r := false }}{{ range $o.required }}{{ if eq . $k }}{{ $r = true }}{{ end }}"
+            "{{ end }}{{ $s = printf \"%s%s\" $s $k }}{{ if not $r }}" + add(p["obj_opt"]) + "{{ end }}"
+            + add(p["obj_colon"]) + "{{ $vt := printf \"%v\" $v.type }}{{ if or $v.enum $v.oneOf $v.nullable }}"
+            "{{ $ok = false }}" + add("?") + "{{ else }}" + scal + "{{ else }}{{ $ok = false }}" + add("?")
+            + "{{ end }}{{ end }}{{ end }}" + add(p["obj_close"])
+            # a type not measured counts one character: a lower bound, enough to know the text is over 50
+            + "{{ if ne (len (printf \"%q\" $s)) (len (printf \"%+q\" $s)) }}"
+            + err("an array of objects with non-ASCII property names: not reproduced")
+            + "{{ else if gt (len $s) 50 }}" + lit(p["arr_many"]) + "{{ else if not $ok }}"
+            + err("an array of objects with a property that is not a plain string, number, integer or boolean: "
+                  "the chat template writes \"any[]\" or the full type by the type text's length, which an Ollama "
+                  "template cannot measure for nested types")
+            + "{{ else }}{{ $s }}" + lit(p["arr_suf"])
+            + "{{ end }}")
+
+
+def go_harmony(p: dict[str, Any], lit: Any) -> str:
+    """The whole TEMPLATE of a Harmony template (see the section comment)."""
+    lit = _brace_safe(lit)
+    lines = [_go_harmony_types(p, lit),
+             "{{- $hasSys := false }}{{ $sys := \"\" }}{{ if .Messages }}{{ $m0 := index .Messages 0 }}"
+             "{{ if or (eq $m0.Role \"system\") (eq $m0.Role \"developer\") }}{{ $hasSys = true }}"
+             "{{ $sys = $m0.Content }}{{ end }}{{ end }}",
+             "{{- $lastReply := -1 }}{{ range $i, $m := .Messages }}{{ if and (eq .Role \"assistant\") "
+             "(not .ToolCalls) }}{{ $lastReply = $i }}{{ end }}{{ end }}",
+             "{{- \"\" }}" + lit(p["head"]) + "{{ if .ThinkLevel }}{{ .ThinkLevel }}{{ else }}"
+             + lit(p["effort_default"]) + "{{ end }}" + lit(p["sys_post_a"]) + "{{ if .Tools }}"
+             + lit(p["sys_tools_line"]) + "{{ end }}" + lit(p["sys_post_b"]),
+             "{{- if or $sys .Tools }}" + lit(p["dev_pre"]) + "{{ if $sys }}" + lit(p["instr_pre"]) + "{{ $sys }}"
+             + lit(p["instr_post"]) + "{{ end }}{{ if .Tools }}" + lit(p["tools_pre"]) + "{{ range .Tools }}"
+             + lit(p["desc_pre"]) + "{{ .Function.Description }}" + lit(p["desc_end"]) + "{{ .Function.Name }}"
+             "{{ if .Function.Parameters.Properties }}" + lit(p["params_open"])
+             + "{{ $req := .Function.Parameters.Required }}{{ range $k, $v := .Function.Parameters.Properties }}"
+             "{{ if $v.Description }}" + lit(p["pdesc_pre"]) + "{{ $v.Description }}" + lit(p["pdesc_suf"])
+             + "{{ end }}{{ $k }}{{ $r := false }}{{ range $req }}{{ if eq . $k }}{{ $r = true }}{{ end }}{{ end }}"
+             "{{ if not $r }}" + lit(p["opt"]) + "{{ end }}" + lit(p["colon"]) + "{{ template \"hp\" $v }}"
+             + lit(p["param_end"]) + "{{ end }}" + lit(p["params_close"]) + "{{ else }}" + lit(p["no_params"])
+             + "{{ end }}{{ end }}" + lit(p["tools_end"]) + "{{ end }}" + lit(p["dev_end"]) + "{{ end }}",
+             "{{- $call := \"\" }}{{ $hasCall := false }}{{ range $i, $m := .Messages }}",
+             "{{- if and (eq $i 0) $hasSys }}",
+             "{{- else if eq .Role \"assistant\" }}{{ if .ToolCalls }}{{ if le $lastReply $i }}{{ if .Content }}"
+             + lit(p["analysis_pre"]) + "{{ .Content }}" + lit(p["analysis_suf"]) + "{{ else if .Thinking }}"
+             + lit(p["analysis_pre"]) + "{{ .Thinking }}" + lit(p["analysis_suf"]) + "{{ end }}{{ end }}"
+             "{{ if and .Content .Thinking }}"
+             + _HERR % _go_str("an assistant message with tool calls, content and thinking: the chat template "
+                               "refuses it") + "{{ end }}"
+             "{{ $c := index .ToolCalls 0 }}" + lit(p["call_pre"]) + "{{ $c.Function.Name }}" + lit(p["call_mid"])
+             + "{{ $c.Function.Arguments }}" + lit(p["call_suf"]) + "{{ $call = $c.Function.Name }}"
+             "{{ $hasCall = true }}{{ else }}" + lit(p["final_pre"]) + "{{ .Content }}" + lit(p["final_suf"])
+             + "{{ $hasCall = false }}{{ end }}",
+             "{{- else if eq .Role \"tool\" }}{{ if not $hasCall }}"
+             + _HERR % _go_str("a tool message without an earlier tool call: the chat template refuses it")
+             + "{{ end }}" + lit(p["res_pre"]) + "{{ $call }}" + lit(p["res_mid"]) + "{{ json .Content }}"
+             + lit(p["res_suf"]),
+             "{{- else if eq .Role \"user\" }}" + lit(p["user_pre"]) + "{{ .Content }}" + lit(p["user_suf"]),
+             "{{- end }}",
+             "{{- end }}" + lit(p["gen"])]
+    return "\n".join(line + ('{{ "" }}' if line[-1:].isspace() else "") for line in lines)
+
+
+def harmony_cases() -> list[Case]:
+    """The tool suite plus what Harmony adds: reasoning effort levels, plain conversations (the TEMPLATE replaces
+    the plain one), a reply after a call (the call's reasoning dropped), a result after a reply (refused by both),
+    nested parameter types."""
+    ask = {"role": "user", "content": "What is the weather in Paris?"}
+    sys_ = {"role": "system", "content": "You are a helpful assistant."}
+    call1 = {"role": "assistant", "content": "", "thinking": "I need the weather tool.",
+             "calls": [_call("get_weather", {"city": "Paris"}, "call00001")]}
+    res1 = {"role": "tool", "content": '{"temperature": 18, "sky": "clear"}', "tool_name": "get_weather",
+            "call_id": "call00001"}
+    answer = {"role": "assistant", "content": "It is 18 degrees.", "thinking": "Report it."}
+    nested = [{"type": "function", "function": {"name": "plan", "description": "Plan a trip.", "parameters": {
+        "type": "object", "required": ["stops"], "properties": {
+            "budget": {"type": "object", "required": ["amount"], "properties": {
+                "amount": {"type": "number"}, "currency": {"type": "string", "enum": ["EUR", "USD"]},
+                "limits": {"type": "object", "properties": {"hard": {"type": "boolean"}}}}},
+            "legs": {"type": "array", "items": {"type": "object", "required": ["to"], "properties": {
+                "to": {"type": "string"}}}},
+            "lines": {"type": "array", "items": {"type": "object", "properties": {
+                "qty": {"type": "integer"}, "sku": {"type": "string"}}}},
+            "mode": {"type": ["string", "null"], "description": "How to travel"},
+            "stops": {"type": "array", "items": {"type": "string"}},
+            "tags": {"type": "array", "items": {"type": "array", "items": {"type": "integer"}}},
+            "when": {"description": "Any time format"}}}}}, *TOOLS]
+    return [*tool_suite(),
+            Case("reasoning effort low", [ask], None, "low"),
+            Case("reasoning effort high, with tools and a system message", [sys_, ask], TOOLS, "high"),
+            Case("plain: system, three turns", [sys_, {"role": "user", "content": "Hi"},
+                                                {"role": "assistant", "content": "Hello!"},
+                                                {"role": "user", "content": "Bye"}]),
+            Case("a call, its result, a reply with reasoning and a new question",
+                 [ask, call1, res1, answer, {"role": "user", "content": "And Rome?"}], TOOLS, True),
+            Case("a tool result after a reply", [ask, answer, res1], TOOLS),
+            Case("nested parameter types", [sys_, ask], nested)]
+
+
+def translate_harmony(template: str, *, bos: str, eos: str, strip_bos: bool, system: str | None,
+                      lit: Any) -> ToolResult:
+    """The whole TEMPLATE for a Harmony template, proven on :func:`harmony_cases`, or why it cannot be written."""
+    try:
+        p = _harmony_parts(template, bos, eos, strip_bos)
+    except _NoLayout as e:
+        return ToolResult(None, "refused", f"its Harmony format fits no layout a Go template can reproduce ({e})",
+                          "harmony")
+    go_tpl = go_harmony(p, lit)
+    ws, problem = verify(template, go_tpl, bos, eos, strip_bos, system)
+    if problem:
+        return ToolResult(None, "refused", f"the Go template would differ on {problem}", "harmony")
+    problem = _marker_problem(template, go_tpl)
+    if problem:
+        return ToolResult(None, "refused", problem, "harmony")
+    return ToolResult(go_tpl, "exact but JSON whitespace" if ws else "exact", "", "harmony", HARMONY_NOTE,
+                      harmony_stops(p, eos))
+
+
+def harmony_stops(p: dict[str, Any], eos: str) -> list[str]:
+    """Stops for a Harmony model: the end of a final reply (``<|return|>``) and of a call (``<|call|>``), never the
+    markers between a reply's channels (``<|end|>``, ``<|start|>``, ``<|message|>``: a reply writes its analysis,
+    then ``<|end|><|start|>assistant<|channel|>final<|message|>``, then the answer)."""
+    return [s for s in dict.fromkeys([*p["stops"], eos]) if s and s not in p["inner"]]
+
+
+#: how a Harmony TEMPLATE is recognised (its type define)
+HARMONY_MARK = '{{- define "hp" }}'
+
+HARMONY_NOTE = ("Harmony: Ollama parses replies with its built-in harmony parser (reasoning, final answer, "
+                "to=functions.NAME calls) when the GGUF's architecture is gpt-oss and the TEMPLATE contains <|start|> "
+                "and <|end|>; for another architecture add PARSER harmony. think=low/medium/high sets the reasoning "
+                "effort (true: medium)")

@@ -10,6 +10,7 @@ Go template's semantics (the message list built as Ollama builds it) and any dif
 
 from __future__ import annotations
 
+import contextvars
 import re
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -57,11 +58,13 @@ class Translation:
     notes: list[str] = field(default_factory=list)  # comments for the Modelfile (documented exceptions)
     tools: str = "none"  # tools/thinking: "none", "exact", "exact but JSON whitespace", "refused"
     tools_reason: str = ""  # why tools/thinking were refused
+    writes_date: bool = False  # today's date as YYYY-MM-DD: {{ currentDate }} in the TEMPLATE
 
     @property
     def manual(self) -> dict[str, str] | None:
-        """LM Studio's manual prefix/suffix form, when the template is expressible that way."""
-        return manual_form(self.fmt)
+        """LM Studio's manual prefix/suffix form, when the template is expressible that way (not when it writes
+        today's date: a fixed prefix cannot)."""
+        return None if self.writes_date else manual_form(self.fmt)
 
 
 # -- conversation suite -----------------------------------------------------------------------------------------------
@@ -186,7 +189,15 @@ def go_string(text: str) -> str:
 
 
 def lit(text: str) -> str:
-    """Literal text for the Go template: raw where safe, ``{{ "..." }}`` for ``{{``, ``\"\"\"``, unprintables."""
+    """Literal text for the Go template: raw where safe, ``{{ "..." }}`` for ``{{``, ``\"\"\"``, unprintables;
+    while a template that writes today's date is translated, that date (rendered on :data:`DATE_PROBE`) is
+    ``{{ currentDate }}``."""
+    if _DATE_MODE.get() and DATE_PROBE_TEXT in text:
+        return "{{ currentDate }}".join(_lit(part) for part in text.split(DATE_PROBE_TEXT))
+    return _lit(text)
+
+
+def _lit(text: str) -> str:
     out, i = [], 0
     while i < len(text):
         if text.startswith("{{", i):
@@ -543,6 +554,15 @@ def _diff(a: str, b: str) -> str:
 TRANSLATE_SECONDS = 60.0
 
 
+#: the day a template that writes today's date is rendered on while it is translated and proven; its date text in
+#: literal pieces becomes ``{{ currentDate }}`` (Ollama's function: the server's day as YYYY-MM-DD)
+DATE_PROBE = datetime(2087, 11, 29, 13, 14, 15)
+DATE_PROBE_TEXT = "2087-11-29"
+_DATE_MODE: contextvars.ContextVar[bool] = contextvars.ContextVar("gguf_forge_date_mode", default=False)
+DATE_NOTE = ("today's date: the chat template writes it with strftime_now(\"%Y-%m-%d\"); the TEMPLATE writes Ollama's "
+             "{{ currentDate }} (the Ollama server's day, YYYY-MM-DD), checked by rendering both on the same day")
+
+
 def translate(template: str, *, bos: str = "", eos: str = "", system: str | None = None,
               extra_stop_tokens: list[str] = (), strip_bos: bool = True, require_tools: bool = False,
               tool_template: str | None = None) -> Translation:
@@ -555,8 +575,9 @@ def translate(template: str, *, bos: str = "", eos: str = "", system: str | None
     with chat_template.time_budget(TRANSLATE_SECONDS, "while it is rendered on the conversations that prove the "
                                    "Modelfile's TEMPLATE"):
         try:
-            return _translate(template, bos=bos, eos=eos, system=system, extra_stop_tokens=extra_stop_tokens,
-                              strip_bos=strip_bos, require_tools=require_tools, tool_template=tool_template)
+            return _translate_dated(template, bos=bos, eos=eos, system=system,
+                                    extra_stop_tokens=extra_stop_tokens, strip_bos=strip_bos,
+                                    require_tools=require_tools, tool_template=tool_template)
         except ForgeError as e:
             if "fails on one user message" in str(e) and _renders_only_with_tools(template, bos, eos):
                 raise ForgeError(f"{e} (it renders only when a request has tools: a model's second, tool_use "
@@ -577,6 +598,35 @@ def _renders_only_with_tools(template: str, bos: str, eos: str) -> bool:
     return True
 
 
+def _translate_dated(template: str, *, bos: str, eos: str, system: str | None, extra_stop_tokens: list[str],
+                     strip_bos: bool, require_tools: bool, tool_template: str | None) -> Translation:
+    """Translate a Jinja chat template to an Ollama Go template and prove it on the conversation suite (see
+    :func:`_translate`). Today's date, one rule for every template: written as YYYY-MM-DD it becomes Ollama's
+    ``{{ currentDate }}`` (proven by rendering the Jinja template and the TEMPLATE on the same day); in any other
+    format, or in the default system prompt (SYSTEM is not a template), it is refused with the fix (a copy of the
+    template with the date fixed, or ``--system``)."""
+    if not _writes_iso_date(template, bos, eos, system):
+        return _translate(template, bos=bos, eos=eos, system=system, extra_stop_tokens=extra_stop_tokens,
+                          strip_bos=strip_bos, require_tools=require_tools, tool_template=tool_template)
+    token = _DATE_MODE.set(True)
+    try:
+        with chat_template.fixed_today(DATE_PROBE):
+            tr = _translate(template, bos=bos, eos=eos, system=system, extra_stop_tokens=extra_stop_tokens,
+                            strip_bos=strip_bos, require_tools=require_tools, tool_template=tool_template)
+    finally:
+        _DATE_MODE.reset(token)
+    if DATE_PROBE_TEXT in (tr.system or "") or any(DATE_PROBE_TEXT in s for s in tr.stops):
+        raise ForgeError("the chat template writes today's date into its default system prompt, which becomes the "
+                         "Modelfile's SYSTEM (plain text, not a template): the date would be frozen. Give your own "
+                         "system prompt with --system, or a copy of the template with the date fixed with "
+                         "--template FILE.jinja")
+    if DATE_PROBE_TEXT in tr.go_template:
+        raise ForgeError("internal: the probe date was left in the TEMPLATE")
+    tr.writes_date = True
+    tr.notes.append(DATE_NOTE)
+    return tr
+
+
 def _translate(template: str, *, bos: str = "", eos: str = "", system: str | None = None,
                extra_stop_tokens: list[str] = (), strip_bos: bool = True, require_tools: bool = False,
                tool_template: str | None = None) -> Translation:
@@ -590,7 +640,6 @@ def _translate(template: str, *, bos: str = "", eos: str = "", system: str | Non
     ``tokenizer.ggml.add_bos_token`` is true) and kept otherwise. Raises :class:`ForgeError` naming the
     construct when the Go template would render anything differently.
     """
-    _check_date(template, bos, eos)
     fmt = infer_format(template, bos, eos, strip_bos)
     if fmt.system_mode in ("drop", "raise") and system:
         raise ForgeError("--system: the chat template " + ("ignores system messages" if fmt.system_mode == "drop" else
@@ -655,6 +704,8 @@ def _translate(template: str, *, bos: str = "", eos: str = "", system: str | Non
                                       strip_bos=strip_bos, system=sys_line, lit=lit)
     if tr.go_template is not None:
         go = tr.go_template
+        if tr.stops:
+            stops = tr.stops
         if tr.status == "exact but JSON whitespace":
             notes.append(tools.JSON_NOTE)
         if tr.note:
@@ -692,22 +743,41 @@ def _drops_reasoning(check: Any, r: _Renderer, fmt: TurnFormat, sys_line: str | 
                      + _diff(want, render_like_go(fmt, ollama_messages(conv, sys_line))))
 
 
-def _check_date(template: str, bos: str, eos: str) -> None:
-    """Refuse a template whose output depends on today's date (``strftime_now``): a Go template cannot write it."""
-    msgs = [_m("system", "Be brief."), _m("user", "Hi")]
-    outs = []
-    for day in ("2001-02-03T04:05:06", "2002-12-30T20:30:40"):
-        try:
-            outs.append(chat_template.render(template, msgs, bos_token=bos, eos_token=eos,
-                                             today=datetime.fromisoformat(day)))
-        except ForgeError as e:
-            if "a limit against hostile templates" in str(e):
-                raise  # a template over a render limit is refused now, not rendered again by every probe
-            return  # the layout probes report the template's own errors with their context
-    if outs[0] != outs[1]:
-        raise ForgeError("the chat template writes today's date (strftime_now), so its output changes every day; "
-                         "an Ollama template cannot format the date that way. Give a copy of the template with the "
-                         "date fixed (e.g. date_string set to a constant) with --template FILE.jinja")
+_DATE_DAYS = (datetime(2001, 2, 3, 4, 5, 6), datetime(2002, 12, 30, 20, 30, 40))
+
+
+def _writes_iso_date(template: str, bos: str, eos: str, system: str | None) -> bool:
+    """Whether the template writes today's date (``strftime_now``) as YYYY-MM-DD, the one format Ollama's
+    ``currentDate`` writes; a date in any other format is refused (Ollama cannot write it), with the fix. Without
+    ``--system`` a conversation without a system message is checked too (the default system prompt's date)."""
+    convs = [[_m("system", "Be brief."), _m("user", "Hi")]]
+    if system is None:
+        convs.append([_m("user", "Hi")])
+    iso = False
+    for msgs in convs:
+        outs = []
+        for day in _DATE_DAYS:
+            try:
+                outs.append(chat_template.render(template, msgs, bos_token=bos, eos_token=eos, today=day))
+            except Exception as e:  # noqa: BLE001 - the layout probes report template errors with their context
+                if "a limit against hostile templates" in str(e):
+                    raise  # a template over a render limit is refused now, not rendered again by every probe
+                return iso
+        if outs[0] == outs[1]:
+            continue
+        a, b = (o.replace(d.strftime("%Y-%m-%d"), "\x00") for o, d in zip(outs, _DATE_DAYS))
+        if a == b:
+            iso = True
+            continue
+        i = len(_lcp(outs[0], outs[1]))
+        shown = outs[0][max(0, i - 20):i + 20]
+        where = " in its default system prompt" if len(msgs) == 1 else ""
+        raise ForgeError(f"the chat template writes today's date (strftime_now){where} in a format other than "
+                         f"YYYY-MM-DD (renders {shown!r} on {_DATE_DAYS[0]:%Y-%m-%d}); Ollama's templates can write "
+                         "today's date only as YYYY-MM-DD ({{ currentDate }}), so its output cannot be reproduced. "
+                         "Give a copy of the template with the date fixed (e.g. date_string set to a constant) with "
+                         "--template FILE.jinja" + (", or your own system prompt with --system" if where else ""))
+    return iso
 
 
 def describe(fmt: TurnFormat) -> dict[str, Any]:

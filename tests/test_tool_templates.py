@@ -30,14 +30,17 @@ STATUS = {
     "Qwen3.5-4B": ("", "<|im_end|>", "exact but JSON whitespace", ""),
     "NousResearch-Hermes-2-Pro-Llama-3-8B-tool_use": ("<|begin_of_text|>", "<|im_end|>", "error", "NoneType"),
     "meta-llama-Llama-3.1-8B-Instruct": (*LLAMA, "exact but JSON whitespace", ""),
-    "meta-llama-Llama-3.2-3B-Instruct": (*LLAMA, "error", "today's date"),
+    "meta-llama-Llama-3.2-3B-Instruct": (*LLAMA, "error", "other than YYYY-MM-DD"),
     "meta-llama-Llama-3.3-70B-Instruct": (*LLAMA, "exact but JSON whitespace", ""),
     "mistralai-Mistral-Nemo-Instruct-2407": ("<s>", "</s>", "exact but JSON whitespace", ""),
     "HuggingFaceTB-SmolLM3-3B": ("", "<|im_end|>", "error", "cannot be reproduced exactly"),
-    "ibm-granite-granite-3.3-2B-Instruct": ("", "<|end_of_text|>", "exact but JSON whitespace", ""),
+    # Granite 3.3's default system prompt writes today's date as "%B %d, %Y": refused (the one date rule), unless
+    # --system replaces that prompt or the date is fixed in a copy (below)
+    "ibm-granite-granite-3.3-2B-Instruct": ("", "<|end_of_text|>", "error", "other than YYYY-MM-DD"),
     "deepseek-ai-DeepSeek-R1-Distill-Qwen-32B": (*R1, "exact", ""),
     "deepseek-ai-DeepSeek-R1-Distill-Llama-8B": (*R1, "none", ""),
-    "openai-gpt-oss-120b": ("", "<|return|>", "error", "today's date"),
+    # gpt-oss writes today's date as YYYY-MM-DD: {{ currentDate }} in the TEMPLATE; Harmony layout
+    "openai-gpt-oss-120b": ("", "<|return|>", "exact but JSON whitespace", ""),
     # Mistral v0.3's tokenizer (v3, SentencePiece): the template Mistral's mistral-common 1.13.1 generates for it
     # (tests/data/templates/README.md); the system prompt goes into the last user turn even when replies or tool
     # results follow it, which the Mistral layout (system text only when the last user turn is the last message) does
@@ -47,9 +50,11 @@ STATUS = {
 # Llama 3.2 writes today's date (refused as such, as for plain chats); its copy with the date fixed translates
 FIXED_DATE = "meta-llama-Llama-3.2-3B-Instruct (date fixed)"
 STATUS[FIXED_DATE] = (*LLAMA, "exact but JSON whitespace", "")
-# gpt-oss likewise: with the date fixed its plain chats translate; Harmony's TypeScript-style tools block does not
+# gpt-oss with a fixed date (no {{ currentDate }}): the same Harmony layout
 GPT_OSS_FIXED = "openai-gpt-oss-120b (date fixed)"
-STATUS[GPT_OSS_FIXED] = ("", "<|return|>", "refused", "each tool as JSON")
+STATUS[GPT_OSS_FIXED] = ("", "<|return|>", "exact but JSON whitespace", "")
+GRANITE_FIXED = "ibm-granite-granite-3.3-2B-Instruct (date fixed)"
+STATUS[GRANITE_FIXED] = ("", "<|end_of_text|>", "exact but JSON whitespace", "")
 # Hermes 2 Pro ships two templates: "default" (plain ChatML) and "tool_use" (used when a request has tools, by
 # transformers and llama.cpp; the TEMPLATE switches with {{ if .Tools }})
 HERMES = "NousResearch-Hermes-2-Pro-Llama-3-8B (default + tool_use)"
@@ -69,6 +74,9 @@ def source(name: str) -> str:
     if name == GPT_OSS_FIXED:
         text = (TEMPLATES / "openai-gpt-oss-120b.jinja").read_text(encoding="utf-8")
         return text.replace('strftime_now("%Y-%m-%d")', '"2026-12-02"')
+    if name == GRANITE_FIXED:
+        text = (TEMPLATES / "ibm-granite-granite-3.3-2B-Instruct.jinja").read_text(encoding="utf-8")
+        return text.replace("strftime_now('%B %d, %Y')", '"December 02, 2026"')
     if name == HERMES:
         return (TEMPLATES / "NousResearch-Hermes-2-Pro-Llama-3-8B-default.jinja").read_text(encoding="utf-8")
     return (TEMPLATES / f"{name}.jinja").read_text(encoding="utf-8")
@@ -417,7 +425,7 @@ def test_granite_tool_calls_are_recognised_by_the_marker_its_template_does_not_r
     TEMPLATE renders nothing for calls either, but carries that marker where Ollama looks for the tag."""
     from gguf_forge.tools.chat import toolcalls
 
-    name = "ibm-granite-granite-3.3-2B-Instruct"
+    name = GRANITE_FIXED
     tr = tr_for(name)
     assert go_run(go_bin, {"template": tr.go_template, "tag": True})["tag"] == "<|tool_call|>"
     assert "respond only with <|tool_call|> followed by a JSON list" in source(name)
@@ -458,3 +466,122 @@ def test_a_gguf_with_only_the_default_template_gets_the_folders_tool_use_templat
         "bos_token": bos, "eos_token": eos}))
     res = write_modelfile(path, tmp_path / "out2", source_dir=hf, ctx=4096, name="Hermes-Test")
     assert res.tools == "none"
+
+
+# -- Harmony (gpt-oss) and today's date -------------------------------------------------------------------------------
+GPT_OSS = "openai-gpt-oss-120b"
+
+
+def test_harmony_template_is_the_models_format_with_ollamas_data(go_bin):
+    """gpt-oss: the TEMPLATE writes the TypeScript tool namespace (recursive defines over Ollama's parameter types),
+    analysis/final/commentary channels, to=functions calls, results named by the previous call, the reasoning effort
+    from think, and today's date with {{ currentDate }}; real Go renders the Harmony cases (incl. nested types,
+    effort levels, a reply after a call) as Jinja does today, apart from JSON whitespace."""
+    from datetime import date
+
+    tr = tr_for(GPT_OSS)
+    assert tr.tools == "exact but JSON whitespace" and tr.writes_date and tr.manual is None
+    tpl = tr.go_template
+    assert "{{ currentDate }}" in tpl and "Zq8" not in tpl and tools.HARMONY_MARK in tpl
+    # Ollama picks its built-in harmony parser for a gpt-oss GGUF whose TEMPLATE has these tags (shouldUseHarmony)
+    assert "<|start|>" in tpl and "<|end|>" in tpl and any("harmony parser" in n for n in tr.notes)
+    assert any("currentDate" in n for n in tr.notes)
+    # stops: the end of a final reply and of a call, never the markers between a reply's channels
+    assert tr.stops == ["<|return|>", "<|call|>"]
+    trained = chat_template.render(source(GPT_OSS), [{"role": "user", "content": "Hi"}, {
+        "role": "assistant", "content": "Hello!", "thinking": "Greet back."}], add_generation_prompt=False)
+    reply = trained.split("<|start|>assistant", 1)[1]  # analysis, then the final message (training layout)
+    assert "<|channel|>analysis" in reply and all(reply.find(x) in (-1, len(reply) - len(x)) for x in tr.stops)
+    cases = tools.cases_for(tpl)
+    assert {c.name for c in cases} >= {"nested parameter types", "reasoning effort low"}
+    got = go_run(go_bin, {"template": tpl, "conversations": go_conversations(cases)})
+    by_name = dict(zip((c.name for c in cases), got))
+    today = date.today().isoformat()
+    assert f"Current date: {today}\n" in by_name["thinking on"]
+    assert "Reasoning: low" in by_name["reasoning effort low"] and "Reasoning: medium" in by_name["thinking on"]
+    assert "Reasoning: medium" in by_name["thinking off"]  # gpt-oss cannot turn reasoning off: the default
+    nested = by_name["nested parameter types"]
+    assert "budget?: {\namount: \n                number, currency?: \n                \"EUR\" | \"USD\"" in nested
+    assert "tags?: number[][],\n" in nested and "mode?: string | null,\n" in nested and "when?: any,\n" in nested
+    # a call's reasoning is kept until a reply follows it; results name the previous call
+    after = by_name["a call, its result, a reply with reasoning and a new question"]
+    assert "I need the weather tool." not in after and "Report it." not in after
+    assert "<|start|>functions.get_weather to=assistant<|channel|>commentary<|message|>" in after
+    assert "<|channel|>analysis<|message|>I need the weather tool.<|end|>" in by_name[
+        "reasoning before a tool call, thinking on"]
+    # two calls in one message: the template writes the first only, so does the TEMPLATE
+    two = by_name["two tool calls and two results in a row"]
+    assert "to=functions.get_time" not in two and two.count("<|start|>functions.get_weather to=") == 2
+    # a result without an earlier call: the template raises, the TEMPLATE fails the request
+    assert by_name["a tool result after a reply"].startswith("\x00template error")
+
+
+def test_harmony_array_of_objects_is_measured_or_fails_the_request(go_bin):
+    """The macro writes an array of objects as its type text + "[]", or "any[]" when that text is longer than 50
+    characters: the TEMPLATE builds the text in a variable to measure it (scalar properties; "nested parameter types"
+    has both outcomes); with a nested type it cannot, and fails such a request (as Ollama would answer it) in Go and
+    in the checker, never renders another prompt."""
+    tr = tr_for(GPT_OSS)
+    nested = dict(zip((c.name for c in tools.harmony_cases()), go_run(go_bin, {
+        "template": tr.go_template, "conversations": go_conversations(tools.harmony_cases())})))[
+        "nested parameter types"]
+    assert "legs?: {\nto: \n                string}[],\n" in nested and "lines?: any[],\n" in nested
+    tool = {"type": "function", "function": {"name": "order", "description": "Order items.", "parameters": {
+        "type": "object", "required": ["items"], "properties": {"items": {"type": "array", "items": {
+            "type": "object", "properties": {"a": {"type": "array", "items": {"type": "string"}}}}}}}}}
+    case = tools.Case("array of objects", [{"role": "user", "content": "Buy"}], [tool])
+    got = go_run(go_bin, {"template": tr.go_template, "conversations": go_conversations([case])})[0]
+    assert got.startswith("\x00template error") and "cannot measure" in got
+    with pytest.raises(gotemplate.GoTemplateError):
+        tools.go_render(tr.go_template, case, None)
+    assert "items: {\na?: \n                string[]}[]" in tools.jinja_render(
+        source(GPT_OSS), case, "", "<|return|>", None)
+    # with such a property, a text over 50 characters is still known to be "any[]"
+    tool["function"]["parameters"]["properties"]["items"]["items"]["properties"]["a_long_property_name"] = {
+        "type": "string"}
+    case = tools.Case("array of objects, long", [{"role": "user", "content": "Buy"}], [tool])
+    got = go_run(go_bin, {"template": tr.go_template, "conversations": go_conversations([case])})[0]
+    want = tools.jinja_render(source(GPT_OSS), case, "", "<|return|>", None)
+    assert "items: any[]" in want and got == want == tools.go_render(tr.go_template, case, None)
+
+
+def test_a_harmony_template_that_changes_a_piece_is_refused():
+    """The layout's pieces are cut from the template's own output: a variant writing results unquoted is refused
+    with the reason, not written half-right."""
+    src = source(GPT_OSS).replace("message.content|tojson", "message.content")
+    tr = translate(src, bos="", eos="<|return|>")
+    assert tr.tools == "refused" and "JSON string" in tr.tools_reason and ".Tools" not in tr.go_template
+    with pytest.raises(ForgeError, match="require-tools"):
+        translate(src, bos="", eos="<|return|>", require_tools=True)
+
+
+def test_todays_date_is_one_rule_for_every_template():
+    """YYYY-MM-DD (gpt-oss) becomes {{ currentDate }}, proven on one day: Jinja with that day as today and the
+    TEMPLATE with currentDate on that day render the same; "%d %b %Y" (Llama 3.2) and a date in the default system
+    prompt (Granite 3.3) are refused with the fix, and Granite translates once --system replaces that prompt."""
+    from datetime import date, datetime
+
+    from gguf_forge.modelfiles.translate import DATE_PROBE_TEXT
+
+    tr = tr_for(GPT_OSS)
+    day = datetime(2031, 5, 6)
+    case = tools.harmony_cases()[0]
+    with chat_template.fixed_today(day):
+        want = tools.jinja_render(source(GPT_OSS), case, "", "<|return|>", None)
+    got = gotemplate.render(tr.go_template, gotemplate.ollama_data(tools.ollama_messages(case.messages), case.tools),
+                            today=date(2031, 5, 6))
+    assert "Current date: 2031-05-06" in got and tools.same_but_json_whitespace(want, got)[0]
+    assert DATE_PROBE_TEXT not in tr.go_template
+    with pytest.raises(ForgeError, match="other than YYYY-MM-DD.*--template") as e:
+        translate(source("meta-llama-Llama-3.2-3B-Instruct"), bos=LLAMA[0], eos=LLAMA[1])
+    assert "--system" not in str(e.value)
+    granite = source("ibm-granite-granite-3.3-2B-Instruct")
+    with pytest.raises(ForgeError, match="default system prompt.*--system"):
+        translate(granite, bos="", eos="<|end_of_text|>")
+    tr = translate(granite, bos="", eos="<|end_of_text|>", system="You are Granite, developed by IBM.")
+    assert tr.tools == "exact but JSON whitespace" and tr.system == "You are Granite, developed by IBM."
+    # Ollama sends SYSTEM first when a request has no system message, so no prompt carries a date (the TEMPLATE's
+    # branch for a conversation without one, the template's own default turn, is never reached with SYSTEM set)
+    assert not tr.writes_date
+    for case in tools.tool_suite():
+        assert "Today's Date" not in tools.go_render(tr.go_template, case, tr.system), case.name

@@ -65,13 +65,86 @@ func (pt PropertyType) MarshalJSON() ([]byte, error) {
 }
 
 type ToolProperty struct {
-	AnyOf       []ToolProperty          `json:"anyOf,omitempty"`
-	Type        PropertyType            `json:"type,omitempty"`
-	Items       any                     `json:"items,omitempty"`
-	Description string                  `json:"description,omitempty"`
-	Enum        []any                   `json:"enum,omitempty"`
-	Properties  map[string]ToolProperty `json:"properties,omitempty"`
-	Required    []string                `json:"required,omitempty"`
+	AnyOf       []ToolProperty     `json:"anyOf,omitempty"`
+	Type        PropertyType       `json:"type,omitempty"`
+	Items       any                `json:"items,omitempty"`
+	Description string             `json:"description,omitempty"`
+	Enum        []any              `json:"enum,omitempty"`
+	Properties  *ToolPropertiesMap `json:"properties,omitempty"`
+	Required    []string           `json:"required,omitempty"`
+}
+
+// ToolPropertiesMap: a nested property's properties in insertion order (api.ToolPropertiesMap, an ordered map
+// with unexported fields: a template can call its ToMap and Len methods, also on a nil pointer).
+type ToolPropertiesMap struct {
+	keys []string
+	m    map[string]ToolProperty
+}
+
+func (t *ToolPropertiesMap) Len() int {
+	if t == nil || t.m == nil {
+		return 0
+	}
+	return len(t.keys)
+}
+
+func (t *ToolPropertiesMap) ToMap() map[string]ToolProperty {
+	if t == nil || t.m == nil {
+		return nil
+	}
+	out := make(map[string]ToolProperty, len(t.m))
+	for k, v := range t.m {
+		out[k] = v
+	}
+	return out
+}
+
+func (t ToolPropertiesMap) MarshalJSON() ([]byte, error) {
+	if t.m == nil {
+		return []byte("null"), nil
+	}
+	var sb strings.Builder
+	sb.WriteString("{")
+	for i, k := range t.keys {
+		if i > 0 {
+			sb.WriteString(",")
+		}
+		kb, _ := json.Marshal(k)
+		vb, err := json.Marshal(t.m[k])
+		if err != nil {
+			return nil, err
+		}
+		sb.Write(kb)
+		sb.WriteString(":")
+		sb.Write(vb)
+	}
+	sb.WriteString("}")
+	return []byte(sb.String()), nil
+}
+
+func (t *ToolPropertiesMap) UnmarshalJSON(b []byte) error {
+	t.m = map[string]ToolProperty{}
+	t.keys = nil
+	dec := json.NewDecoder(strings.NewReader(string(b)))
+	if _, err := dec.Token(); err != nil {
+		return err
+	}
+	for dec.More() {
+		tok, err := dec.Token()
+		if err != nil {
+			return err
+		}
+		k := tok.(string)
+		var v ToolProperty
+		if err := dec.Decode(&v); err != nil {
+			return err
+		}
+		if _, ok := t.m[k]; !ok {
+			t.keys = append(t.keys, k)
+		}
+		t.m[k] = v
+	}
+	return nil
 }
 
 type Tool struct {
@@ -158,11 +231,26 @@ type templateMessage struct {
 	ToolCallID string
 }
 
-// conversation: a list of messages, or {"messages": [...], "tools": [...], "think": true|false|null}
+// conversation: a list of messages, or {"messages": [...], "tools": [...], "think": true|false|"low"|...|null}
 type conversation struct {
 	Messages []Message `json:"messages"`
 	Tools    []Tool    `json:"tools"`
-	Think    *bool     `json:"think"`
+	Think    any       `json:"think"`
+}
+
+// thinkValues: .Think, .ThinkLevel, .IsThinkSet as Ollama's api.ThinkValue gives them (Bool(), String(): "medium"
+// for true, "" for false, the level for a string).
+func thinkValues(v any) (bool, string, bool) {
+	switch t := v.(type) {
+	case bool:
+		if t {
+			return true, "medium", true
+		}
+		return false, "", true
+	case string:
+		return t == "high" || t == "medium" || t == "low" || t == "max", t, true
+	}
+	return false, "", false
 }
 
 type request struct {
@@ -243,6 +331,13 @@ func main() {
 	if err != nil {
 		fail(err)
 	}
+	// Ollama's template.Parse walks every defined template (Vars / Identifiers) and refuses a {{template "x"}}
+	// without a pipeline
+	for _, t := range tmpl.Templates() {
+		if t.Tree != nil && templateWithoutPipe(t.Tree.Root) {
+			fail(fmt.Errorf("undefined template specified"))
+		}
+	}
 	if req.ThinkingTags {
 		open, close := inferThinkingTags(tmpl)
 		b, _ := json.Marshal(map[string]string{"open": open, "close": close})
@@ -267,14 +362,15 @@ func main() {
 		}
 		system, msgs := messagesFor(req.System, conv.Messages)
 		var sb strings.Builder
+		think, level, set := thinkValues(conv.Think)
 		data := map[string]any{
 			"System":     system,
 			"Messages":   msgs,
 			"Tools":      toolsFor(conv.Tools),
 			"Response":   "",
-			"Think":      conv.Think != nil && *conv.Think,
-			"ThinkLevel": "",
-			"IsThinkSet": conv.Think != nil,
+			"Think":      think,
+			"ThinkLevel": level,
+			"IsThinkSet": set,
 		}
 		if err := tmpl.Execute(&sb, data); err != nil {
 			// an execution error is that conversation's result (Ollama answers the request with it)
@@ -383,6 +479,29 @@ func findTextNode(nodes []parse.Node) *parse.TextNode {
 		}
 	}
 	return nil
+}
+
+func templateWithoutPipe(n parse.Node) bool {
+	switch x := n.(type) {
+	case *parse.ListNode:
+		if x == nil {
+			return false
+		}
+		for _, c := range x.Nodes {
+			if templateWithoutPipe(c) {
+				return true
+			}
+		}
+	case *parse.TemplateNode:
+		return x.Pipe == nil
+	case *parse.IfNode:
+		return templateWithoutPipe(x.List) || (x.ElseList != nil && templateWithoutPipe(x.ElseList))
+	case *parse.RangeNode:
+		return templateWithoutPipe(x.List) || (x.ElseList != nil && templateWithoutPipe(x.ElseList))
+	case *parse.WithNode:
+		return templateWithoutPipe(x.List) || (x.ElseList != nil && templateWithoutPipe(x.ElseList))
+	}
+	return false
 }
 
 func slices(idents []string, s string) bool {
